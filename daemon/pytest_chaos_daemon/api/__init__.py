@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the daemon's API (from proto/). Do not edit."""

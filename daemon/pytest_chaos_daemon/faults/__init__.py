@@ -1,0 +1,1 @@
+"""Fault kinds, one module per kind. Each exposes an async handler the servicer dispatches to."""

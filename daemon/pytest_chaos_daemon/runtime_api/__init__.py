@@ -1,0 +1,1 @@
+"""Generated stubs for the container runtimes' APIs (from proto/). Do not edit."""

@@ -1,0 +1,116 @@
+"""containerd: containers and tasks through containerd's own gRPC API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from ..errors import FailedPrecondition, NotFound, Unavailable
+from ..runtime_api import (
+    containerd_containers_pb2 as containers_pb2,
+    containerd_containers_pb2_grpc as containers_grpc,
+    containerd_namespaces_pb2 as namespaces_pb2,
+    containerd_namespaces_pb2_grpc as namespaces_grpc,
+    containerd_tasks_pb2 as tasks_pb2,
+    containerd_tasks_pb2_grpc as tasks_grpc,
+)
+from .base import RunningContainer, check_container_ref
+
+DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "k8s.io"
+ALL_NAMESPACES = "*"
+# Docker Engine, when run on the system containerd, mirrors its containers
+# into this namespace without their Docker names or labels: the Docker client
+# reports them properly, so a scan of all namespaces leaves this one out.
+DOCKER_MIRROR_NAMESPACE = "moby"
+CALL_TIMEOUT_S = 10.0
+
+
+class ContainerdRuntime:
+    """Resolves ``containerd://ID`` by looking ID up in the configured namespaces."""
+
+    prefix = "containerd"
+
+    def __init__(
+        self, socket_path: str = DEFAULT_SOCKET, namespaces: Sequence[str] = (DEFAULT_NAMESPACE,)
+    ) -> None:
+        self.endpoint = socket_path
+        self._namespaces = tuple(namespaces)
+        self._channel = grpc.insecure_channel(f"unix://{socket_path}")
+        self._containers = containers_grpc.ContainersStub(self._channel)
+        self._tasks = tasks_grpc.TasksStub(self._channel)
+        self._namespaces_api = namespaces_grpc.NamespacesStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def pid_of(self, ref: str) -> int:
+        check_container_ref(self.prefix, ref)
+        for namespace in self.namespaces():
+            try:
+                self._call(self._containers.Get, containers_pb2.GetContainerRequest(id=ref), namespace)
+            except NotFound:
+                continue
+            return self._running_pid(ref, namespace)
+        raise NotFound(
+            f"container containerd://{ref} not found in containerd namespace(s) "
+            f"{', '.join(self.namespaces()) or '(none)'} at {self.endpoint}"
+        )
+
+    def namespaces(self) -> list[str]:
+        if ALL_NAMESPACES not in self._namespaces:
+            return list(self._namespaces)
+        reply = self._call(self._namespaces_api.List, namespaces_pb2.ListNamespacesRequest(), "")
+        return sorted(ns.name for ns in reply.namespaces if ns.name != DOCKER_MIRROR_NAMESPACE)
+
+    def list_running(self) -> list[RunningContainer]:
+        found = []
+        for namespace in self.namespaces():
+            tasks = self._call(self._tasks.List, tasks_pb2.ListTasksRequest(), namespace).tasks
+            running = {t.container_id: t.pid for t in tasks if t.status == tasks_pb2.RUNNING}
+            if not running:
+                continue
+            listing = self._call(self._containers.List, containers_pb2.ListContainersRequest(), namespace)
+            for container in listing.containers:
+                if container.id in running:
+                    found.append(
+                        RunningContainer(
+                            container_id=f"containerd://{container.id}",
+                            name=container.id,
+                            labels=dict(container.labels),
+                            pid=running[container.id],
+                            runtime_namespace=namespace,
+                        )
+                    )
+        return found
+
+    def _running_pid(self, ref: str, namespace: str) -> int:
+        try:
+            reply = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=ref), namespace)
+        except NotFound:
+            raise FailedPrecondition(
+                f"container containerd://{ref} (namespace {namespace}) has no running task"
+            ) from None
+        process = reply.process
+        if process.status != tasks_pb2.RUNNING or process.pid == 0:
+            state = tasks_pb2.Status.Name(process.status).lower()
+            raise FailedPrecondition(
+                f"container containerd://{ref} (namespace {namespace}) is {state}, not running"
+            )
+        return process.pid
+
+    def _call(self, method, request, namespace: str):
+        metadata: Iterable[tuple[str, str]] = (("containerd-namespace", namespace),) if namespace else ()
+        try:
+            return method(request, metadata=tuple(metadata), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(err.details() or "not found") from None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(
+                    f"containerd is unreachable at {self.endpoint}: {err.details()} "
+                    "(is containerd running? set the socket with --containerd-socket)"
+                ) from None
+            raise

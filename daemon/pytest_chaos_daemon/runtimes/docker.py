@@ -1,0 +1,94 @@
+"""Docker Engine: container inspect and listing over the engine's unix socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.parse
+from typing import Any
+
+from ..errors import FailedPrecondition, NotFound, Unavailable
+from .base import RunningContainer, check_container_ref
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+CALL_TIMEOUT_S = 10.0
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._socket_path)
+        self.sock = sock
+
+
+class DockerRuntime:
+    """Resolves ``docker://ID`` (an id, id prefix or name) through the Engine API."""
+
+    prefix = "docker"
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET) -> None:
+        self.endpoint = socket_path
+
+    def pid_of(self, ref: str) -> int:
+        check_container_ref(self.prefix, ref)
+        status, body = self._get(f"/containers/{ref}/json")
+        if status == 404:
+            raise NotFound(f"container docker://{ref} not found by the Docker Engine at {self.endpoint}")
+        self._check(status, body)
+        state = body.get("State", {})
+        pid = int(state.get("Pid") or 0)
+        if not state.get("Running") or pid == 0:
+            raise FailedPrecondition(
+                f"container docker://{ref} is {state.get('Status', 'not running')}, not running"
+            )
+        return pid
+
+    def list_running(self) -> list[RunningContainer]:
+        status, listing = self._get("/containers/json")
+        self._check(status, listing)
+        found = []
+        for summary in listing:
+            status, body = self._get(f"/containers/{summary['Id']}/json")
+            if status == 404:
+                continue  # removed since the listing
+            self._check(status, body)
+            pid = int(body.get("State", {}).get("Pid") or 0)
+            if pid:
+                found.append(
+                    RunningContainer(
+                        container_id=f"docker://{body['Id']}",
+                        name=body.get("Name", "").lstrip("/"),
+                        labels=dict(body.get("Config", {}).get("Labels") or {}),
+                        pid=pid,
+                    )
+                )
+        return found
+
+    def _get(self, path: str) -> tuple[int, Any]:
+        connection = _UnixHTTPConnection(self.endpoint, CALL_TIMEOUT_S)
+        try:
+            connection.request("GET", urllib.parse.quote(path))
+            response = connection.getresponse()
+            raw = response.read()
+        except OSError as err:
+            raise Unavailable(
+                f"the Docker Engine is unreachable at {self.endpoint}: {err} "
+                "(is dockerd running? set the socket with --docker-socket)"
+            ) from None
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(raw or b"null")
+        except json.JSONDecodeError:
+            return response.status, {"message": raw.decode(errors="replace")}
+
+    def _check(self, status: int, body: Any) -> None:
+        if status != 200:
+            message = body.get("message", body) if isinstance(body, dict) else body
+            raise Unavailable(f"the Docker Engine at {self.endpoint} answered {status}: {message}")

@@ -1,0 +1,9 @@
+"""Where targets come from: one module per backend, each implementing ``Backend``."""
+
+from __future__ import annotations
+
+from .base import Backend
+
+BACKENDS = ("local",)
+
+__all__ = ["BACKENDS", "Backend"]

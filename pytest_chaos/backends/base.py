@@ -1,0 +1,28 @@
+"""The interface a backend implements: validate selectors, list candidate targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from ..model import Target
+
+
+class Backend(Protocol):
+    name: str
+    # Selector keys the backend understands, with a one-line meaning each.
+    selector_keys: Mapping[str, str]
+
+    def check_selector(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> dict[str, Any]:
+        """A validated copy of ``selector``; raises ChaosSpecError naming the bad field."""
+        ...
+
+    def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[Target]:
+        """Every target the selector matches, before the mode picks; each with ``daemon`` set."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the run's header."""
+        ...
+
+    def close(self) -> None: ...

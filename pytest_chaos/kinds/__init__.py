@@ -1,0 +1,10 @@
+"""Fault kinds, one module per kind, each implementing ``FaultKind``."""
+
+from __future__ import annotations
+
+from .base import FaultKind
+from .helloworld import HelloWorld
+
+KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (HelloWorld(),)}
+
+__all__ = ["KINDS", "FaultKind"]

@@ -1,0 +1,80 @@
+"""What a test sees of an experiment: the experiment, its targets, their processes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    """One row of a target's process list, as seen inside the target's pid namespace."""
+
+    pid: int
+    user: str
+    command: str
+
+
+@dataclasses.dataclass
+class Target:
+    """One container or process a fault was applied to."""
+
+    container_id: str
+    pid: int = 0  # host PID, as the daemon resolved it
+    output: str = ""  # what the fault command printed, unchanged
+    processes: list[Process] = dataclasses.field(default_factory=list)
+    name: str = ""  # container name where the runtime has one
+    namespace: str | None = None  # Kubernetes fields; None outside Kubernetes
+    pod: str | None = None
+    container: str | None = None
+    node: str | None = None
+    daemon: str = ""  # address of the daemon that applied the fault
+    injection_id: str = ""
+
+    def describe(self) -> str:
+        if self.pod:
+            where = f"{self.namespace}/{self.pod}/{self.container} on {self.node}"
+        else:
+            where = self.name or self.container_id
+        return f"{where} ({self.container_id}, host pid {self.pid})" if where != self.container_id else (
+            f"{self.container_id} (host pid {self.pid})"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+    """An experiment as a marker or ``chaos.apply`` asked for it, validated."""
+
+    kind: str
+    selector: dict[str, Any]
+    mode: str = "one"
+    value: float | int | None = None
+    duration: float | None = None
+    container_names: tuple[str, ...] | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        mode = self.mode if self.value is None else f"{self.mode}={self.value:g}"
+        return f"{self.kind} mode={mode}"
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One applied experiment: its spec, its targets and how it ended."""
+
+    spec: ExperimentSpec
+    targets: list[Target] = dataclasses.field(default_factory=list)
+    outcome: str = "pending"  # pending, applied, recovered, failed
+    detail: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def summary(self) -> str:
+        n = len(self.targets)
+        ids = ", ".join(t.container_id for t in self.targets)
+        line = f"chaos {self.spec.describe()}: {n} target{'s' if n != 1 else ''}"
+        line += f" [{ids}]" if ids else ""
+        line += f" {self.outcome}"
+        return f"{line} ({self.detail})" if self.detail else line

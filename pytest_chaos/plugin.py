@@ -1,0 +1,230 @@
+"""The pytest surface of pytest-chaos: options, the ``chaos`` marker and fixture, and hooks.
+
+Loaded with ``pytest -p chaos``. The machinery lives in ``session.py``
+(applying and recovering), ``backends/`` (finding targets), ``kinds/`` (fault
+kinds), ``transport.py`` (gRPC) and ``reporting.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pytest_chaos_daemon.runtimes import containerd, docker
+
+from .backends import BACKENDS
+from .backends.local import LocalBackend
+from .embedded import EmbeddedDaemon
+from .errors import ChaosError, ChaosSpecError
+from .kinds import KINDS
+from .model import Experiment
+from .modes import MODES
+from .reporting import SECTION_KEY, experiment_text, junit_properties
+from .session import ChaosSession
+from .transport import DEFAULT_RPC_TIMEOUT_S
+
+MARKER_HELP = (
+    "chaos(kind, *, selector, mode='one', value=None, duration=None, container_names=None, **params): "
+    "apply a chaos experiment before the test runs and recover it after. "
+    f"kinds: {', '.join(KINDS)}; modes: {', '.join(MODES)}. "
+    "Several markers apply top to bottom and recover in reverse. See the `chaos` fixture for results."
+)
+OPTIONS: list[tuple[str, dict[str, Any], str]] = [
+    # (option, argparse kwargs, help)
+    ("--chaos-backend", {"choices": BACKENDS}, "where targets come from. Default: local"),
+    ("--chaos-daemon", {"metavar": "ADDRESS"},
+     "use the chaos daemon already running at ADDRESS (unix:///PATH or HOST:PORT) instead of "
+     "starting one on a private unix socket for this run"),
+    ("--chaos-seed", {"metavar": "INT"},
+     "seed for the random picks of modes one/fixed/fixed-percent/random-max-percent; the seed in use "
+     "is printed in the header, so a run can be repeated. Default: a fresh random seed"),
+    ("--chaos-timeout", {"metavar": "SECONDS"}, f"per-call timeout talking to a daemon. Default: {DEFAULT_RPC_TIMEOUT_S:g}"),
+    ("--chaos-containerd-socket", {"metavar": "PATH"}, f"local backend: containerd's socket. Default: {containerd.DEFAULT_SOCKET}"),
+    ("--chaos-containerd-namespace", {"metavar": "NAMES"},
+     "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
+    ("--chaos-docker-socket", {"metavar": "PATH"}, f"local backend: Docker Engine's socket. Default: {docker.DEFAULT_SOCKET}"),
+]
+SESSION_KEY = pytest.StashKey[ChaosSession]()
+EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
+PHASE_KEY = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaos", "chaos experiments (pytest-chaos)")
+    for option, kwargs, help_text in OPTIONS:
+        name = option.removeprefix("--").replace("-", "_")
+        group.addoption(option, dest=name, help=help_text, **kwargs)
+        parser.addini(name, f"same as {option}: {help_text}")
+
+
+def _option(config: pytest.Config, name: str, default: str) -> str:
+    value = config.getoption(name)
+    if value is None:
+        value = config.getini(name) or default
+    return str(value)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    try:
+        seed = int(_option(config, "chaos_seed", str(random.SystemRandom().randrange(2**32))))
+        timeout = float(_option(config, "chaos_timeout", str(DEFAULT_RPC_TIMEOUT_S)))
+    except ValueError as err:
+        raise pytest.UsageError(f"--chaos-seed must be an integer and --chaos-timeout a number: {err}") from None
+    backend_name = _option(config, "chaos_backend", "local")
+    if backend_name not in BACKENDS:
+        raise pytest.UsageError(f"--chaos-backend={backend_name!r}: accepted backends: {', '.join(BACKENDS)}")
+    containerd_socket = _option(config, "chaos_containerd_socket", containerd.DEFAULT_SOCKET)
+    namespaces = [n for n in _option(config, "chaos_containerd_namespace", "*").split(",") if n]
+    docker_socket = _option(config, "chaos_docker_socket", docker.DEFAULT_SOCKET)
+    external = _option(config, "chaos_daemon", "")
+    if external:
+        daemon_address = lambda: external  # noqa: E731
+    else:
+        embedded = EmbeddedDaemon(
+            ["--containerd-socket", containerd_socket, "--docker-socket", docker_socket]
+            + [arg for ns in namespaces for arg in ("--containerd-namespace", ns)]
+        )
+        config.stash[EMBEDDED_KEY] = embedded
+        daemon_address = embedded.ensure_started
+    backend = LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket)
+    config.stash[SESSION_KEY] = ChaosSession(backend, seed, timeout)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+    embedded = config.stash.get(EMBEDDED_KEY, None)
+    if embedded is not None:
+        embedded.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    session = config.stash[SESSION_KEY]
+    daemon = _option(config, "chaos_daemon", "") or "started on first use (private unix socket)"
+    return f"chaos: seed={session.seed} backend={session.backend.describe()} daemon={daemon}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate every chaos marker at collection, so a bad one fails the run before anything is injected."""
+    session = config.stash[SESSION_KEY]
+    problems = []
+    for item in items:
+        for mark in item.iter_markers("chaos"):
+            try:
+                session.spec(mark.args, dict(mark.kwargs))
+            except ChaosSpecError as err:
+                problems.append(f"{item.nodeid}: @pytest.mark.chaos {err.field}: {err.message}")
+    if problems:
+        raise pytest.UsageError("invalid chaos marker(s):\n  " + "\n  ".join(problems))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    item.stash[PHASE_KEY] = "setup"
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    item.stash[PHASE_KEY] = "call"
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    item.stash[PHASE_KEY] = "teardown"
+    return (yield)
+
+
+class ChaosFixture:
+    """What the ``chaos`` fixture gives a test.
+
+    ``experiments``: the experiments the test's markers applied, in marker
+    order. ``apply(...)``: a context manager applying one more experiment.
+    """
+
+    def __init__(self, session: ChaosSession, item: pytest.Item) -> None:
+        self._session = session
+        self._item = item
+        self.experiments: list[Experiment] = []
+        self._count = 0
+
+    @contextlib.contextmanager
+    def apply(self, kind: str, **kwargs: Any) -> Iterator[Experiment]:
+        """Apply ``kind`` to the targets ``selector`` and ``mode`` pick; recover on exit.
+
+        Takes the marker's arguments. Raises ChaosSpecError for bad arguments
+        and ChaosError when nothing is selected or the daemon fails.
+        """
+        spec = self._session.spec((kind,), kwargs)
+        experiment = self._apply(spec)
+        try:
+            yield experiment
+        finally:
+            self._recover(experiment)
+
+    def _apply(self, spec) -> Experiment:
+        self._count += 1
+        number = self._count
+        try:
+            experiment = self._session.apply(spec, self._item.nodeid, number)
+        except ChaosError as err:
+            self._report(number, self._session.experiments[-1][1])
+            raise ChaosError(f"chaos experiment {spec.describe()} could not be applied: {err}") from None
+        self._report(number, experiment)
+        return experiment
+
+    def _recover(self, experiment: Experiment) -> None:
+        self._session.recover(experiment)
+
+    def _report(self, number: int, experiment: Experiment) -> None:
+        phase = self._item.stash.get(PHASE_KEY, "setup")
+        self._item.add_report_section(phase, SECTION_KEY, experiment_text(experiment))
+        self._item.user_properties.extend(junit_properties(number, experiment))
+
+    def _apply_markers(self, request: pytest.FixtureRequest) -> None:
+        for mark in markers_in_order(self._item):
+            spec = self._session.spec(mark.args, dict(mark.kwargs))
+            experiment = self._apply(spec)
+            self.experiments.append(experiment)
+            # Registered per experiment: finalizers run in reverse, so recovery is too.
+            request.addfinalizer(lambda e=experiment: self._recover(e))
+
+
+def markers_in_order(item: pytest.Item) -> list[pytest.Mark]:
+    """Chaos markers as a reader sees them: module and class ones first, then the
+    test's own from top to bottom (decorators store them bottom-up)."""
+    marks: list[pytest.Mark] = []
+    for node in item.listchain():
+        marks.extend(reversed([m for m in node.own_markers if m.name == "chaos"]))
+    return marks
+
+
+@pytest.fixture
+def chaos(request: pytest.FixtureRequest) -> ChaosFixture:
+    """Chaos experiments of this test: ``chaos.experiments`` (from markers) and ``chaos.apply(...)``."""
+    fixture = ChaosFixture(request.config.stash[SESSION_KEY], request.node)
+    fixture._apply_markers(request)
+    return fixture
+
+
+@pytest.fixture(autouse=True)
+def _chaos_markers(request: pytest.FixtureRequest) -> None:
+    """Applies a test's chaos markers even when the test does not ask for the fixture."""
+    if request.node.get_closest_marker("chaos") is not None:
+        request.getfixturevalue("chaos")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if not session or not session.experiments:
+        return
+    terminalreporter.write_sep("-", "chaos experiments")
+    for test_id, experiment in session.experiments:
+        terminalreporter.write_line(f"{test_id}: {experiment.summary()}")

@@ -1,0 +1,63 @@
+"""Turning marker and ``chaos.apply`` arguments into a validated ``ExperimentSpec``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .backends import Backend
+from .errors import ChaosSpecError
+from .kinds import KINDS
+from .model import ExperimentSpec
+from .modes import check_mode
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def build_spec(backend: Backend, args: Sequence[Any], kwargs: Mapping[str, Any]) -> ExperimentSpec:
+    """Validate ``chaos(kind, *, selector, mode, value, duration, container_names, **params)`` arguments."""
+    if len(args) != 1:
+        raise ChaosSpecError("kind", f"give exactly one fault kind as the first argument; accepted kinds: {', '.join(KINDS)}")
+    kind_name = args[0]
+    kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        raise ChaosSpecError("kind", f"unknown kind {kind_name!r}; accepted kinds: {', '.join(KINDS)}")
+    kwargs = dict(kwargs)
+    if "selector" not in kwargs:
+        raise ChaosSpecError("selector", f"is required; the {backend.name} backend accepts: {', '.join(backend.selector_keys)}")
+    selector = kwargs.pop("selector")
+    if not isinstance(selector, Mapping):
+        raise ChaosSpecError("selector", f"must be a dict; got {type(selector).__name__}")
+    mode = kwargs.pop("mode", "one")
+    value = check_mode(mode, kwargs.pop("value", None))
+    duration = check_duration(kwargs.pop("duration", None))
+    container_names = kwargs.pop("container_names", None)
+    if container_names is not None:
+        if isinstance(container_names, str) or not isinstance(container_names, Sequence) or not all(
+            isinstance(n, str) and n for n in container_names
+        ):
+            raise ChaosSpecError("container_names", f"must be a list of container names; got {container_names!r}")
+        container_names = tuple(container_names)
+    params = kind.check_params(kwargs)
+    checked_selector = backend.check_selector(selector, container_names)
+    return ExperimentSpec(kind_name, checked_selector, mode, value, duration, container_names, params)
+
+
+def check_duration(duration: object) -> float | None:
+    """Seconds from a number or a string like "30s", "500ms", "5m", "1h"."""
+    if duration is None:
+        return None
+    seconds: float | None = None
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        seconds = float(duration)
+    elif isinstance(duration, str):
+        match = _DURATION.fullmatch(duration.strip())
+        if match:
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or not seconds > 0:
+        raise ChaosSpecError(
+            "duration", f"must be a positive number of seconds or a string like '30s', '500ms', '5m'; got {duration!r}"
+        )
+    return seconds

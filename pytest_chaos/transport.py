@@ -1,0 +1,75 @@
+"""Talking to a chaos daemon over gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
+
+from .errors import ChaosError
+
+DEFAULT_RPC_TIMEOUT_S = 60.0  # as Chaos Mesh's controller allows each daemon call
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTls:
+    """Client certificate, key and the CA the daemon's certificate must chain to (mutual TLS)."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+    server_name: str = ""
+
+
+def grpc_target(address: str) -> str:
+    """``unix:///path`` stays; ``tcp://host:port`` and ``host:port`` become ``host:port``."""
+    return address if address.startswith("unix:") else address.removeprefix("tcp://")
+
+
+class DaemonClient:
+    """One daemon's API, with errors turned into ``ChaosError`` naming the daemon."""
+
+    def __init__(self, address: str, timeout_s: float = DEFAULT_RPC_TIMEOUT_S, tls: ClientTls | None = None) -> None:
+        self.address = address
+        self._timeout_s = timeout_s
+        target = grpc_target(address)
+        if tls:
+            credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+            options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.ChaosDaemonStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def is_serving(self, timeout_s: float = 2.0) -> bool:
+        try:
+            reply = self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def exec_hello_world(self, container_id: str, injection_id: str = "") -> pb.ExecHelloWorldResponse:
+        request = pb.ExecHelloWorldRequest(container_id=container_id, injection=pb.Injection(id=injection_id))
+        return self._call("ExecHelloWorldChaos", self._stub.ExecHelloWorldChaos, request, container_id)
+
+    def _call(self, name: str, method, request, container_id: str):
+        try:
+            return method(request, timeout=self._timeout_s)
+        except grpc.RpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (err.details() or "").lower():
+                raise ChaosError(
+                    f"chaos daemon unreachable at {self.address}: {err.details()} "
+                    "(is pytest-chaos-daemon running there? check --chaos-daemon)"
+                ) from None
+            raise ChaosError(
+                f"chaos daemon at {self.address}: {name} on {container_id} failed with "
+                f"{code.name if code else 'UNKNOWN'}: {err.details()}"
+            ) from None
