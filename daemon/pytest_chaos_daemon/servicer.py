@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 
 import grpc
 from google.protobuf import json_format
@@ -46,6 +47,14 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         self._exec_timeout_s = exec_timeout_s
         # Bounds how many fault commands run at once; further requests wait.
         self._slots = asyncio.Semaphore(max_concurrent)
+        # One probe at a time per target: concurrent probes would list each other.
+        self._target_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _target_lock(self, pid: int) -> asyncio.Lock:
+        lock = self._target_locks.get(pid)
+        if lock is None:
+            lock = self._target_locks[pid] = asyncio.Lock()
+        return lock
 
     async def ExecHelloWorldChaos(
         self, request: pb.ExecHelloWorldRequest, context: grpc.aio.ServicerContext
@@ -55,7 +64,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             validate_container_id(request.container_id)
             validate_injection(request.injection)
             pid = await asyncio.to_thread(self._runtimes.pid_of, request.container_id)
-            async with self._slots:
+            async with self._target_lock(pid), self._slots:
                 output, rows = await exec_hello_world(
                     self._children, request.container_id, pid, self._exec_timeout_s
                 )

@@ -15,7 +15,8 @@ from .process_list import ProcessRow, parse_ps
 
 PROBE = ("sh", "-c", "ps aux")
 NAMESPACES = ("mnt", "pid")
-# The probe's own processes: busybox sh may exec ps, procps' sh may not.
+# The probe's own processes. busybox's sh runs ps in-process, which busybox's
+# ps then shows as "{ps} sh -c ps aux"; procps' sh forks "ps aux".
 PROBE_COMMANDS = frozenset({"sh -c ps aux", "ps aux", "{ps} sh -c ps aux"})
 
 

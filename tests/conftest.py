@@ -1,0 +1,72 @@
+"""Fixtures for the project's own tests: a real daemon on a real socket."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+
+pytest_plugins = ["pytester"]
+
+
+class RunningDaemon:
+    def __init__(self, address: str, log_path: str, process: subprocess.Popen[bytes]) -> None:
+        self.address = address
+        self.log_path = log_path
+        self.process = process
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.ChaosDaemonStub(self.channel)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningDaemon]]:
+    """Start ``pytest-chaos-daemon`` on a fresh unix socket with extra ``args``; stopped after the test."""
+    daemons: list[RunningDaemon] = []
+
+    def start(*args: str) -> RunningDaemon:
+        directory = tmp_path_factory.mktemp("daemon")
+        address = f"unix://{directory}/daemon.sock"
+        log_path = str(directory / "daemon.log")
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pytest_chaos_daemon", "--listen", address, "--log-level", "debug", *args],
+                stdout=log, stderr=log,
+            )
+        daemon = RunningDaemon(address, log_path, process)
+        daemons.append(daemon)
+        try:
+            grpc.channel_ready_future(daemon.channel).result(timeout=15)
+        except grpc.FutureTimeoutError:
+            raise AssertionError(f"daemon did not start:\n{daemon.log()}") from None
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon: Callable[..., RunningDaemon]) -> RunningDaemon:
+    """A daemon that looks containerd ids up in every namespace."""
+    return start_daemon("--containerd-namespace", "*")
+
+
+@pytest.fixture(autouse=True)
+def _root_only() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("entering namespaces needs root")

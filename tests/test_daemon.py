@@ -1,0 +1,181 @@
+"""The daemon over real gRPC on a real unix socket, against real processes and runtimes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import stat
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+
+
+def call(daemon, container_id: str) -> pb.ExecHelloWorldResponse:
+    return daemon.stub.ExecHelloWorldChaos(pb.ExecHelloWorldRequest(container_id=container_id), timeout=30)
+
+
+def error_of(daemon, container_id: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(daemon, container_id)
+    return info.value
+
+
+def test_health_check_reports_serving(daemon):
+    stub = health_pb2_grpc.HealthStub(daemon.channel)
+    for service in ("", "pytest_chaos.daemon.v1.ChaosDaemon"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(daemon):
+    stub = reflection_pb2_grpc.ServerReflectionStub(daemon.channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"pytest_chaos.daemon.v1.ChaosDaemon", "grpc.health.v1.Health"} <= names
+
+
+def test_unix_socket_is_private(daemon):
+    mode = os.stat(daemon.address.removeprefix("unix://")).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_process_list_of_an_isolated_process(daemon, isolated_process):
+    pid = isolated_process("sleep", "1234")
+    reply = call(daemon, f"pid://{pid}")
+    assert reply.status.pid == pid
+    assert reply.status.state == pb.InjectionStatus.ONE_SHOT
+    assert [(p.pid, p.command) for p in reply.processes] == [(1, "sleep 1234")]
+    assert "sleep 1234" in reply.output and "ps aux" in reply.output  # raw output keeps the probe
+    host_pid_1 = open("/proc/1/cmdline").read().split("\0")[0]
+    assert host_pid_1 not in {p.command.split()[0] for p in reply.processes}
+
+
+def test_containerd_container_resolves_and_lists_its_processes(daemon, containerd_container):
+    container_id = containerd_container("sleep", "2345")
+    reply = call(daemon, f"containerd://{container_id}")
+    assert [(p.pid, p.command) for p in reply.processes] == [(1, "sleep 2345")]
+    # busybox's ps, not the host's procps: its header starts with PID USER
+    header = reply.output.splitlines()[0].split()
+    assert header[:2] == ["PID", "USER"] and header[-1] == "COMMAND"
+
+
+def test_docker_container_resolves_by_id_and_by_name(daemon, docker_container):
+    name = f"chaos-by-name-{os.getpid()}"
+    container_id = docker_container("sleep", "3456", name=name)
+    for ref in (container_id, name):
+        reply = call(daemon, f"docker://{ref}")
+        assert [(p.pid, p.command) for p in reply.processes] == [(1, "sleep 3456")]
+
+
+def test_docker_pid_matches_the_engine(daemon, docker_container):
+    container_id = docker_container()
+    engine_pid = int(subprocess.check_output(["docker", "inspect", "-f", "{{.State.Pid}}", container_id]))
+    assert call(daemon, f"docker://{container_id}").status.pid == engine_pid
+
+
+@pytest.mark.parametrize(
+    "container_id, code, words",
+    [
+        ("podman://abc", grpc.StatusCode.INVALID_ARGUMENT, ["containerd://", "docker://", "cri-o://", "pid://"]),
+        ("abc", grpc.StatusCode.INVALID_ARGUMENT, ["accepted prefixes"]),
+        ("", grpc.StatusCode.INVALID_ARGUMENT, ["container_id is required"]),
+        ("docker://../../etc", grpc.StatusCode.INVALID_ARGUMENT, ["malformed"]),
+        ("containerd://a b", grpc.StatusCode.INVALID_ARGUMENT, ["malformed"]),
+        ("pid://-3", grpc.StatusCode.INVALID_ARGUMENT, ["malformed"]),
+        ("pid://0", grpc.StatusCode.INVALID_ARGUMENT, ["malformed"]),
+        ("containerd://no-such-container", grpc.StatusCode.NOT_FOUND, ["containerd://no-such-container"]),
+        ("docker://no-such-container", grpc.StatusCode.NOT_FOUND, ["docker://no-such-container"]),
+        ("pid://4194303", grpc.StatusCode.NOT_FOUND, ["pid://4194303"]),
+    ],
+)
+def test_bad_ids_get_clear_status_codes(daemon, container_id, code, words):
+    err = error_of(daemon, container_id)
+    assert err.code() == code, err.details()
+    for word in words:
+        assert word in err.details()
+
+
+def test_stopped_containerd_container_is_a_failed_precondition(daemon, containerd_container):
+    container_id = containerd_container("sleep", "3600")
+    ctr = ["ctr", "-n", containerd_container.namespace]
+    subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", container_id], check=True)
+    subprocess.run([*ctr, "tasks", "delete", container_id], check=False)
+    err = error_of(daemon, f"containerd://{container_id}")
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert container_id in err.details()
+
+
+def test_created_but_not_started_docker_container_is_a_failed_precondition(daemon, docker_image):
+    container_id = subprocess.check_output(["docker", "create", "--network", "none", docker_image, "sleep", "1"], text=True).strip()
+    try:
+        err = error_of(daemon, f"docker://{container_id}")
+    finally:
+        subprocess.run(["docker", "rm", "-f", container_id], capture_output=True)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert container_id in err.details()
+
+
+def test_container_without_a_shell_is_a_failed_precondition(daemon, containerd_container, busybox_rootfs, tmp_path):
+    # A distroless-like rootfs: one static binary, no sh, no ps.
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "dev").mkdir()
+    shutil.copy2(os.path.join(busybox_rootfs, "bin", "busybox"), tmp_path / "app")
+    (tmp_path / "sleep").symlink_to("app")
+    container_id = containerd_container("/sleep", "3600", rootfs=str(tmp_path))
+    err = error_of(daemon, f"containerd://{container_id}")
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert "needs `sh` and `ps`" in err.details()
+
+
+def test_unreachable_runtime_is_unavailable_naming_the_socket(start_daemon, tmp_path):
+    missing = str(tmp_path / "nothing.sock")
+    daemon = start_daemon("--containerd-socket", missing, "--docker-socket", missing)
+    for prefix in ("containerd", "docker"):
+        err = error_of(daemon, f"{prefix}://abc")
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+        assert missing in err.details()
+
+
+def test_default_namespace_does_not_see_other_namespaces(start_daemon, containerd_container):
+    daemon = start_daemon()  # default: k8s.io only
+    container_id = containerd_container()
+    err = error_of(daemon, f"containerd://{container_id}")
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "k8s.io" in err.details()
+
+
+def test_concurrent_requests_all_succeed(daemon, isolated_process):
+    pids = [isolated_process("sleep", str(4000 + i)) for i in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: call(daemon, f"pid://{pids[i % 4]}"), range(16)))
+    for i, reply in enumerate(replies):
+        assert [p.command for p in reply.processes] == [f"sleep {4000 + i % 4}"]
+
+
+def test_logs_the_request_the_command_and_the_output(daemon, isolated_process):
+    pid = isolated_process("sleep", "5678")
+    call(daemon, f"pid://{pid}")
+    entries = [json.loads(line) for line in daemon.log().splitlines()]
+    request = next(e for e in entries if e["msg"] == "ExecHelloWorldChaos")
+    assert request["request"]["containerId"] == f"pid://{pid}"
+    command = next(e for e in entries if e["msg"] == "command built")
+    assert command["argv"][-6:] == ["-m", "-p", "--", "sh", "-c", "ps aux"]
+    assert str(pid) in command["argv"]
+    output = next(e for e in entries if e["msg"] == "output")
+    assert "sleep 5678" in output["output"]
+
+
+def test_slow_command_is_killed_at_the_timeout(start_daemon, isolated_process):
+    daemon = start_daemon("--exec-timeout", "0.001")
+    pid = isolated_process("sleep", "3600")
+    err = error_of(daemon, f"pid://{pid}")
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+    assert "killed" in err.details()
