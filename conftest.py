@@ -114,8 +114,8 @@ def containerd_container(busybox_rootfs: str) -> Iterator[Callable[..., str]]:
         container_id = _unique("chaos-test")
         label_args = [arg for k, v in (labels or {}).items() for arg in ("--label", f"{k}={v}")]
         started.append(container_id)  # before running: a failed start still leaves a container
-        _run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin", "--rootfs", rootfs or busybox_rootfs,
-             *label_args, container_id, *(argv or ("sleep", "3600")))
+        _run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin", *label_args,
+             "--rootfs", rootfs or busybox_rootfs, container_id, *(argv or ("sleep", "3600")))
         return container_id
 
     start.namespace = CONTAINERD_NAMESPACE  # type: ignore[attr-defined]

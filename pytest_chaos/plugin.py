@@ -142,6 +142,16 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     return (yield)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    report = yield
+    # A chaos failure is about the experiment, not the code: its message says
+    # it all, a traceback through the plugin's frames would only bury it.
+    if call.excinfo is not None and call.excinfo.errisinstance(ChaosError):
+        report.longrepr = f"ChaosError: {call.excinfo.value}"
+    return report
+
+
 class ChaosFixture:
     """What the ``chaos`` fixture gives a test.
 

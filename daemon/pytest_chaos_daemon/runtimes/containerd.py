@@ -68,7 +68,8 @@ class ContainerdRuntime:
         found = []
         for namespace in self.namespaces():
             tasks = self._call(self._tasks.List, tasks_pb2.ListTasksRequest(), namespace).tasks
-            running = {t.container_id: t.pid for t in tasks if t.status == tasks_pb2.RUNNING}
+            # containerd 1.6 fills a listed task's `id` (its container's id) and leaves container_id empty.
+            running = {t.container_id or t.id: t.pid for t in tasks if t.status == tasks_pb2.RUNNING}
             if not running:
                 continue
             listing = self._call(self._containers.List, containers_pb2.ListContainersRequest(), namespace)

@@ -1,0 +1,268 @@
+"""The plugin end to end, run with pytester against real targets and a real daemon."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("_root_only")
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_user=source)
+    return pytester.runpytest_subprocess("-p", "chaos", *args)
+
+
+def test_marker_is_documented(pytester):
+    result = pytester.runpytest_subprocess("-p", "chaos", "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.chaos(kind, *, selector, mode='one'*"])
+
+
+def test_help_shows_the_chaos_option_group(pytester):
+    result = pytester.runpytest_subprocess("-p", "chaos", "--help")
+    result.stdout.fnmatch_lines(["chaos experiments (pytest-chaos):", "*--chaos-daemon=ADDRESS*", "*--chaos-seed=INT*"])
+    result.stdout.fnmatch_lines(["*chaos_seed (string):*"])
+
+
+def test_marker_captures_each_targets_process_list(pytester, isolated_process):
+    pids = [isolated_process("sleep", "1001"), isolated_process("sleep", "1002")]
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": {pids}}}, mode="all")
+        def test_app(chaos):
+            [experiment] = chaos.experiments
+            assert experiment.kind == "helloworld"
+            by_pid = {{t.pid: t for t in experiment.targets}}
+            assert sorted(by_pid) == {sorted(pids)}
+            for host_pid, sleep_arg in zip({pids}, ("1001", "1002")):
+                target = by_pid[host_pid]
+                assert target.container_id == f"pid://{{host_pid}}"
+                assert [(p.pid, p.command) for p in target.processes] == [(1, f"sleep {{sleep_arg}}")]
+                assert "ps aux" in target.output
+                assert target.namespace is None and target.pod is None
+    """, "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*Captured chaos setup*",
+        f"chaos helloworld mode=all: 2 targets [[]pid://{pids[0]}, pid://{pids[1]}[]] applied",
+        "*sleep 1001*",
+        "*chaos experiments*",
+        "*recovered (one-shot, nothing to recover)",
+    ])
+
+
+def test_junit_xml_holds_the_output_with_default_settings(pytester, isolated_process):
+    pid = isolated_process("sleep", "2002")
+    xml = pytester.path / "junit.xml"
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app():
+            pass
+    """, f"--junitxml={xml}")
+    result.assert_outcomes(passed=1)
+    properties = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
+    assert "sleep 2002" in properties[f"chaos[1] pid://{pid}"]
+    assert properties["chaos[1]"].startswith("chaos helloworld mode=one: 1 target")
+
+
+def test_failure_report_shows_the_output(pytester, isolated_process):
+    pid = isolated_process("sleep", "3003")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app():
+            assert False, "the app broke"
+    """)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Captured chaos setup*", "*sleep 3003*"])
+
+
+def test_apply_in_the_test_body_recovers_on_exit(pytester, isolated_process):
+    pid = isolated_process("sleep", "4004")
+    result = run(pytester, f"""
+        import pytest
+
+        def test_runtime_target(chaos):
+            assert chaos.experiments == []
+            with chaos.apply("helloworld", selector={{"pids": [{pid}]}}, mode="all") as experiment:
+                assert experiment.outcome == "applied"
+                assert [p.command for p in experiment.targets[0].processes] == ["sleep 4004"]
+            assert experiment.outcome == "recovered"
+    """, "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Captured chaos call*", "*sleep 4004*"])
+
+
+def test_several_markers_apply_in_order(pytester, isolated_process):
+    first, second = isolated_process("sleep", "5001"), isolated_process("sleep", "5002")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{first}]}})
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{second}]}})
+        def test_two(chaos):
+            assert [e.targets[0].pid for e in chaos.experiments] == [{first}, {second}]
+    """)
+    result.assert_outcomes(passed=1)
+
+
+def test_modes_pick_reproducibly_with_a_seed(pytester, isolated_process):
+    pids = [isolated_process("sleep", str(6000 + i)) for i in range(5)]
+    source = f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": {pids}}}, mode="one")
+        @pytest.mark.chaos("helloworld", selector={{"pids": {pids}}}, mode="fixed", value=2)
+        @pytest.mark.chaos("helloworld", selector={{"pids": {pids}}}, mode="fixed-percent", value=50)
+        @pytest.mark.chaos("helloworld", selector={{"pids": {pids}}}, mode="fixed", value=9)
+        def test_modes(chaos):
+            counts = [len(e.targets) for e in chaos.experiments]
+            assert counts == [1, 2, 3, 5]
+            print("PICKED", [[t.pid for t in e.targets] for e in chaos.experiments])
+    """
+    runs = [run(pytester, source, "--chaos-seed=42", "-s") for _ in range(2)]
+    for result in runs:
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["chaos: seed=42 *"])
+    picked = [next(line[line.index("PICKED"):] for line in r.outlines if "PICKED" in line) for r in runs]
+    assert picked[0] == picked[1]
+
+
+@pytest.mark.parametrize(
+    "marker, field, accepted",
+    [
+        ('"nosuchkind", selector={"pids": [1]}', "kind", "helloworld"),
+        ('"helloworld", selector={"pids": [1]}, mode="some"', "mode", "one, all, fixed, fixed-percent, random-max-percent"),
+        ('"helloworld", selector={"pids": [1]}, mode="fixed"', "value", "an integer greater than 0"),
+        ('"helloworld", selector={"pids": [1]}, mode="fixed", value=0', "value", "an integer greater than 0"),
+        ('"helloworld", selector={"pids": [1]}, mode="fixed-percent", value=150', "value", "(0, 100]"),
+        ('"helloworld", selector={"pids": [1]}, mode="random-max-percent", value="x"', "value", "[0, 100]"),
+        ('"helloworld", selector={"pids": [1]}, mode="all", value=3', "value", "takes no value"),
+        ('"helloworld", selector={"pods": ["x"]}', "selector.pods", "pids, containers, labels"),
+        ('"helloworld", selector={"pids": "12"}', "selector.pids", "list of positive integers"),
+        ('"helloworld"', "selector", "pids, containers, labels"),
+        ('"helloworld", selector={"pids": [1]}, duration="soon"', "duration", "'30s'"),
+        ('"helloworld", selector={"pids": [1]}, signal=9', "signal", "takes no parameters"),
+        ('"helloworld", selector={"pids": [1]}, container_names=["app"]', "container_names", "kubernetes"),
+    ],
+)
+def test_bad_marker_is_a_usage_error_at_collection(pytester, marker, field, accepted):
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos({marker})
+        def test_bad():
+            raise AssertionError("must not run")
+    """)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*test_user.py::test_bad: @pytest.mark.chaos {field}: *{accepted}*"])
+    assert "must not run" not in result.stdout.str()
+
+
+def test_nothing_selected_errors_the_test(pytester):
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"labels": {"app": "no-such-app-anywhere"}})
+        def test_app():
+            pass
+    """)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["ChaosError: chaos experiment helloworld mode=one could not be applied: no target is selected*"])
+
+
+def test_dead_pid_selects_nothing(pytester):
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"pids": [4194300]})
+        def test_app():
+            pass
+    """)
+    result.assert_outcomes(errors=1)
+
+
+def test_unreachable_daemon_errors_the_test(pytester, isolated_process, tmp_path):
+    pid = isolated_process("sleep", "7007")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app():
+            pass
+    """, f"--chaos-daemon=unix://{tmp_path}/nobody.sock")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*chaos daemon unreachable at unix://*nobody.sock*"])
+
+
+def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, containerd_container, busybox_rootfs, tmp_path):
+    import shutil
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "dev").mkdir()
+    shutil.copy2(os.path.join(busybox_rootfs, "bin", "busybox"), tmp_path / "app")
+    (tmp_path / "sleep").symlink_to("app")
+    container_id = containerd_container("/sleep", "3600", rootfs=str(tmp_path))
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"containers": ["{container_id}"]}})
+        def test_app():
+            pass
+    """)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*FAILED_PRECONDITION*needs `sh` and `ps`*"])
+
+
+def test_ini_options_mirror_the_command_line(pytester, isolated_process):
+    pid = isolated_process("sleep", "8008")
+    pytester.makeini("[pytest]\nchaos_seed = 777\n")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app():
+            pass
+    """)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["chaos: seed=777 *"])
+
+
+def test_labels_select_docker_and_containerd_containers(pytester, containerd_container, docker_container):
+    label = {"app": f"web-{os.getpid()}"}
+    in_containerd = containerd_container("sleep", "9001", labels=label)
+    in_docker = docker_container("sleep", "9002", labels=label)
+    docker_container("sleep", "9003", labels={"app": "other"})
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"labels": {label!r}}}, mode="all")
+        def test_app(chaos):
+            targets = {{t.container_id: t for t in chaos.experiments[0].targets}}
+            assert sorted(targets) == sorted(["containerd://{in_containerd}", "docker://{in_docker}"])
+            assert [p.command for p in targets["containerd://{in_containerd}"].processes] == ["sleep 9001"]
+            assert [p.command for p in targets["docker://{in_docker}"].processes] == ["sleep 9002"]
+    """)
+    result.assert_outcomes(passed=1)
+
+
+def test_embedded_daemon_is_stopped_and_its_socket_removed(pytester, isolated_process):
+    pid = isolated_process("sleep", "9100")
+    result = run(pytester, f"""
+        import os, pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app(chaos):
+            print("SOCKET", chaos.experiments[0].targets[0].daemon)
+    """, "-s")
+    result.assert_outcomes(passed=1)
+    address = next(line[line.index("SOCKET"):] for line in result.outlines if "SOCKET" in line).split()[1]
+    path = address.removeprefix("unix://")
+    assert not os.path.exists(path)
+    assert not os.path.exists(os.path.dirname(path))
