@@ -58,6 +58,13 @@ def test_process_list_of_an_isolated_process(daemon, isolated_process):
     assert host_pid_1 not in {p.command.split()[0] for p in reply.processes}
 
 
+def test_long_command_lines_are_not_cut(daemon, isolated_process):
+    argument = "x" * 300
+    pid = isolated_process("sh", "-c", f"sleep 3600; : {argument}")
+    first = call(daemon, f"pid://{pid}").processes[0]
+    assert (first.pid, first.command) == (1, f"sh -c sleep 3600; : {argument}")
+
+
 def test_containerd_container_resolves_and_lists_its_processes(daemon, containerd_container):
     container_id = containerd_container("sleep", "2345")
     reply = call(daemon, f"containerd://{container_id}")

@@ -23,6 +23,13 @@ NAMESPACE_FLAGS = {"mnt": "-m", "ipc": "-i", "net": "-n", "pid": "-p"}
 # nsenter (util-linux) exits 126/127 when it cannot exec the program; a shell
 # exits 127 for a command it cannot find.
 EXIT_NOT_FOUND = (126, 127)
+# The environment fault commands get: nothing of the daemon's own. COLUMNS
+# because ps cuts each line to 80 columns when writing to a pipe.
+CHILD_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C",
+    "COLUMNS": "4096",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +66,7 @@ class ChildProcesses:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            env=CHILD_ENV,
         )
         self._running.add(process)
         try:
