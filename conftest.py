@@ -3,8 +3,11 @@
 Targets are real: a process as PID 1 of fresh mount and pid namespaces
 (``unshare``), containerd containers (``ctr run`` on a busybox rootfs) and
 Docker containers (``docker run`` of an image imported from the same rootfs).
+``targets`` starts them for one test; ``module_targets`` for a module, which a
+``@pytest.mark.chaos`` selector needs: module fixtures are set up before the
+marker is applied, function fixtures after.
 
-A fixture whose runtime is missing skips its tests, except under CI (``CI``
+A target whose runtime is missing skips its test, except under CI (``CI``
 set), where every runtime is .ci/run's job and a skip would hide a broken
 install: there it fails.
 """
@@ -41,7 +44,7 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"{what} is missing")
 
 
-def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -58,34 +61,40 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) 
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def _unique(prefix: str) -> str:
+def unique_name(prefix: str = "chaos-test") -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="session")
-def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A root filesystem holding busybox-static and its applets (sh, ps, sleep, ...)."""
+def make_busybox_rootfs(root: os.PathLike[str] | str, applets: bool = True) -> str:
+    """A root filesystem holding busybox-static and (optionally) links for its applets."""
     require(os.path.exists(BUSYBOX), f"busybox-static ({BUSYBOX})")
-    root = tmp_path_factory.mktemp("busybox-rootfs")
-    (root / "bin").mkdir()
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for applet in _run(BUSYBOX, "--list").stdout.split():
-        if applet != "busybox":
-            (root / "bin" / applet).symlink_to("busybox")
-    for directory in ("proc", "dev", "sys", "tmp", "etc"):
-        (root / directory).mkdir(exist_ok=True)
-    return str(root)
+    root = os.fspath(root)
+    for directory in ("bin", "proc", "dev", "sys", "tmp", "etc"):
+        os.makedirs(os.path.join(root, directory), exist_ok=True)
+    shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
+    if applets:
+        for applet in run(BUSYBOX, "--list").stdout.split():
+            if applet != "busybox":
+                os.symlink("busybox", os.path.join(root, "bin", applet))
+    return root
 
 
-@pytest.fixture
-def isolated_process() -> Iterator[Callable[..., int]]:
-    """Start ``argv`` as PID 1 of new mount and pid namespaces; return its host PID."""
-    started: list[subprocess.Popen[bytes]] = []
+class Targets:
+    """Starts targets and removes every one of them on ``close``."""
 
-    def start(*argv: str) -> int:
+    containerd_namespace = CONTAINERD_NAMESPACE
+
+    def __init__(self, rootfs: str) -> None:
+        self.rootfs = rootfs
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._containerd: list[str] = []
+        self._docker: list[str] = []
+
+    def process(self, *argv: str) -> int:
+        """Start ``argv`` as PID 1 of new mount and pid namespaces; return its host PID."""
         require(shutil.which("unshare") is not None, "unshare (util-linux)")
         outer = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--mount-proc", *argv])
-        started.append(outer)
+        self._processes.append(outer)
         children = f"/proc/{outer.pid}/task/{outer.pid}/children"
 
         def inner_pid() -> int | None:
@@ -98,68 +107,79 @@ def isolated_process() -> Iterator[Callable[..., int]]:
 
         return int(wait_for(inner_pid, f"{argv} to start"))
 
-    yield start
-    for outer in started:
-        outer.kill()
-        outer.wait()
-
-
-@pytest.fixture
-def containerd_container(busybox_rootfs: str) -> Iterator[Callable[..., str]]:
-    """Run a busybox container in containerd; return its id (without prefix)."""
-    started: list[str] = []
-
-    def start(*argv: str, labels: dict[str, str] | None = None, rootfs: str | None = None) -> str:
+    def containerd(self, *argv: str, labels: dict[str, str] | None = None, rootfs: str | None = None) -> str:
+        """Run a container in containerd (default command ``sleep 3600``); return its id."""
         require(os.path.exists(CONTAINERD_SOCKET) and shutil.which("ctr") is not None, "containerd")
-        container_id = _unique("chaos-test")
-        label_args = [arg for k, v in (labels or {}).items() for arg in ("--label", f"{k}={v}")]
-        started.append(container_id)  # before running: a failed start still leaves a container
-        _run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin", *label_args,
-             "--rootfs", rootfs or busybox_rootfs, container_id, *(argv or ("sleep", "3600")))
+        container_id = unique_name()
+        self._containerd.append(container_id)  # before running: a failed start still leaves a container
+        run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin",
+            *_label_args(labels), "--rootfs", rootfs or self.rootfs, container_id, *(argv or ("sleep", "3600")))
         return container_id
 
-    start.namespace = CONTAINERD_NAMESPACE  # type: ignore[attr-defined]
-    yield start
-    for container_id in started:
-        remove_containerd_container(container_id)
+    def docker(self, *argv: str, labels: dict[str, str] | None = None, name: str | None = None) -> str:
+        """Run a container in Docker, without network (default ``sleep 3600``); return its full id."""
+        image = self.docker_image()
+        name = name or unique_name()
+        self._docker.append(name)  # before running: a failed start still leaves a container
+        result = run("docker", "run", "-d", "--network", "none", "--name", name, *_label_args(labels),
+                     image, *(argv or ("sleep", "3600")))
+        return result.stdout.strip()
+
+    def distroless_rootfs(self, path: os.PathLike[str] | str) -> str:
+        """A rootfs with one static binary (/bin/busybox) and no shell, as in distroless images."""
+        return make_busybox_rootfs(path, applets=False)
+
+    def docker_image(self) -> str:
+        """The busybox rootfs imported into Docker as an image (no registry involved)."""
+        require(os.path.exists(DOCKER_SOCKET) and shutil.which("docker") is not None, "Docker Engine")
+        if run("docker", "image", "inspect", DOCKER_IMAGE, check=False).returncode != 0:
+            tar = subprocess.Popen(["tar", "-C", self.rootfs, "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(["docker", "import", "-", DOCKER_IMAGE], stdin=tar.stdout, check=True, capture_output=True)
+            tar.wait()
+        return DOCKER_IMAGE
+
+    def close(self) -> None:
+        for outer in self._processes:
+            outer.kill()
+            outer.wait()
+        for container_id in self._containerd:
+            _remove_containerd_container(container_id)
+        if self._docker:
+            run("docker", "rm", "-f", *self._docker, check=False)
 
 
-def remove_containerd_container(container_id: str) -> None:
+def _label_args(labels: dict[str, str] | None) -> list[str]:
+    return [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
+
+
+def _remove_containerd_container(container_id: str) -> None:
     ctr = ("ctr", "-n", CONTAINERD_NAMESPACE)
-    _run(*ctr, "tasks", "kill", "-s", "SIGKILL", container_id, check=False)
+    run(*ctr, "tasks", "kill", "-s", "SIGKILL", container_id, check=False)
 
     def task_deleted() -> bool:
-        result = _run(*ctr, "tasks", "delete", container_id, check=False)
+        result = run(*ctr, "tasks", "delete", container_id, check=False)
         return result.returncode == 0 or "not found" in result.stderr
 
     wait_for(task_deleted, f"task {container_id} to stop")
-    _run(*ctr, "containers", "delete", container_id, check=False)
+    run(*ctr, "containers", "delete", container_id, check=False)
 
 
 @pytest.fixture(scope="session")
-def docker_image(busybox_rootfs: str) -> str:
-    """The busybox rootfs imported into Docker as an image (no registry involved)."""
-    require(os.path.exists(DOCKER_SOCKET) and shutil.which("docker") is not None, "Docker Engine")
-    if _run("docker", "image", "inspect", DOCKER_IMAGE, check=False).returncode != 0:
-        tar = subprocess.Popen(["tar", "-C", busybox_rootfs, "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", DOCKER_IMAGE], stdin=tar.stdout, check=True, capture_output=True)
-        tar.wait()
-    return DOCKER_IMAGE
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_busybox_rootfs(tmp_path_factory.mktemp("busybox-rootfs"))
 
 
 @pytest.fixture
-def docker_container(docker_image: str) -> Iterator[Callable[..., str]]:
-    """Run a busybox container in Docker (no network); return its full id."""
-    started: list[str] = []
+def targets(busybox_rootfs: str) -> Iterator[Targets]:
+    """Targets for one test, removed after it."""
+    pool = Targets(busybox_rootfs)
+    yield pool
+    pool.close()
 
-    def start(*argv: str, labels: dict[str, str] | None = None, name: str | None = None) -> str:
-        label_args = [arg for k, v in (labels or {}).items() for arg in ("--label", f"{k}={v}")]
-        name = name or _unique("chaos-test")
-        started.append(name)  # before running: a failed start still leaves a container
-        result = _run("docker", "run", "-d", "--network", "none", "--name", name, *label_args,
-                      docker_image, *(argv or ("sleep", "3600")))
-        return result.stdout.strip()
 
-    yield start
-    if started:
-        _run("docker", "rm", "-f", *started, check=False)
+@pytest.fixture(scope="module")
+def module_targets(busybox_rootfs: str) -> Iterator[Targets]:
+    """Targets for a module, started before any chaos marker is applied."""
+    pool = Targets(busybox_rootfs)
+    yield pool
+    pool.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import stat
 import subprocess
 
@@ -47,8 +46,8 @@ def test_unix_socket_is_private(daemon):
     assert stat.S_IMODE(mode) == 0o600
 
 
-def test_process_list_of_an_isolated_process(daemon, isolated_process):
-    pid = isolated_process("sleep", "1234")
+def test_process_list_of_an_isolated_process(daemon, targets):
+    pid = targets.process("sleep", "1234")
     reply = call(daemon, f"pid://{pid}")
     assert reply.status.pid == pid
     assert reply.status.state == pb.InjectionStatus.ONE_SHOT
@@ -58,15 +57,15 @@ def test_process_list_of_an_isolated_process(daemon, isolated_process):
     assert host_pid_1 not in {p.command.split()[0] for p in reply.processes}
 
 
-def test_long_command_lines_are_not_cut(daemon, isolated_process):
+def test_long_command_lines_are_not_cut(daemon, targets):
     argument = "x" * 300
-    pid = isolated_process("sh", "-c", f"sleep 3600; : {argument}")
+    pid = targets.process("sh", "-c", f"sleep 3600; : {argument}")
     first = call(daemon, f"pid://{pid}").processes[0]
     assert (first.pid, first.command) == (1, f"sh -c sleep 3600; : {argument}")
 
 
-def test_containerd_container_resolves_and_lists_its_processes(daemon, containerd_container):
-    container_id = containerd_container("sleep", "2345")
+def test_containerd_container_resolves_and_lists_its_processes(daemon, targets):
+    container_id = targets.containerd("sleep", "2345")
     reply = call(daemon, f"containerd://{container_id}")
     assert [(p.pid, p.command) for p in reply.processes] == [(1, "sleep 2345")]
     # busybox's ps, not the host's procps: its header starts with PID USER
@@ -74,16 +73,16 @@ def test_containerd_container_resolves_and_lists_its_processes(daemon, container
     assert header[:2] == ["PID", "USER"] and header[-1] == "COMMAND"
 
 
-def test_docker_container_resolves_by_id_and_by_name(daemon, docker_container):
+def test_docker_container_resolves_by_id_and_by_name(daemon, targets):
     name = f"chaos-by-name-{os.getpid()}"
-    container_id = docker_container("sleep", "3456", name=name)
+    container_id = targets.docker("sleep", "3456", name=name)
     for ref in (container_id, name):
         reply = call(daemon, f"docker://{ref}")
         assert [(p.pid, p.command) for p in reply.processes] == [(1, "sleep 3456")]
 
 
-def test_docker_pid_matches_the_engine(daemon, docker_container):
-    container_id = docker_container()
+def test_docker_pid_matches_the_engine(daemon, targets):
+    container_id = targets.docker()
     engine_pid = int(subprocess.check_output(["docker", "inspect", "-f", "{{.State.Pid}}", container_id]))
     assert call(daemon, f"docker://{container_id}").status.pid == engine_pid
 
@@ -110,9 +109,9 @@ def test_bad_ids_get_clear_status_codes(daemon, container_id, code, words):
         assert word in err.details()
 
 
-def test_stopped_containerd_container_is_a_failed_precondition(daemon, containerd_container):
-    container_id = containerd_container("sleep", "3600")
-    ctr = ["ctr", "-n", containerd_container.namespace]
+def test_stopped_containerd_container_is_a_failed_precondition(daemon, targets):
+    container_id = targets.containerd("sleep", "3600")
+    ctr = ["ctr", "-n", targets.containerd_namespace]
     subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", container_id], check=True)
     subprocess.run([*ctr, "tasks", "delete", container_id], check=False)
     err = error_of(daemon, f"containerd://{container_id}")
@@ -120,8 +119,8 @@ def test_stopped_containerd_container_is_a_failed_precondition(daemon, container
     assert container_id in err.details()
 
 
-def test_created_but_not_started_docker_container_is_a_failed_precondition(daemon, docker_image):
-    container_id = subprocess.check_output(["docker", "create", "--network", "none", docker_image, "sleep", "1"], text=True).strip()
+def test_created_but_not_started_docker_container_is_a_failed_precondition(daemon, targets):
+    container_id = subprocess.check_output(["docker", "create", "--network", "none", targets.docker_image(), "sleep", "1"], text=True).strip()
     try:
         err = error_of(daemon, f"docker://{container_id}")
     finally:
@@ -130,13 +129,9 @@ def test_created_but_not_started_docker_container_is_a_failed_precondition(daemo
     assert container_id in err.details()
 
 
-def test_container_without_a_shell_is_a_failed_precondition(daemon, containerd_container, busybox_rootfs, tmp_path):
-    # A distroless-like rootfs: one static binary, no sh, no ps.
-    (tmp_path / "proc").mkdir()
-    (tmp_path / "dev").mkdir()
-    shutil.copy2(os.path.join(busybox_rootfs, "bin", "busybox"), tmp_path / "app")
-    (tmp_path / "sleep").symlink_to("app")
-    container_id = containerd_container("/sleep", "3600", rootfs=str(tmp_path))
+def test_container_without_a_shell_is_a_failed_precondition(daemon, targets, tmp_path):
+    rootfs = targets.distroless_rootfs(tmp_path)
+    container_id = targets.containerd("/bin/busybox", "sleep", "3600", rootfs=rootfs)
     err = error_of(daemon, f"containerd://{container_id}")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
     assert "needs `sh` and `ps`" in err.details()
@@ -151,24 +146,24 @@ def test_unreachable_runtime_is_unavailable_naming_the_socket(start_daemon, tmp_
         assert missing in err.details()
 
 
-def test_default_namespace_does_not_see_other_namespaces(start_daemon, containerd_container):
+def test_default_namespace_does_not_see_other_namespaces(start_daemon, targets):
     daemon = start_daemon()  # default: k8s.io only
-    container_id = containerd_container()
+    container_id = targets.containerd()
     err = error_of(daemon, f"containerd://{container_id}")
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert "k8s.io" in err.details()
 
 
-def test_concurrent_requests_all_succeed(daemon, isolated_process):
-    pids = [isolated_process("sleep", str(4000 + i)) for i in range(4)]
+def test_concurrent_requests_all_succeed(daemon, targets):
+    pids = [targets.process("sleep", str(4000 + i)) for i in range(4)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda i: call(daemon, f"pid://{pids[i % 4]}"), range(16)))
     for i, reply in enumerate(replies):
         assert [p.command for p in reply.processes] == [f"sleep {4000 + i % 4}"]
 
 
-def test_logs_the_request_the_command_and_the_output(daemon, isolated_process):
-    pid = isolated_process("sleep", "5678")
+def test_logs_the_request_the_command_and_the_output(daemon, targets):
+    pid = targets.process("sleep", "5678")
     call(daemon, f"pid://{pid}")
     entries = [json.loads(line) for line in daemon.log().splitlines()]
     request = next(e for e in entries if e["msg"] == "ExecHelloWorldChaos")
@@ -180,9 +175,9 @@ def test_logs_the_request_the_command_and_the_output(daemon, isolated_process):
     assert "sleep 5678" in output["output"]
 
 
-def test_slow_command_is_killed_at_the_timeout(start_daemon, isolated_process):
+def test_slow_command_is_killed_at_the_timeout(start_daemon, targets):
     daemon = start_daemon("--exec-timeout", "0.001")
-    pid = isolated_process("sleep", "3600")
+    pid = targets.process("sleep", "3600")
     err = error_of(daemon, f"pid://{pid}")
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
     assert "killed" in err.details()

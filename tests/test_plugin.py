@@ -26,8 +26,8 @@ def test_help_shows_the_chaos_option_group(pytester):
     result.stdout.fnmatch_lines(["*chaos_seed (string):*"])
 
 
-def test_marker_captures_each_targets_process_list(pytester, isolated_process):
-    pids = [isolated_process("sleep", "1001"), isolated_process("sleep", "1002")]
+def test_marker_captures_each_targets_process_list(pytester, targets):
+    pids = [targets.process("sleep", "1001"), targets.process("sleep", "1002")]
     result = run(pytester, f"""
         import pytest
 
@@ -54,8 +54,8 @@ def test_marker_captures_each_targets_process_list(pytester, isolated_process):
     ])
 
 
-def test_junit_xml_holds_the_output_with_default_settings(pytester, isolated_process):
-    pid = isolated_process("sleep", "2002")
+def test_junit_xml_holds_the_output_with_default_settings(pytester, targets):
+    pid = targets.process("sleep", "2002")
     xml = pytester.path / "junit.xml"
     result = run(pytester, f"""
         import pytest
@@ -70,8 +70,8 @@ def test_junit_xml_holds_the_output_with_default_settings(pytester, isolated_pro
     assert properties["chaos[1]"].startswith("chaos helloworld mode=one: 1 target")
 
 
-def test_failure_report_shows_the_output(pytester, isolated_process):
-    pid = isolated_process("sleep", "3003")
+def test_failure_report_shows_the_output(pytester, targets):
+    pid = targets.process("sleep", "3003")
     result = run(pytester, f"""
         import pytest
 
@@ -83,8 +83,8 @@ def test_failure_report_shows_the_output(pytester, isolated_process):
     result.stdout.fnmatch_lines(["*Captured chaos setup*", "*sleep 3003*"])
 
 
-def test_apply_in_the_test_body_recovers_on_exit(pytester, isolated_process):
-    pid = isolated_process("sleep", "4004")
+def test_apply_in_the_test_body_recovers_on_exit(pytester, targets):
+    pid = targets.process("sleep", "4004")
     result = run(pytester, f"""
         import pytest
 
@@ -99,8 +99,8 @@ def test_apply_in_the_test_body_recovers_on_exit(pytester, isolated_process):
     result.stdout.fnmatch_lines(["*Captured chaos call*", "*sleep 4004*"])
 
 
-def test_several_markers_apply_in_order(pytester, isolated_process):
-    first, second = isolated_process("sleep", "5001"), isolated_process("sleep", "5002")
+def test_several_markers_apply_in_order(pytester, targets):
+    first, second = targets.process("sleep", "5001"), targets.process("sleep", "5002")
     result = run(pytester, f"""
         import pytest
 
@@ -112,8 +112,8 @@ def test_several_markers_apply_in_order(pytester, isolated_process):
     result.assert_outcomes(passed=1)
 
 
-def test_modes_pick_reproducibly_with_a_seed(pytester, isolated_process):
-    pids = [isolated_process("sleep", str(6000 + i)) for i in range(5)]
+def test_modes_pick_reproducibly_with_a_seed(pytester, targets):
+    pids = [targets.process("sleep", str(6000 + i)) for i in range(5)]
     source = f"""
         import pytest
 
@@ -188,8 +188,8 @@ def test_dead_pid_selects_nothing(pytester):
     result.assert_outcomes(errors=1)
 
 
-def test_unreachable_daemon_errors_the_test(pytester, isolated_process, tmp_path):
-    pid = isolated_process("sleep", "7007")
+def test_unreachable_daemon_errors_the_test(pytester, targets, tmp_path):
+    pid = targets.process("sleep", "7007")
     result = run(pytester, f"""
         import pytest
 
@@ -201,14 +201,9 @@ def test_unreachable_daemon_errors_the_test(pytester, isolated_process, tmp_path
     result.stdout.fnmatch_lines(["*chaos daemon unreachable at unix://*nobody.sock*"])
 
 
-def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, containerd_container, busybox_rootfs, tmp_path):
-    import shutil
-
-    (tmp_path / "proc").mkdir()
-    (tmp_path / "dev").mkdir()
-    shutil.copy2(os.path.join(busybox_rootfs, "bin", "busybox"), tmp_path / "app")
-    (tmp_path / "sleep").symlink_to("app")
-    container_id = containerd_container("/sleep", "3600", rootfs=str(tmp_path))
+def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, targets, tmp_path):
+    rootfs = targets.distroless_rootfs(tmp_path)
+    container_id = targets.containerd("/bin/busybox", "sleep", "3600", rootfs=rootfs)
     result = run(pytester, f"""
         import pytest
 
@@ -220,8 +215,8 @@ def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, contain
     result.stdout.fnmatch_lines(["*FAILED_PRECONDITION*needs `sh` and `ps`*"])
 
 
-def test_ini_options_mirror_the_command_line(pytester, isolated_process):
-    pid = isolated_process("sleep", "8008")
+def test_ini_options_mirror_the_command_line(pytester, targets):
+    pid = targets.process("sleep", "8008")
     pytester.makeini("[pytest]\nchaos_seed = 777\n")
     result = run(pytester, f"""
         import pytest
@@ -234,11 +229,11 @@ def test_ini_options_mirror_the_command_line(pytester, isolated_process):
     result.stdout.fnmatch_lines(["chaos: seed=777 *"])
 
 
-def test_labels_select_docker_and_containerd_containers(pytester, containerd_container, docker_container):
+def test_labels_select_docker_and_containerd_containers(pytester, targets):
     label = {"app": f"web-{os.getpid()}"}
-    in_containerd = containerd_container("sleep", "9001", labels=label)
-    in_docker = docker_container("sleep", "9002", labels=label)
-    docker_container("sleep", "9003", labels={"app": "other"})
+    in_containerd = targets.containerd("sleep", "9001", labels=label)
+    in_docker = targets.docker("sleep", "9002", labels=label)
+    targets.docker("sleep", "9003", labels={"app": "other"})
     result = run(pytester, f"""
         import pytest
 
@@ -252,8 +247,8 @@ def test_labels_select_docker_and_containerd_containers(pytester, containerd_con
     result.assert_outcomes(passed=1)
 
 
-def test_embedded_daemon_is_stopped_and_its_socket_removed(pytester, isolated_process):
-    pid = isolated_process("sleep", "9100")
+def test_embedded_daemon_is_stopped_and_its_socket_removed(pytester, targets):
+    pid = targets.process("sleep", "9100")
     result = run(pytester, f"""
         import os, pytest
 
