@@ -72,6 +72,8 @@ def make_busybox_rootfs(root: os.PathLike[str] | str, applets: bool = True) -> s
     for directory in ("bin", "proc", "dev", "sys", "tmp", "etc"):
         os.makedirs(os.path.join(root, directory), exist_ok=True)
     shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
+    with open(os.path.join(root, "etc", "passwd"), "w") as passwd:
+        passwd.write("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
     if applets:
         for applet in run(BUSYBOX, "--list").stdout.split():
             if applet != "busybox":
@@ -83,6 +85,7 @@ class Targets:
     """Starts targets and removes every one of them on ``close``."""
 
     containerd_namespace = CONTAINERD_NAMESPACE
+    require = staticmethod(require)
 
     def __init__(self, rootfs: str) -> None:
         self.rootfs = rootfs
