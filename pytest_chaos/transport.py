@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
+from pytest_chaos_daemon.server import grpc_target
 
 from .errors import ChaosError
 
@@ -22,11 +23,6 @@ class ClientTls:
     key: bytes
     ca: bytes
     server_name: str = ""
-
-
-def grpc_target(address: str) -> str:
-    """``unix:///path`` stays; ``tcp://host:port`` and ``host:port`` become ``host:port``."""
-    return address if address.startswith("unix:") else address.removeprefix("tcp://")
 
 
 class DaemonClient:
