@@ -16,7 +16,8 @@ import pytest
 
 from pytest_chaos_daemon.runtimes import containerd, docker
 
-from .backends import BACKENDS
+from .backends import BACKENDS, Backend
+from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
 from .backends.local import LocalBackend
 from .embedded import EmbeddedDaemon
 from .errors import ChaosError, ChaosSpecError
@@ -47,6 +48,14 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("--chaos-containerd-namespace", {"metavar": "NAMES"},
      "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
     ("--chaos-docker-socket", {"metavar": "PATH"}, f"local backend: Docker Engine's socket. Default: {docker.DEFAULT_SOCKET}"),
+    ("--chaos-kubeconfig", {"metavar": "PATH"},
+     "kubernetes backend: kubeconfig file. Default: $KUBECONFIG, then ~/.kube/config, then in-cluster"),
+    ("--chaos-context", {"metavar": "NAME"}, "kubernetes backend: kubeconfig context. Default: the current one"),
+    ("--chaos-daemon-namespace", {"metavar": "NAME"},
+     f"kubernetes backend: namespace of the chaos daemon DaemonSet. Default: {DEFAULT_DAEMON_NAMESPACE}"),
+    ("--chaos-daemon-access", {"choices": ACCESS_MODES},
+     "kubernetes backend: reach each node's daemon at its pod IP (direct), through the API server "
+     "(port-forward), or direct when routable and port-forward otherwise (auto). Default: auto"),
 ]
 SESSION_KEY = pytest.StashKey[ChaosSession]()
 EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
@@ -75,13 +84,30 @@ def pytest_configure(config: pytest.Config) -> None:
         timeout = float(_option(config, "chaos_timeout", str(DEFAULT_RPC_TIMEOUT_S)))
     except ValueError as err:
         raise pytest.UsageError(f"--chaos-seed must be an integer and --chaos-timeout a number: {err}") from None
-    backend_name = _option(config, "chaos_backend", "local")
-    if backend_name not in BACKENDS:
-        raise pytest.UsageError(f"--chaos-backend={backend_name!r}: accepted backends: {', '.join(BACKENDS)}")
+    config.stash[SESSION_KEY] = ChaosSession(_backend(config), seed, timeout)
+
+
+def _backend(config: pytest.Config) -> Backend:
+    name = _option(config, "chaos_backend", "local")
+    if name not in BACKENDS:
+        raise pytest.UsageError(f"--chaos-backend={name!r}: accepted backends: {', '.join(BACKENDS)}")
+    external = _option(config, "chaos_daemon", "")
+    if name == "kubernetes":
+        if external:
+            raise pytest.UsageError("--chaos-daemon applies to the local backend; the kubernetes backend "
+                                    "finds the daemon on each target's node (see --chaos-daemon-namespace)")
+        access = _option(config, "chaos_daemon_access", "auto")
+        if access not in ACCESS_MODES:
+            raise pytest.UsageError(f"chaos_daemon_access={access!r}: accepted: {', '.join(ACCESS_MODES)}")
+        return KubernetesBackend(
+            kubeconfig=_option(config, "chaos_kubeconfig", "") or None,
+            context=_option(config, "chaos_context", "") or None,
+            daemon_namespace=_option(config, "chaos_daemon_namespace", DEFAULT_DAEMON_NAMESPACE),
+            access=access,
+        )
     containerd_socket = _option(config, "chaos_containerd_socket", containerd.DEFAULT_SOCKET)
     namespaces = [n for n in _option(config, "chaos_containerd_namespace", "*").split(",") if n]
     docker_socket = _option(config, "chaos_docker_socket", docker.DEFAULT_SOCKET)
-    external = _option(config, "chaos_daemon", "")
     if external:
         daemon_address = lambda: external  # noqa: E731
     else:
@@ -91,8 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
         config.stash[EMBEDDED_KEY] = embedded
         daemon_address = embedded.ensure_started
-    backend = LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket)
-    config.stash[SESSION_KEY] = ChaosSession(backend, seed, timeout)
+    return LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -106,8 +131,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     session = config.stash[SESSION_KEY]
-    daemon = _option(config, "chaos_daemon", "") or "started on first use (private unix socket)"
-    return f"chaos: seed={session.seed} backend={session.backend.describe()} daemon={daemon}"
+    header = f"chaos: seed={session.seed} backend={session.backend.describe()}"
+    if session.backend.name == "local":
+        header += " daemon=" + (_option(config, "chaos_daemon", "") or "started on first use (private unix socket)")
+    return header
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -48,7 +48,8 @@ class ChaosSession:
             candidates = self.backend.candidates(spec.selector, spec.container_names)
             if not candidates:
                 raise ChaosError(f"no target is selected by {spec.selector!r} ({self.backend.describe()})")
-            experiment.targets = choose(candidates, spec.mode, spec.value, self.rng(test_id, index))
+            units = choose(candidates, spec.mode, spec.value, self.rng(test_id, index))
+            experiment.targets = [target for unit in units for target in unit]
             if not experiment.targets:
                 raise ChaosError(
                     f"mode {spec.mode!r} with value {spec.value:g} picked none of {len(candidates)} "
@@ -90,6 +91,7 @@ class ChaosSession:
         kind = KINDS[experiment.kind]
         for target in experiment.targets:
             target.injection_id = uuid.uuid4().hex
+            target.daemon = self.backend.daemon_address(target)
         errors = self._each_target(
             experiment.targets, lambda t: kind.inject(self.client(t.daemon), t, experiment.spec.params)
         )

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from .base import Backend
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "kubernetes")
 
 __all__ = ["BACKENDS", "Backend"]

@@ -17,8 +17,13 @@ class Backend(Protocol):
         """A validated copy of ``selector``; raises ChaosSpecError naming the bad field."""
         ...
 
-    def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[Target]:
-        """Every target the selector matches, before the mode picks; each with ``daemon`` set."""
+    def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[list[Target]]:
+        """What the selector matches, before the mode picks: units the mode picks whole
+        (a pod with its chosen containers; a single container or process)."""
+        ...
+
+    def daemon_address(self, target: Target) -> str:
+        """The address of the daemon that can reach ``target``; raises ChaosError if none can."""
         ...
 
     def describe(self) -> str:

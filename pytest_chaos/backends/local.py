@@ -90,9 +90,9 @@ class LocalBackend:
             checked["labels"] = dict(labels)
         return checked
 
-    def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[Target]:
+    def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[list[Target]]:
         if "pids" in selector:
-            return [self._target(f"pid://{pid}", "") for pid in selector["pids"] if _process_exists(pid)]
+            return [[Target(f"pid://{pid}")] for pid in selector["pids"] if _process_exists(pid)]
         containers, searched = self._running_containers()
         wanted = selector.get("containers")
         labels = selector.get("labels", {})
@@ -105,13 +105,10 @@ class LocalBackend:
             raise ChaosError(
                 "no container runtime reachable: " + "; ".join(msg for msg, _ in searched)
             )
-        return [self._target(c.container_id, c.name) for c in chosen]
+        return [[Target(c.container_id, name=c.name)] for c in chosen]
 
-    def searched_description(self) -> str:
-        return f"containerd at {self._containerd_socket} and Docker at {self._docker_socket}"
-
-    def _target(self, container_id: str, name: str) -> Target:
-        return Target(container_id=container_id, name=name, daemon=self._daemon_address())
+    def daemon_address(self, target: Target) -> str:
+        return self._daemon_address()
 
     def _running_containers(self) -> tuple[list[RunningContainer], list[tuple[str, bool]]]:
         """Running containers of every reachable local runtime, and what was searched."""

@@ -1,0 +1,235 @@
+"""The ``kubernetes`` backend: pods selected with Chaos Mesh's selector, one daemon per node.
+
+Targets are containers of the selected pods. Each target is sent to the
+chaos daemon pod running on the target's node (a DaemonSet, see
+daemon/deploy/), reached directly at its pod IP where this machine can route
+there, otherwise through the API server's port-forward.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import ChaosError
+from ..model import Target
+from .pod_selector import (
+    SELECTOR_KEYS,
+    annotations_match,
+    check_pod_selector,
+    field_selector,
+    label_selector,
+    phase_matches,
+)
+
+DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
+DAEMON_PORT = 31767
+DEFAULT_DAEMON_NAMESPACE = "chaos-testing"
+ACCESS_MODES = ("auto", "direct", "port-forward")
+PROBE_TIMEOUT_S = 1.0
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+    selector_keys = SELECTOR_KEYS
+
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        daemon_namespace: str = DEFAULT_DAEMON_NAMESPACE,
+        access: str = "auto",
+    ) -> None:
+        if access not in ACCESS_MODES:
+            raise ValueError(f"access must be one of {ACCESS_MODES}")
+        self._kubeconfig = kubeconfig
+        self._context = context
+        self.daemon_namespace = daemon_namespace
+        self._access = access
+        self._core: Any = None
+        self._lock = threading.Lock()
+        self._addresses: dict[str, str] = {}  # daemon pod uid -> address
+        self._relays: list[Any] = []
+
+    def describe(self) -> str:
+        kubeconfig = self._kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        return (
+            f"kubernetes (kubeconfig {kubeconfig}, context {self._context or 'current'}, "
+            f"daemons in namespace {self.daemon_namespace}, access {self._access})"
+        )
+
+    def check_selector(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> dict[str, Any]:
+        return check_pod_selector(selector)
+
+    def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[list[Target]]:
+        """One unit per selected pod (modes pick pods, as in Chaos Mesh), holding its chosen containers."""
+        units = []
+        for pod in self._selected_pods(selector):
+            targets = _containers(pod, container_names)
+            if targets:
+                units.append(targets)
+        return units
+
+    def daemon_address(self, target: Target) -> str:
+        daemon = self._daemon_on(target.node or "")
+        with self._lock:
+            uid = daemon.metadata.uid
+            if uid not in self._addresses:
+                self._addresses[uid] = self._reach(daemon)
+            return self._addresses[uid]
+
+    def close(self) -> None:
+        for relay in self._relays:
+            relay.close()
+        self._relays.clear()
+        self._addresses.clear()
+
+    # -- selection ---------------------------------------------------------
+
+    def _selected_pods(self, selector: Mapping[str, Any]) -> list[Any]:
+        if "pods" in selector:
+            return [pod for pod in self._named_pods(selector["pods"]) if _alive(pod)]
+        query = {}
+        if labels := label_selector(selector):
+            query["label_selector"] = labels
+        if fields := field_selector(selector):
+            query["field_selector"] = fields
+        pods: list[Any] = []
+        for namespace in selector.get("namespaces") or [None]:
+            if namespace is None:
+                pods += self._call(self.core.list_pod_for_all_namespaces, **query).items
+            else:
+                pods += self._call(self.core.list_namespaced_pod, namespace, **query).items
+        nodes = self._allowed_nodes(selector)
+        return [
+            pod for pod in pods
+            if _alive(pod)
+            and annotations_match(pod.metadata.annotations, selector.get("annotationSelectors", {}))
+            and phase_matches(pod.status.phase or "Unknown", selector.get("podPhaseSelectors", []))
+            and (nodes is None or pod.spec.node_name in nodes)
+        ]
+
+    def _named_pods(self, names: Mapping[str, Sequence[str]]) -> list[Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        pods = []
+        for namespace, pod_names in names.items():
+            for name in pod_names:
+                try:
+                    pods.append(self._call(self.core.read_namespaced_pod, name, namespace))
+                except ApiException as err:
+                    if err.status != 404:
+                        raise
+        return pods
+
+    def _allowed_nodes(self, selector: Mapping[str, Any]) -> set[str] | None:
+        """Nodes named in ``nodes`` united with those matching ``nodeSelectors``; None: no constraint."""
+        if "nodes" not in selector and "nodeSelectors" not in selector:
+            return None
+        allowed = set(selector.get("nodes", []))
+        if node_labels := selector.get("nodeSelectors"):
+            terms = ",".join(f"{k}={v}" for k, v in node_labels.items())
+            allowed |= {node.metadata.name for node in self._call(self.core.list_node, label_selector=terms).items}
+        return allowed
+
+    # -- daemons -----------------------------------------------------------
+
+    def _daemon_on(self, node: str) -> Any:
+        pods = self._call(
+            self.core.list_namespaced_pod, self.daemon_namespace,
+            label_selector=DAEMON_LABELS, field_selector=f"spec.nodeName={node}",
+        ).items
+        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip and _alive(p)]
+        if not running:
+            raise ChaosError(
+                f"no chaos daemon is running on node {node!r}: found no running pod labeled {DAEMON_LABELS} "
+                f"in namespace {self.daemon_namespace!r} there (deploy it with `kubectl apply -k daemon/deploy`, "
+                "or set --chaos-daemon-namespace)"
+            )
+        return running[0]
+
+    def _reach(self, daemon: Any) -> str:
+        direct = f"{daemon.status.pod_ip}:{DAEMON_PORT}"
+        if self._access == "direct" or (self._access == "auto" and _reachable(daemon.status.pod_ip, DAEMON_PORT)):
+            return direct
+        from ..portforward import PortForwardRelay
+
+        relay = PortForwardRelay(self.core, daemon.metadata.namespace, daemon.metadata.name, DAEMON_PORT)
+        self._relays.append(relay)
+        return relay.address
+
+    # -- API access --------------------------------------------------------
+
+    @property
+    def core(self) -> Any:
+        if self._core is None:
+            self._core = self._connect()
+        return self._core
+
+    def _connect(self) -> Any:
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise ChaosError(
+                "the kubernetes backend needs the kubernetes client: pip install 'pytest-chaos[kubernetes]'"
+            ) from None
+        try:
+            if self._kubeconfig or os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
+                api = config.new_client_from_config(config_file=self._kubeconfig, context=self._context)
+            else:
+                config.load_incluster_config()
+                api = client.ApiClient()
+        except Exception as err:  # noqa: BLE001 - the client raises several unrelated types here
+            raise ChaosError(f"cannot load the Kubernetes configuration ({self.describe()}): {err}") from None
+        return client.CoreV1Api(api)
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return method(*args, _request_timeout=30, **kwargs)
+        except ApiException as err:
+            if err.status == 404 and method.__name__ == "read_namespaced_pod":
+                raise
+            raise ChaosError(f"the Kubernetes API refused {method.__name__}: {err.status} {err.reason}: {err.body}") from None
+        except HTTPError as err:
+            raise ChaosError(f"the Kubernetes API is unreachable ({self.describe()}): {err}") from None
+
+
+def _containers(pod: Any, container_names: Sequence[str] | None) -> list[Target]:
+    """Targets for ``container_names`` of ``pod`` (default: its first container) that have started."""
+    declared = [c.name for c in pod.spec.containers]
+    wanted = list(container_names) if container_names else declared[:1]
+    statuses = {s.name: s for s in (pod.status.container_statuses or [])}
+    targets = []
+    for name in wanted:
+        status = statuses.get(name)
+        if name in declared and status is not None and status.container_id:
+            targets.append(
+                Target(
+                    container_id=status.container_id,
+                    name=f"{pod.metadata.namespace}/{pod.metadata.name}/{name}",
+                    namespace=pod.metadata.namespace,
+                    pod=pod.metadata.name,
+                    container=name,
+                    node=pod.spec.node_name,
+                )
+            )
+    return targets
+
+
+def _alive(pod: Any) -> bool:
+    """Pods being deleted are left out: chaos on them would not tell anything."""
+    return pod.metadata.deletion_timestamp is None
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
