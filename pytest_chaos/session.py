@@ -78,7 +78,7 @@ class ChaosSession:
 
     def client(self, address: str) -> DaemonClient:
         if address not in self._clients:
-            self._clients[address] = DaemonClient(address, self.rpc_timeout_s)
+            self._clients[address] = DaemonClient(address, self.rpc_timeout_s, tls=self.backend.client_tls())
         return self._clients[address]
 
     def close(self) -> None:

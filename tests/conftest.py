@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -20,7 +21,7 @@ class RunningDaemon:
         self.address = address
         self.log_path = log_path
         self.process = process
-        self.channel = grpc.insecure_channel(address)
+        self.channel = grpc.insecure_channel(address.removeprefix("tcp://"))
         self.stub = pb_grpc.ChaosDaemonStub(self.channel)
 
     def log(self) -> str:
@@ -38,9 +39,9 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     """Start ``pytest-chaos-daemon`` on a fresh unix socket with extra ``args``; stopped after the test."""
     daemons: list[RunningDaemon] = []
 
-    def start(*args: str) -> RunningDaemon:
+    def start(*args: str, listen: str | None = None) -> RunningDaemon:
         directory = tmp_path_factory.mktemp("daemon")
-        address = f"unix://{directory}/daemon.sock"
+        address = listen or f"unix://{directory}/daemon.sock"
         log_path = str(directory / "daemon.log")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -49,15 +50,20 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
             )
         daemon = RunningDaemon(address, log_path, process)
         daemons.append(daemon)
-        try:
-            grpc.channel_ready_future(daemon.channel).result(timeout=15)
-        except grpc.FutureTimeoutError:
-            raise AssertionError(f"daemon did not start:\n{daemon.log()}") from None
+        _wait_until_started(daemon)
         return daemon
 
     yield start
     for daemon in daemons:
         daemon.stop()
+
+
+def _wait_until_started(daemon: RunningDaemon) -> None:
+    deadline = time.monotonic() + 15
+    while '"serving"' not in daemon.log():
+        if daemon.process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"daemon did not start:\n{daemon.log()}")
+        time.sleep(0.05)
 
 
 @pytest.fixture

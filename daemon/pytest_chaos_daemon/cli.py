@@ -27,6 +27,9 @@ examples:
   pytest-chaos-daemon                                   # TCP on port 31767
   pytest-chaos-daemon --listen unix:///run/pytest-chaos.sock
   pytest-chaos-daemon --containerd-namespace '*'        # search every containerd namespace
+  pytest-chaos-daemon --tls-cert server.crt --tls-key server.key --tls-client-ca ca.crt \
+      --health-listen tcp://0.0.0.0:31766               # mutual TLS, as in a cluster
+                                                        # (certificates: pytest-chaos-daemon-certs)
 health and reflection: grpc.health.v1.Health and server reflection are served,
 so `grpcurl -plaintext HOST:31767 list` works.
 """
@@ -70,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-concurrent", type=int, default=16, metavar="N",
         help="fault commands run at once; further requests wait. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--health-listen", metavar="ADDRESS",
+        help="also serve grpc.health.v1 alone, in plaintext, here (e.g. tcp://0.0.0.0:31766): "
+        "Kubernetes' gRPC probes cannot speak TLS",
     )
     parser.add_argument("--tls-cert", metavar="PEM", help="server certificate; enables mutual TLS on TCP")
     parser.add_argument("--tls-key", metavar="PEM", help="server private key")
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("pytest-chaos-daemon: warning: not root; entering other processes' namespaces will fail",
               file=sys.stderr)
-    asyncio.run(serve(args.listen, build_runtimes(args), args.exec_timeout, args.max_concurrent, tls))
+    asyncio.run(
+        serve(args.listen, build_runtimes(args), args.exec_timeout, args.max_concurrent, tls, args.health_listen)
+    )
     return 0
 
 

@@ -21,6 +21,9 @@ from .runtimes import RuntimeRegistry
 from .servicer import ChaosDaemonServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
+# The name in the daemons' certificates (pytest-chaos-daemon-certs); clients
+# check it whatever address they dial (pod IP, port-forward relay).
+TLS_SERVER_NAME = "chaos-daemon.pytest-chaos.local"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,7 @@ async def serve(
     exec_timeout_s: float,
     max_concurrent: int,
     tls: TlsFiles | None = None,
+    health_listen: str | None = None,
 ) -> None:
     children = ChildProcesses()
     server = grpc.aio.server(maximum_concurrent_rpcs=max_concurrent * 8)
@@ -85,10 +89,19 @@ async def serve(
             log(logging.WARNING, "listening on TCP without mutual TLS; use --tls-cert/--tls-key/--tls-client-ca "
                 "anywhere but a trusted test machine", listen=listen)
 
+    # Kubernetes' gRPC probes speak plaintext only: behind mutual TLS, health
+    # is served again, alone, on a plaintext port of its own.
+    health_server = None
+    if health_listen:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_server.add_insecure_port(grpc_target(health_listen))
+        await health_server.start()
+
     await server.start()
     for service in (SERVICE_NAME, ""):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log(logging.INFO, "serving", listen=listen, tls=bool(tls), runtimes=runtimes.prefixes)
+    log(logging.INFO, "serving", listen=listen, tls=bool(tls), health_listen=health_listen, runtimes=runtimes.prefixes)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,6 +114,8 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         children.kill_all()
         await server.stop(grace=2)
+        if health_server:
+            await health_server.stop(grace=None)
         if socket_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)

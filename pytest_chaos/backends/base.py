@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..model import Target
+from ..transport import ClientTls
 
 
 class Backend(Protocol):
@@ -24,6 +25,10 @@ class Backend(Protocol):
 
     def daemon_address(self, target: Target) -> str:
         """The address of the daemon that can reach ``target``; raises ChaosError if none can."""
+        ...
+
+    def client_tls(self) -> ClientTls | None:
+        """Credentials for mutual TLS with the daemons; None for plaintext."""
         ...
 
     def describe(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ChaosError
 from ..model import Target
+from ..transport import ClientTls
 from .pod_selector import (
     SELECTOR_KEYS,
     annotations_match,
@@ -26,6 +27,7 @@ from .pod_selector import (
 )
 
 DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
+CLIENT_TLS_SECRET = "chaos-daemon-client-tls"
 DAEMON_PORT = 31767
 DEFAULT_DAEMON_NAMESPACE = "chaos-testing"
 ACCESS_MODES = ("auto", "direct", "port-forward")
@@ -53,6 +55,7 @@ class KubernetesBackend:
         self._lock = threading.Lock()
         self._addresses: dict[str, str] = {}  # daemon pod uid -> address
         self._relays: list[Any] = []
+        self._tls: ClientTls | None = None
 
     def describe(self) -> str:
         kubeconfig = self._kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
@@ -80,6 +83,32 @@ class KubernetesBackend:
             if uid not in self._addresses:
                 self._addresses[uid] = self._reach(daemon)
             return self._addresses[uid]
+
+    def client_tls(self) -> ClientTls:
+        """The plugin's client certificate, read from the Secret beside the daemons."""
+        with self._lock:
+            if self._tls is None:
+                self._tls = self._read_client_tls()
+            return self._tls
+
+    def _read_client_tls(self) -> ClientTls:
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self.core.read_namespaced_secret(CLIENT_TLS_SECRET, self.daemon_namespace, _request_timeout=30)
+        except ApiException as err:
+            raise ChaosError(
+                f"the daemons require mutual TLS, and the client certificate Secret "
+                f"{self.daemon_namespace}/{CLIENT_TLS_SECRET} cannot be read ({err.status} {err.reason}); "
+                "create it as the README's Kubernetes section shows (pytest-chaos-daemon-certs)"
+            ) from None
+        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        missing = {"ca.crt", "tls.crt", "tls.key"} - set(data)
+        if missing:
+            raise ChaosError(f"Secret {self.daemon_namespace}/{CLIENT_TLS_SECRET} lacks {', '.join(sorted(missing))}")
+        return ClientTls(cert=data["tls.crt"], key=data["tls.key"], ca=data["ca.crt"])
 
     def close(self) -> None:
         for relay in self._relays:

@@ -110,6 +110,9 @@ class LocalBackend:
     def daemon_address(self, target: Target) -> str:
         return self._daemon_address()
 
+    def client_tls(self) -> None:
+        return None  # a private unix socket, or a daemon the user pointed at
+
     def _running_containers(self) -> tuple[list[RunningContainer], list[tuple[str, bool]]]:
         """Running containers of every reachable local runtime, and what was searched."""
         found: list[RunningContainer] = []
