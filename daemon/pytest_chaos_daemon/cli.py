@@ -27,7 +27,7 @@ examples:
   pytest-chaos-daemon                                   # TCP on port 31767
   pytest-chaos-daemon --listen unix:///run/pytest-chaos.sock
   pytest-chaos-daemon --containerd-namespace '*'        # search every containerd namespace
-  pytest-chaos-daemon --tls-cert server.crt --tls-key server.key --tls-client-ca ca.crt \
+  pytest-chaos-daemon --tls-cert server.crt --tls-key server.key --tls-client-ca ca.crt
       --health-listen tcp://0.0.0.0:31766               # mutual TLS, as in a cluster
                                                         # (certificates: pytest-chaos-daemon-certs)
 health and reflection: grpc.health.v1.Health and server reflection are served,

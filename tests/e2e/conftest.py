@@ -1,0 +1,70 @@
+"""A real cluster for end-to-end tests: the one ``pytest-chaos-cluster up`` brings up.
+
+Needs the cluster running with the daemon deployed; its kubeconfig comes from
+``PYTEST_CHAOS_KUBECONFIG`` or the cluster tool's default path. Missing, the
+tests skip, except under CI, where .ci/run brings the cluster up: there they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import require  # the repository's conftest.py
+from pytest_chaos.backends.kubernetes import KubernetesBackend
+
+HERE = pathlib.Path(__file__).parent
+REPO = HERE.parents[1]
+DEFAULT_KUBECONFIG = "/var/lib/pytest-chaos-cluster/admin.kubeconfig"
+TUTORIAL = REPO / "example_tests" / "kubernetes" / "manifests" / "busybox.yaml"
+WORKLOADS = HERE / "manifests" / "workloads.yaml"
+
+
+class Kube:
+    def __init__(self, kubeconfig: str, kubectl: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.kubectl_path = kubectl
+
+    def kubectl(self, *args: str, timeout: float = 180) -> str:
+        result = subprocess.run([self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def backend(self, **kwargs) -> KubernetesBackend:
+        return KubernetesBackend(kubeconfig=self.kubeconfig, **kwargs)
+
+    def pytest_args(self, *extra: str) -> list[str]:
+        return ["-p", "chaos", "--chaos-backend=kubernetes", f"--chaos-kubeconfig={self.kubeconfig}", *extra]
+
+
+@pytest.fixture(scope="session")
+def kube(request) -> Kube:
+    kubeconfig = os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG)
+    kubectl = os.environ.get("PYTEST_CHAOS_KUBECTL") or shutil.which("kubectl")
+    require(os.path.exists(kubeconfig) and kubectl is not None,
+            f"a running cluster (kubeconfig {kubeconfig}, kubectl): run pytest-chaos-cluster up")
+    kube = Kube(kubeconfig, kubectl)
+    try:
+        kube.kubectl("get", "--raw=/readyz", timeout=10)
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        require(False, f"a running cluster at {kubeconfig} ({err})")
+    return kube
+
+
+@pytest.fixture(scope="session")
+def workloads(kube: Kube) -> Iterator[None]:
+    """The tutorial's busybox StatefulSet and the selector tests' pods, ready."""
+    kube.kubectl("apply", "-f", str(TUTORIAL), "-f", str(WORKLOADS))
+    kube.kubectl("-n", "busybox", "rollout", "status", "statefulset/busybox", "--timeout=180s")
+    kube.kubectl("-n", "chaos-e2e", "wait", "--for=condition=Ready", "pod", "-l", "app=e2e", "--timeout=180s")
+    kube.kubectl("-n", "chaos-e2e", "wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/done", "--timeout=180s")
+    kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")
+    yield
+    kube.kubectl("delete", "-f", str(WORKLOADS), "--wait=false", "--ignore-not-found")

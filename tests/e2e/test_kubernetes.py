@@ -1,0 +1,191 @@
+"""End to end on a real cluster: selector → pods → the daemon on each pod's node →
+container id → PID → output in the test report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_chaos.errors import ChaosError
+from pytest_chaos.session import ChaosSession
+
+pytestmark = pytest.mark.usefixtures("workloads")
+E2E = ["chaos-e2e"]
+
+
+def selected(kube, selector, container_names=None, **backend_args) -> list[tuple[str, str]]:
+    """(pod, container) pairs the backend's selection yields, before any mode."""
+    backend = kube.backend(**backend_args)
+    try:
+        units = backend.candidates(backend.check_selector(selector, container_names), container_names)
+    finally:
+        backend.close()
+    return sorted((t.pod, t.container) for unit in units for t in unit)
+
+
+def run_suite(pytester, kube, source: str, *args: str):
+    pytester.makepyfile(test_user=source)
+    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
+
+
+def test_tutorial_scenario_through_the_marker(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"namespaces": ["busybox"]}, mode="all")
+        def test_busybox(chaos):
+            [experiment] = chaos.experiments
+            assert sorted(t.pod for t in experiment.targets) == ["busybox-0", "busybox-1"]
+            for t in experiment.targets:
+                assert t.namespace == "busybox" and t.container == "busybox" and t.node
+                assert t.container_id.startswith("containerd://")
+                assert t.pid > 0
+                assert [(p.pid, p.command) for p in t.processes] == [(1, "sleep 3600")]
+                print("TARGET", t.container_id)
+    """, "-rA", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Captured chaos setup*", "*--- busybox/busybox-*/busybox on *", "*sleep 3600*"])
+    # The daemon's log on the node holds the request, the command built and the output.
+    container_ids = [line.split("TARGET ")[1] for line in result.outlines if "TARGET " in line]
+    logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=2000")
+    entries = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    for container_id in container_ids:
+        mine = [e for e in entries if e.get("container_id") == container_id
+                or e.get("request", {}).get("containerId") == container_id]
+        assert {"ExecHelloWorldChaos", "command built", "output"} <= {e["msg"] for e in mine}
+        assert any("sleep 3600" in e.get("output", "") for e in mine)
+
+
+def test_modes_over_pods(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        SEL = {"namespaces": ["chaos-e2e"], "labelSelectors": {"app": "e2e"}}
+
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="one")
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="all")
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="fixed", value=2)
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="fixed-percent", value=34)
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="random-max-percent", value=100)
+        def test_modes(chaos):
+            one, every, fixed, percent, random_max = chaos.experiments
+            assert len(one.targets) == 1
+            assert sorted(t.pod for t in every.targets) == ["pod-a", "pod-b", "pod-c"]
+            assert len({t.pod for t in fixed.targets}) == 2
+            assert len({t.pod for t in percent.targets}) == 2   # ceil(3 * 34 / 100)
+            assert 1 <= len(random_max.targets) <= 3
+            for experiment in chaos.experiments:
+                for t in experiment.targets:
+                    assert t.container == "main"
+                    assert [p.command for p in t.processes] == ["sleep 3600"]
+    """, "--chaos-seed=3")
+    result.assert_outcomes(passed=1)
+
+
+def test_container_names_pick_containers_and_modes_pick_pods(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"pods": {"chaos-e2e": ["pod-a", "pod-b"]}},
+                           mode="one", container_names=["main", "sidecar"])
+        @pytest.mark.chaos("helloworld", selector={"namespaces": ["chaos-e2e"], "labelSelectors": {"app": "e2e"}},
+                           mode="all", container_names=["sidecar"])
+        def test_containers(chaos):
+            both, sidecars = chaos.experiments
+            assert len({t.pod for t in both.targets}) == 1
+            assert sorted(t.container for t in both.targets) == ["main", "sidecar"]
+            assert {t.container for t in sidecars.targets} == {"sidecar"}
+            assert all([p.command for p in t.processes] == ["sleep 1800"] for t in sidecars.targets)
+    """)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    "selector, container_names, expected",
+    [
+        ({"namespaces": E2E, "labelSelectors": {"tier": "back"}}, None, ["pod-b", "pod-c"]),
+        ({"namespaces": E2E, "expressionSelectors": [{"key": "env", "operator": "In", "values": ["canary"]}]}, None, ["pod-c"]),
+        ({"namespaces": E2E, "labelSelectors": {"app": "e2e"},
+          "expressionSelectors": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}, None, ["pod-b", "pod-c"]),
+        ({"namespaces": E2E, "expressionSelectors": [{"key": "env", "operator": "Exists"}]}, None, ["pod-c"]),
+        ({"namespaces": E2E, "labelSelectors": {"app": "e2e"},
+          "expressionSelectors": [{"key": "env", "operator": "DoesNotExist"}]}, None, ["pod-a", "pod-b"]),
+        ({"namespaces": E2E, "annotationSelectors": {"chaos.example/target": "yes"}}, None, ["pod-a"]),
+        ({"namespaces": E2E, "fieldSelectors": {"metadata.name": "pod-b"}}, None, ["pod-b"]),
+        ({"namespaces": E2E, "podPhaseSelectors": ["Running"]}, None, ["pod-a", "pod-b", "pod-c"]),
+        ({"namespaces": E2E, "podPhaseSelectors": ["!Running"]}, None, ["done"]),
+        ({"namespaces": E2E, "podPhaseSelectors": ["Succeeded", "Running", "!Succeeded"]}, None, ["pod-a", "pod-b", "pod-c"]),
+        ({"pods": {"chaos-e2e": ["pod-a", "no-such-pod"]}, "labelSelectors": {"tier": "back"}}, None, ["pod-a"]),
+        ({"namespaces": E2E, "labelSelectors": {"app": "e2e"}}, ["sidecar", "nope"], ["pod-a", "pod-b", "pod-c"]),
+        ({"namespaces": E2E, "labelSelectors": {"app": "e2e"}}, ["nope"], []),
+        ({"namespaces": ["no-such-namespace"]}, None, []),
+    ],
+)
+def test_selectors(kube, selector, container_names, expected):
+    pairs = selected(kube, selector, container_names)
+    assert sorted({pod for pod, _ in pairs}) == expected
+    if container_names:
+        assert {c for _, c in pairs} <= set(container_names)
+
+
+def test_node_selectors(kube):
+    node = kube.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}")
+    labels = json.loads(kube.kubectl("get", "node", node, "-o", "jsonpath={.metadata.labels}"))
+    base = {"namespaces": E2E, "labelSelectors": {"app": "e2e"}}
+    assert len(selected(kube, {**base, "nodes": [node]})) == 3
+    assert selected(kube, {**base, "nodes": ["no-such-node"]}) == []
+    hostname = labels["kubernetes.io/hostname"]
+    assert len(selected(kube, {**base, "nodeSelectors": {"kubernetes.io/hostname": hostname}})) == 3
+    assert selected(kube, {**base, "nodeSelectors": {"kubernetes.io/hostname": "elsewhere"}}) == []
+    # nodes and nodeSelectors unite
+    assert len(selected(kube, {**base, "nodes": ["no-such-node"],
+                               "nodeSelectors": {"kubernetes.io/hostname": hostname}})) == 3
+
+
+def test_nothing_selected_errors_the_test(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"namespaces": ["chaos-e2e"], "labelSelectors": {"app": "nobody"}})
+        def test_app():
+            pass
+    """)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["ChaosError: *no target is selected*"])
+
+
+def test_through_the_api_servers_port_forward(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"pods": {"busybox": ["busybox-0"]}})
+        def test_app(chaos):
+            [t] = chaos.experiments[0].targets
+            assert t.daemon.startswith("127.0.0.1:")
+            assert [p.command for p in t.processes] == ["sleep 3600"]
+    """, "--chaos-daemon-access=port-forward")
+    result.assert_outcomes(passed=1)
+
+
+def test_no_daemon_on_the_node_names_the_node(kube):
+    session = ChaosSession(kube.backend(daemon_namespace="no-daemons-here"), seed=1)
+    spec = session.spec(("helloworld",), {"selector": {"pods": {"busybox": ["busybox-0"]}}})
+    node = kube.kubectl("-n", "busybox", "get", "pod", "busybox-0", "-o", "jsonpath={.spec.nodeName}")
+    try:
+        with pytest.raises(ChaosError, match=f"no chaos daemon is running on node '{node}'"):
+            session.apply(spec)
+    finally:
+        session.close()
+
+
+def test_bad_kubernetes_selector_fails_at_collection(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={"labels": {"app": "x"}})
+        def test_app():
+            pass
+    """)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*selector.labels: unknown selector key for the kubernetes backend; accepted keys: namespaces, labelSelectors*"])
