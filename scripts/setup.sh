@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Sets up a Debian 12 machine, as root, for pytest-chaos's local backend and
-# its tests: Debian packages, the Python package, crictl, and running
-# containerd and Docker Engine daemons. Idempotent: run it again at any time.
+# Sets up a Debian 12 machine, as root, for pytest-chaos and its tests:
+# Debian packages, the Python package, crictl, running containerd and Docker
+# Engine daemons, and a single-node Kubernetes cluster (pytest-chaos-cluster)
+# with the chaos daemon deployed and the tutorial's busybox workload.
+# Idempotent: run it again at any time.
 #
-#   scripts/setup.sh            # everything
-#   SKIP_APT=1 scripts/setup.sh # packages already installed
+#   scripts/setup.sh               # everything (a first run builds Kubernetes: ~6 min on 2 cores)
+#   scripts/setup.sh --no-cluster  # the local backend only
+#   SKIP_APT=1 scripts/setup.sh    # Debian packages already installed
 set -euo pipefail
+
+WITH_CLUSTER=1
+for arg in "$@"; do
+    case $arg in
+        --no-cluster) WITH_CLUSTER= ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "setup.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 LOG_DIR=/var/log/pytest-chaos
@@ -26,7 +38,7 @@ if [[ -z ${SKIP_APT:-} ]]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends \
         containerd runc docker.io busybox-static util-linux procps iptables \
-        containernetworking-plugins mmdebstrap ca-certificates >/dev/null
+        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates >/dev/null
 fi
 
 step "Python package (editable, with test extras)"
@@ -60,6 +72,35 @@ if ! docker version >/dev/null 2>&1; then
     nohup dockerd --containerd=/run/containerd/containerd.sock --bridge=none --iptables=false \
         >"$LOG_DIR/dockerd.log" 2>&1 &
     wait_for 60 dockerd docker version
+fi
+
+if [[ -n $WITH_CLUSTER ]]; then
+    step "Kubernetes: pytest-chaos-cluster up (builds the binaries on its first run)"
+    kubeconfig=$(python3 -m pytest_chaos_cluster up | tail -n 1)
+    bin_dir=$(python3 -c 'from pytest_chaos_cluster import settings as s; print(s.CACHE_ROOT / f"k8s-{s.K8S_VERSION}" / "bin")')
+    kubectl=(kubectl "--kubeconfig=$kubeconfig")
+    if ! command -v kubectl >/dev/null; then
+        ln -sf "$bin_dir/kubectl" /usr/local/bin/kubectl
+    fi
+    if [[ ! -e ~/.kube/config ]]; then
+        mkdir -p ~/.kube && ln -s "$kubeconfig" ~/.kube/config
+    elif [[ $(readlink -f ~/.kube/config) != "$(readlink -f "$kubeconfig")" ]]; then
+        echo "note: ~/.kube/config is not this cluster's; use --chaos-kubeconfig=$kubeconfig"
+    fi
+
+    step "the chaos daemon (mutual TLS; certificates in daemon/deploy/certs) and the tutorial's workload"
+    new_certs=
+    if [[ ! -e daemon/deploy/certs/ca.crt ]]; then
+        pytest-chaos-daemon-certs --out daemon/deploy/certs >/dev/null
+        new_certs=1
+    fi
+    "${kubectl[@]}" apply -k daemon/deploy
+    # A daemon reads its certificate at start: new certificates need new pods.
+    [[ -z $new_certs ]] || "${kubectl[@]}" -n chaos-testing rollout restart daemonset/chaos-daemon
+    "${kubectl[@]}" apply -f example_tests/kubernetes/manifests/busybox.yaml
+    "${kubectl[@]}" -n chaos-testing rollout status daemonset/chaos-daemon --timeout=180s
+    "${kubectl[@]}" -n busybox rollout status statefulset/busybox --timeout=180s
+    echo "kubeconfig: $kubeconfig    stop the cluster: python3 -m pytest_chaos_cluster down"
 fi
 
 step "ready: containerd $(ctr version 2>/dev/null | awk '/Version/{print $2; exit}'), Docker $(docker version --format '{{.Server.Version}}')"
