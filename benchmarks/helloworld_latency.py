@@ -19,12 +19,9 @@ import argparse
 import os
 import pathlib
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
@@ -33,12 +30,7 @@ from pytest_chaos.session import ChaosSession
 # The repository's test fixtures start the same real targets the tests use.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from conftest import Targets, make_busybox_rootfs  # noqa: E402
-
-
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
+from timing import interleaved_medians  # noqa: E402
 
 
 def measure(session: ChaosSession, selector: dict, host_pid: int, rounds: int) -> tuple[float, float]:
@@ -54,12 +46,8 @@ def measure(session: ChaosSession, selector: dict, host_pid: int, rounds: int) -
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         assert "sleep 3600" in out
 
-    through_plugin(), direct()  # warm up: daemon connection, page cache
-    plugin_s, direct_s = [], []
-    for _ in range(rounds):
-        plugin_s.append(timed(through_plugin))
-        direct_s.append(timed(direct))
-    return statistics.median(plugin_s), statistics.median(direct_s)
+    medians = interleaved_medians({"plugin": through_plugin, "direct": direct}, rounds)
+    return medians["plugin"], medians["direct"]
 
 
 def main() -> int:
