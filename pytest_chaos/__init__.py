@@ -6,5 +6,6 @@ and the objects they hand a test, exported here.
 
 from .errors import ChaosError, ChaosSpecError
 from .model import Experiment, ExperimentSpec, Process, Target
+from .plugin import ChaosFixture
 
-__all__ = ["ChaosError", "ChaosSpecError", "Experiment", "ExperimentSpec", "Process", "Target"]
+__all__ = ["ChaosError", "ChaosFixture", "ChaosSpecError", "Experiment", "ExperimentSpec", "Process", "Target"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -193,13 +193,25 @@ class ChaosFixture:
         self._count = 0
 
     @contextlib.contextmanager
-    def apply(self, kind: str, **kwargs: Any) -> Iterator[Experiment]:
+    def apply(
+        self,
+        kind: str,
+        *,
+        selector: Mapping[str, Any],
+        mode: str = "one",
+        value: float | int | str | None = None,
+        duration: float | str | None = None,
+        container_names: Sequence[str] | None = None,
+        **params: Any,
+    ) -> Iterator[Experiment]:
         """Apply ``kind`` to the targets ``selector`` and ``mode`` pick; recover on exit.
 
         Takes the marker's arguments. Raises ChaosSpecError for bad arguments
         and ChaosError when nothing is selected or the daemon fails.
         """
-        spec = self._session.spec((kind,), kwargs)
+        arguments = {"selector": selector, "mode": mode, "value": value, "duration": duration,
+                     "container_names": container_names, **params}
+        spec = self._session.spec((kind,), arguments)
         experiment = self._apply(spec)
         try:
             yield experiment

@@ -261,3 +261,44 @@ def test_embedded_daemon_is_stopped_and_its_socket_removed(pytester, targets):
     path = address.removeprefix("unix://")
     assert not os.path.exists(path)
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_recovery_runs_when_the_test_fails(pytester, targets):
+    pid = targets.process("sleep", "9200")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app(chaos):
+            assert False
+    """)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["test_user.py::test_app: chaos helloworld mode=one: 1 target * recovered*"])
+
+
+def test_random_max_percent_that_draws_nothing_errors_the_test(pytester, targets):
+    pid = targets.process("sleep", "9300")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}}, mode="random-max-percent", value=0)
+        def test_app():
+            pass
+    """)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*picked none of 1 candidates*no target is selected*"])
+
+
+def test_bad_apply_arguments_raise_naming_the_field(pytester, targets):
+    pid = targets.process("sleep", "9400")
+    result = run(pytester, f"""
+        import pytest
+        from pytest_chaos import ChaosSpecError
+
+        def test_app(chaos):
+            with pytest.raises(ChaosSpecError) as info:
+                with chaos.apply("helloworld", selector={{"pids": [{pid}]}}, mode="fixed", value=-2):
+                    pass
+            assert info.value.field == "value"
+    """)
+    result.assert_outcomes(passed=1)
