@@ -25,12 +25,13 @@ from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
+from pytest_chaos_cluster.settings import Layout
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from conftest import Targets, make_busybox_rootfs  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
-DEFAULT_KUBECONFIG = "/var/lib/pytest-chaos-cluster/admin.kubeconfig"
+DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
 
 
 def experiment(session: ChaosSession, selector: dict, expect_targets: int):

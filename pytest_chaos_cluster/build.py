@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .settings import Layout
@@ -202,79 +203,86 @@ def _go_build(label: str, workdir: Path, packages: list[str], out: Path, ldflags
     log(f"{label}: built in {time.monotonic() - t0:.0f}s")
 
 
+GO_REQUIREMENT = {"go": "Go >= 1.24 (https://go.dev/dl; Debian 12's golang is too old)"}
+
+
 def build_kubernetes(layout: Layout, force: bool = False) -> Path:
     """Build (or reuse) kube-apiserver, controller-manager, scheduler, kubelet and kubectl."""
     version = layout.k8s_version
-    bindir = layout.k8s_bin
-    if not force and _is_complete(bindir, K8S_COMMANDS):
-        log(f"kubernetes {version}: cached in {bindir}")
-        return bindir
-    require_tools({"go": "Go >= 1.24 (https://go.dev/dl; Debian 12's golang is too old)"})
-    env = go_env()
-    top = bindir.parent
-    src, tmp_bin = top / "src", top / "bin.tmp"
-    top.mkdir(parents=True, exist_ok=True)
-    logfile = top / "build.log"
-    logfile.write_text(f"build of kubernetes {version} started {_dt.datetime.now().isoformat()}\n")
-    t0 = time.monotonic()
     m = re.fullmatch(r"v1\.(\d+)\.(\d+)", version)
     if not m:
         raise ClusterError(f"unsupported Kubernetes version {version!r} (want v1.MINOR.PATCH)")
     minor, patch = m.groups()
+    # k8s.io/kubernetes replaces its staging modules with local paths; the
+    # published staging modules carry version v0.MINOR.PATCH.
     staging_version = f"v0.{minor}.{patch}"
-    log(f"kubernetes {version}: fetching go.mod from the module proxy")
-    gomod = module_gomod("k8s.io/kubernetes", version, env)
-    staged = [m for m, _ in _LOCAL_REPLACE.findall(gomod) if m.startswith("k8s.io/")]
-    if src.exists():
-        shutil.rmtree(src)
-    write_wrapper(src, "k8s", "k8s.io/kubernetes", version, gomod,
-                  {s: staging_version for s in staged})
-    (src / "tools.go").write_text(
-        "//go:build tools\n\npackage tools\n\nimport (\n"
-        + "".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"\n' for c in K8S_COMMANDS) + ")\n")
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     xs = []
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         xs += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor=1",
                f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean",
                f"-X {pkg}.buildDate={date}"]
-    ldflags = " ".join(["-s", "-w", *xs])
-    if tmp_bin.exists():
-        shutil.rmtree(tmp_bin)
-    tmp_bin.mkdir(parents=True)
-    _go_build(f"kubernetes {version}", src, [f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS],
-              tmp_bin, ldflags, env, logfile)
-    _finish(tmp_bin, bindir, {"version": version, "seconds": round(time.monotonic() - t0)})
-    return bindir
+    return _build_from_proxy(
+        f"kubernetes {version}", layout.k8s_bin, force, "k8s", "k8s.io/kubernetes", version,
+        staging_versions=lambda gomod: {
+            mod: staging_version for mod, _ in _LOCAL_REPLACE.findall(gomod) if mod.startswith("k8s.io/")
+        },
+        packages=[f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS],
+        commands=K8S_COMMANDS,
+        ldflags=" ".join(["-s", "-w", *xs]),
+    )
 
 
 def build_etcd(layout: Layout, force: bool = False) -> Path:
     """Build (or reuse) etcd from go.etcd.io/etcd/server/v3."""
-    version = layout.etcd_version
-    bindir = layout.etcd_bin
-    if not force and _is_complete(bindir, ("etcd",)):
-        log(f"etcd {version}: cached in {bindir}")
+    return _build_from_proxy(
+        f"etcd {layout.etcd_version}", layout.etcd_bin, force, "etcd", "go.etcd.io/etcd/server/v3",
+        layout.etcd_version, staging_versions=lambda gomod: {},
+        packages=["go.etcd.io/etcd/server/v3"], commands=("etcd",), ldflags="-s -w",
+    )
+
+
+def _build_from_proxy(
+    label: str,
+    bindir: Path,
+    force: bool,
+    wrapper_name: str,
+    module: str,
+    version: str,
+    staging_versions: Callable[[str], dict[str, str]],
+    packages: list[str],
+    commands: tuple[str, ...],
+    ldflags: str,
+) -> Path:
+    """Build ``packages`` of ``module@version`` from the module proxy through a wrapper module.
+
+    The binaries land in ``bindir`` (named ``commands``), cached: a complete
+    ``bindir`` is reused unless ``force``.
+    """
+    if not force and _is_complete(bindir, commands):
+        log(f"{label}: cached in {bindir}")
         return bindir
-    require_tools({"go": "Go >= 1.24 (https://go.dev/dl; Debian 12's golang is too old)"})
+    require_tools(GO_REQUIREMENT)
     env = go_env()
     top = bindir.parent
     src, tmp_bin = top / "src", top / "bin.tmp"
     top.mkdir(parents=True, exist_ok=True)
     logfile = top / "build.log"
-    logfile.write_text(f"build of etcd {version} started {_dt.datetime.now().isoformat()}\n")
+    logfile.write_text(f"build of {label} started {_dt.datetime.now().isoformat()}\n")
     t0 = time.monotonic()
-    log(f"etcd {version}: fetching go.mod from the module proxy")
-    gomod = module_gomod("go.etcd.io/etcd/server/v3", version, env)
+    log(f"{label}: fetching go.mod from the module proxy")
+    gomod = module_gomod(module, version, env)
     if src.exists():
         shutil.rmtree(src)
-    write_wrapper(src, "etcd", "go.etcd.io/etcd/server/v3", version, gomod, {})
+    write_wrapper(src, wrapper_name, module, version, gomod, staging_versions(gomod))
     (src / "tools.go").write_text(
-        '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n')
+        "//go:build tools\n\npackage tools\n\nimport (\n" + "".join(f'\t_ "{p}"\n' for p in packages) + ")\n")
     if tmp_bin.exists():
         shutil.rmtree(tmp_bin)
     tmp_bin.mkdir(parents=True)
-    _go_build(f"etcd {version}", src, ["go.etcd.io/etcd/server/v3"], tmp_bin / "etcd",
-              "-s -w", env, logfile)
+    # One package builds to a named file; several build into the directory.
+    out = tmp_bin / commands[0] if len(packages) == 1 else tmp_bin
+    _go_build(label, src, packages, out, ldflags, env, logfile)
     _finish(tmp_bin, bindir, {"version": version, "seconds": round(time.monotonic() - t0)})
     return bindir
 
@@ -284,7 +292,7 @@ def build_pause(layout: Layout) -> Path:
     out = layout.cache / "pause" / "pause"
     if out.is_file():
         return out
-    require_tools({"go": "Go >= 1.24 (https://go.dev/dl; Debian 12's golang is too old)"})
+    require_tools(GO_REQUIREMENT)
     src = out.parent / "src"
     src.mkdir(parents=True, exist_ok=True)
     (src / "go.mod").write_text("module pytest-chaos.local/pause\n\ngo 1.21\n")

@@ -255,7 +255,10 @@ def debian_mirror() -> str:
             parts = line.split()
             if len(parts) >= 3 and parts[0] == "deb" and "security" not in line:
                 return parts[1] if not parts[1].startswith("[") else parts[2]
-    return "http://deb.debian.org/debian"
+    raise ClusterError(
+        "found no Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; "
+        "mmdebstrap needs the one apt uses"
+    )
 
 
 def ensure_debian_rootfs(cache: Path) -> Path:

@@ -77,8 +77,8 @@ fi
 if [[ -n $WITH_CLUSTER ]]; then
     step "Kubernetes: pytest-chaos-cluster up (builds the binaries on its first run)"
     kubeconfig=$(python3 -m pytest_chaos_cluster up | tail -n 1)
-    bin_dir=$(python3 -c 'from pytest_chaos_cluster import settings as s; print(s.CACHE_ROOT / f"k8s-{s.K8S_VERSION}" / "bin")')
-    kubectl=(kubectl "--kubeconfig=$kubeconfig")
+    bin_dir=$(python3 -c 'from pytest_chaos_cluster.settings import Layout; print(Layout().k8s_bin)')
+    kubectl=("$bin_dir/kubectl" "--kubeconfig=$kubeconfig")
     if ! command -v kubectl >/dev/null; then
         ln -sf "$bin_dir/kubectl" /usr/local/bin/kubectl
     fi

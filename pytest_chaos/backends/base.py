@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from ..errors import ChaosSpecError
 from ..model import Target
 from ..transport import ClientTls
 
@@ -36,3 +37,15 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def check_selector_keys(selector: Mapping[str, Any], accepted: Mapping[str, str], backend: str) -> None:
+    """Reject unknown and empty selectors, naming the accepted keys."""
+    unknown = sorted(set(selector) - set(accepted))
+    if unknown:
+        raise ChaosSpecError(
+            f"selector.{unknown[0]}",
+            f"unknown selector key for the {backend} backend; accepted keys: {', '.join(accepted)}",
+        )
+    if not selector:
+        raise ChaosSpecError("selector", f"is empty; give at least one of: {', '.join(accepted)}")

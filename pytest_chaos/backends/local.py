@@ -17,6 +17,7 @@ from pytest_chaos_daemon.runtimes.docker import DockerRuntime
 
 from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
+from .base import check_selector_keys
 
 SELECTOR_KEYS = {
     "pids": "list of host PIDs of local processes",
@@ -58,14 +59,7 @@ class LocalBackend:
                 "container_names", "applies to Kubernetes pods (--chaos-backend=kubernetes); "
                 "the local backend selects containers with the 'containers' selector"
             )
-        unknown = sorted(set(selector) - set(SELECTOR_KEYS))
-        if unknown:
-            raise ChaosSpecError(
-                f"selector.{unknown[0]}",
-                f"unknown selector key for the local backend; accepted keys: {', '.join(SELECTOR_KEYS)}",
-            )
-        if not selector:
-            raise ChaosSpecError("selector", f"is empty; give one of: {', '.join(SELECTOR_KEYS)}")
+        check_selector_keys(selector, SELECTOR_KEYS, self.name)
         checked: dict[str, Any] = {}
         if "pids" in selector:
             if set(selector) != {"pids"}:

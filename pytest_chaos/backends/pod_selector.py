@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ChaosSpecError
+from .base import check_selector_keys
 
 SELECTOR_KEYS = {
     "namespaces": "list of namespaces (default: all)",
@@ -30,14 +31,7 @@ PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
 
 def check_pod_selector(selector: Mapping[str, Any]) -> dict[str, Any]:
     """A validated copy of ``selector``; raises ChaosSpecError naming the bad field."""
-    unknown = sorted(set(selector) - set(SELECTOR_KEYS))
-    if unknown:
-        raise ChaosSpecError(
-            f"selector.{unknown[0]}",
-            f"unknown selector key for the kubernetes backend; accepted keys: {', '.join(SELECTOR_KEYS)}",
-        )
-    if not selector:
-        raise ChaosSpecError("selector", f"is empty; give at least one of: {', '.join(SELECTOR_KEYS)}")
+    check_selector_keys(selector, SELECTOR_KEYS, "kubernetes")
     checked: dict[str, Any] = {}
     for key in ("namespaces", "nodes"):
         if key in selector:

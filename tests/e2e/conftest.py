@@ -17,10 +17,11 @@ import pytest
 
 from conftest import require  # the repository's conftest.py
 from pytest_chaos.backends.kubernetes import KubernetesBackend
+from pytest_chaos_cluster.settings import Layout
 
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parents[1]
-DEFAULT_KUBECONFIG = "/var/lib/pytest-chaos-cluster/admin.kubeconfig"
+DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
 TUTORIAL = REPO / "example_tests" / "kubernetes" / "manifests" / "busybox.yaml"
 WORKLOADS = HERE / "manifests" / "workloads.yaml"
 
@@ -44,10 +45,16 @@ class Kube:
         return ["-p", "chaos", "--chaos-backend=kubernetes", f"--chaos-kubeconfig={self.kubeconfig}", *extra]
 
 
+def _cluster_kubectl() -> str | None:
+    """The kubectl pytest-chaos-cluster built, matching the cluster's version."""
+    path = Layout().binary("kubectl")
+    return str(path) if path.exists() else None
+
+
 @pytest.fixture(scope="session")
 def kube(request) -> Kube:
     kubeconfig = os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG)
-    kubectl = os.environ.get("PYTEST_CHAOS_KUBECTL") or shutil.which("kubectl")
+    kubectl = os.environ.get("PYTEST_CHAOS_KUBECTL") or _cluster_kubectl() or shutil.which("kubectl")
     require(os.path.exists(kubeconfig) and kubectl is not None,
             f"a running cluster (kubeconfig {kubeconfig}, kubectl): run pytest-chaos-cluster up")
     kube = Kube(kubeconfig, kubectl)

@@ -69,7 +69,7 @@ class ContainerdRuntime:
         for namespace in self.namespaces():
             tasks = self._call(self._tasks.List, tasks_pb2.ListTasksRequest(), namespace).tasks
             # containerd 1.6 fills a listed task's `id` (its container's id) and leaves container_id empty.
-            running = {t.container_id or t.id: t.pid for t in tasks if t.status == tasks_pb2.RUNNING}
+            running = {t.container_id or t.id for t in tasks if t.status == tasks_pb2.RUNNING}
             if not running:
                 continue
             listing = self._call(self._containers.List, containers_pb2.ListContainersRequest(), namespace)
@@ -80,7 +80,6 @@ class ContainerdRuntime:
                             container_id=f"containerd://{container.id}",
                             name=container.id,
                             labels=dict(container.labels),
-                            pid=running[container.id],
                             runtime_namespace=namespace,
                         )
                     )

@@ -50,25 +50,17 @@ class DockerRuntime:
         return pid
 
     def list_running(self) -> list[RunningContainer]:
+        # The listing holds only running containers by default, with names and labels.
         status, listing = self._get("/containers/json")
         self._check(status, listing)
-        found = []
-        for summary in listing:
-            status, body = self._get(f"/containers/{summary['Id']}/json")
-            if status == 404:
-                continue  # removed since the listing
-            self._check(status, body)
-            pid = int(body.get("State", {}).get("Pid") or 0)
-            if pid:
-                found.append(
-                    RunningContainer(
-                        container_id=f"docker://{body['Id']}",
-                        name=body.get("Name", "").lstrip("/"),
-                        labels=dict(body.get("Config", {}).get("Labels") or {}),
-                        pid=pid,
-                    )
-                )
-        return found
+        return [
+            RunningContainer(
+                container_id=f"docker://{summary['Id']}",
+                name=(summary.get("Names") or [""])[0].lstrip("/"),
+                labels=dict(summary.get("Labels") or {}),
+            )
+            for summary in listing
+        ]
 
     def _get(self, path: str) -> tuple[int, Any]:
         connection = _UnixHTTPConnection(self.endpoint, CALL_TIMEOUT_S)
