@@ -22,7 +22,7 @@ from .backends.local import LocalBackend
 from .embedded import EmbeddedDaemon
 from .errors import ChaosError, ChaosSpecError
 from .kinds import KINDS
-from .model import Experiment
+from .model import Experiment, ExperimentSpec
 from .modes import MODES
 from .reporting import SECTION_KEY, experiment_text, junit_properties
 from .session import ChaosSession
@@ -218,7 +218,7 @@ class ChaosFixture:
         finally:
             self._recover(experiment)
 
-    def _apply(self, spec) -> Experiment:
+    def _apply(self, spec: ExperimentSpec) -> Experiment:
         self._count += 1
         number = self._count
         try:
