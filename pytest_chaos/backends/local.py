@@ -43,6 +43,7 @@ class LocalBackend:
         self._containerd_socket = containerd_socket
         self._containerd_namespaces = list(containerd_namespaces)
         self._docker_socket = docker_socket
+        self._runtimes: dict[str, ContainerdRuntime | DockerRuntime] = {}
 
     def describe(self) -> str:
         return (
@@ -51,7 +52,10 @@ class LocalBackend:
         )
 
     def close(self) -> None:
-        pass
+        containerd = self._runtimes.pop("containerd", None)
+        if containerd is not None:
+            containerd.close()
+        self._runtimes.clear()
 
     def check_selector(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> dict[str, Any]:
         if container_names is not None:
@@ -111,24 +115,25 @@ class LocalBackend:
         """Running containers of every reachable local runtime, and what was searched."""
         found: list[RunningContainer] = []
         searched: list[tuple[str, bool]] = []
-        clients = [
-            ("containerd", self._containerd_socket,
-             lambda: ContainerdRuntime(self._containerd_socket, self._containerd_namespaces)),
-            ("docker", self._docker_socket, lambda: DockerRuntime(self._docker_socket)),
-        ]
-        for name, socket_path, make in clients:
+        for name, socket_path in (("containerd", self._containerd_socket), ("docker", self._docker_socket)):
             if not os.path.exists(socket_path):
                 searched.append((f"{name}: no socket at {socket_path}", False))
                 continue
-            runtime = make()
             try:
-                found.extend(runtime.list_running())
+                found.extend(self._runtime(name).list_running())
                 searched.append((f"{name} at {socket_path}", True))
             except DaemonError as err:
                 searched.append((f"{name}: {err.message}", False))
-            finally:
-                getattr(runtime, "close", lambda: None)()
         return found, searched
+
+    def _runtime(self, name: str) -> ContainerdRuntime | DockerRuntime:
+        """The runtime client, made once per session: a gRPC channel costs a connection."""
+        if name not in self._runtimes:
+            self._runtimes[name] = (
+                ContainerdRuntime(self._containerd_socket, self._containerd_namespaces)
+                if name == "containerd" else DockerRuntime(self._docker_socket)
+            )
+        return self._runtimes[name]
 
 
 def _names(container: RunningContainer, wanted: str) -> bool:
