@@ -41,6 +41,11 @@ if [[ -z ${SKIP_APT:-} ]]; then
         containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates >/dev/null
 fi
 
+if ! command -v go >/dev/null; then
+    echo "setup.sh: needs Go 1.24 or newer on PATH (to build crictl and Kubernetes from the Go module proxy); Debian 12's golang-go is too old" >&2
+    exit 1
+fi
+
 step "Python package (editable, with test extras)"
 python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]'
 
