@@ -147,6 +147,9 @@ class Targets:
             outer.wait()
         for container_id in self._containerd:
             _remove_containerd_container(container_id)
+        if self._containerd:
+            # containerd refuses while other tests' containers remain; the last one out removes it.
+            run("ctr", "namespaces", "remove", CONTAINERD_NAMESPACE, check=False)
         if self._docker:
             run("docker", "rm", "-f", *self._docker, check=False)
 

@@ -349,15 +349,18 @@ def pod_containers(inst: Containerd, pod_uids: set[str] | None,
     """IDs of containers in ``namespace`` that belong to the given pods.
 
     ``pod_uids=None`` means every container (a dedicated containerd is all ours).
-    Otherwise a container counts only if its ``io.kubernetes.pod.uid`` label is
-    one of ``pod_uids``: with the shared system containerd, CRI pods made by
-    others (e.g. crictl in the project's tests) are left alone.
+    Otherwise a container counts if its ``io.kubernetes.pod.uid`` label is one
+    of ``pod_uids``, or if it is a pod container with no running task: pods
+    deleted before ``down`` are no longer known by UID, and their dead
+    containers serve nobody. Running CRI pods made by others are left alone.
     """
     if not inst.responsive():
         return []
     ids = run(inst.ctr("containers", "ls", "-q", namespace=namespace), check=False).stdout.split()
     if pod_uids is None:
         return ids
+    tasks = run(inst.ctr("tasks", "ls", namespace=namespace), check=False).stdout.splitlines()[1:]
+    running = {line.split()[0] for line in tasks if line.split()[2:3] == ["RUNNING"]}
     mine = []
     for cid in ids:
         info = run(inst.ctr("containers", "info", cid, namespace=namespace), check=False).stdout
@@ -365,7 +368,8 @@ def pod_containers(inst: Containerd, pod_uids: set[str] | None,
             labels = json.loads(info).get("Labels") or {}
         except ValueError:
             continue
-        if labels.get("io.kubernetes.pod.uid") in pod_uids:
+        uid = labels.get("io.kubernetes.pod.uid")
+        if uid in pod_uids or (uid and cid not in running):
             mine.append(cid)
     return mine
 
