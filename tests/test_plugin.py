@@ -302,3 +302,19 @@ def test_bad_apply_arguments_raise_naming_the_field(pytester, targets):
             assert info.value.field == "value"
     """)
     result.assert_outcomes(passed=1)
+
+
+def test_uses_a_running_daemon_given_its_address(pytester, targets, daemon):
+    pid = targets.process("sleep", "9500")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app(chaos):
+            [t] = chaos.experiments[0].targets
+            assert t.daemon == "{daemon.address}"
+            assert [p.command for p in t.processes] == ["sleep 9500"]
+    """, f"--chaos-daemon={daemon.address}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"chaos: seed=* daemon={daemon.address}"])
+    assert f"pid://{pid}" in daemon.log()
