@@ -20,6 +20,12 @@ def test_marker_is_documented(pytester):
     result.stdout.fnmatch_lines(["@pytest.mark.chaos(kind, *, selector, mode='one'*"])
 
 
+def test_dash_p_chaos_loads_the_entry_point_even_without_autoload(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "mark.chaos" in pytester.runpytest_subprocess("-p", "chaos", "--markers").stdout.str()
+    assert "mark.chaos" not in pytester.runpytest_subprocess("--markers").stdout.str()
+
+
 def test_help_shows_the_chaos_option_group(pytester):
     result = pytester.runpytest_subprocess("-p", "chaos", "--help")
     result.stdout.fnmatch_lines(["chaos experiments (pytest-chaos):", "*--chaos-daemon=ADDRESS*", "*--chaos-seed=INT*"])
