@@ -8,6 +8,7 @@ kinds), ``transport.py`` (gRPC) and ``reporting.py``.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from .model import Experiment, ExperimentSpec
 from .modes import MODES
 from .reporting import SECTION_KEY, experiment_text, junit_properties
 from .session import ChaosSession
-from .transport import DEFAULT_RPC_TIMEOUT_S
+from .transport import DEFAULT_RPC_TIMEOUT_S, ClientTls
 
 MARKER_HELP = (
     "chaos(kind, *, selector, mode='one', value=None, duration=None, container_names=None, **params): "
@@ -40,6 +41,9 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("--chaos-daemon", {"metavar": "ADDRESS"},
      "use the chaos daemon already running at ADDRESS (unix:///PATH or HOST:PORT) instead of "
      "starting one on a private unix socket for this run"),
+    ("--chaos-daemon-certs", {"metavar": "DIR"},
+     "with --chaos-daemon over TCP: mutual TLS with the client certificate in DIR "
+     "(ca.crt, client.crt, client.key, as pytest-chaos-daemon-certs writes them)"),
     ("--chaos-seed", {"metavar": "INT"},
      "seed for the random picks of modes one/fixed/fixed-percent/random-max-percent; the seed in use "
      "is printed in the header, so a run can be repeated. Default: a fresh random seed"),
@@ -117,7 +121,20 @@ def _backend(config: pytest.Config) -> Backend:
         )
         config.stash[EMBEDDED_KEY] = embedded
         daemon_address = embedded.ensure_started
-    return LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket)
+    certs = _option(config, "chaos_daemon_certs", "")
+    if certs and not external:
+        raise pytest.UsageError("--chaos-daemon-certs applies with --chaos-daemon (a daemon listening on TCP)")
+    return LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket, tls=_client_tls(certs))
+
+
+def _client_tls(directory: str) -> ClientTls | None:
+    if not directory:
+        return None
+    try:
+        read = {name: open(os.path.join(directory, name), "rb").read() for name in ("ca.crt", "client.crt", "client.key")}
+    except OSError as err:
+        raise pytest.UsageError(f"--chaos-daemon-certs={directory}: {err}") from None
+    return ClientTls(cert=read["client.crt"], key=read["client.key"], ca=read["ca.crt"])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

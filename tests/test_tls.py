@@ -77,3 +77,19 @@ def test_health_is_served_in_plaintext_for_kubelet_probes(tls_daemon):
     with grpc.insecure_channel(health_address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_plugin_talks_mutual_tls_to_a_daemon_given_its_certificates(tls_daemon, targets, pytester):
+    _, address, _, certs = tls_daemon
+    pid = targets.process("sleep", "4322")
+    pytester.makepyfile(test_user=f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
+        def test_app(chaos):
+            assert [p.command for p in chaos.experiments[0].targets[0].processes] == ["sleep 4322"]
+    """)
+    with_certs = pytester.runpytest_subprocess("-p", "chaos", f"--chaos-daemon={address}", f"--chaos-daemon-certs={certs}")
+    with_certs.assert_outcomes(passed=1)
+    without = pytester.runpytest_subprocess("-p", "chaos", f"--chaos-daemon={address}", "--chaos-timeout=5")
+    without.assert_outcomes(errors=1)

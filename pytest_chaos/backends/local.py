@@ -17,6 +17,7 @@ from pytest_chaos_daemon.runtimes.docker import DockerRuntime
 
 from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
+from ..transport import ClientTls
 from .base import check_selector_keys
 
 SELECTOR_KEYS = {
@@ -38,12 +39,14 @@ class LocalBackend:
         containerd_socket: str,
         containerd_namespaces: Sequence[str],
         docker_socket: str,
+        tls: ClientTls | None = None,
     ) -> None:
         self._daemon_address = daemon_address
         self._containerd_socket = containerd_socket
         self._containerd_namespaces = list(containerd_namespaces)
         self._docker_socket = docker_socket
         self._runtimes: dict[str, ContainerdRuntime | DockerRuntime] = {}
+        self._tls = tls
 
     def describe(self) -> str:
         return (
@@ -108,8 +111,9 @@ class LocalBackend:
     def daemon_address(self, target: Target) -> str:
         return self._daemon_address()
 
-    def client_tls(self) -> None:
-        return None  # a private unix socket, or a daemon the user pointed at
+    def client_tls(self) -> ClientTls | None:
+        # None: the private unix socket, or a plaintext daemon the user pointed at.
+        return self._tls
 
     def _running_containers(self) -> tuple[list[RunningContainer], list[tuple[str, bool]]]:
         """Running containers of every reachable local runtime, and what was searched."""
