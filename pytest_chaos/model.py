@@ -32,13 +32,12 @@ class Target:
     injection_id: str = ""
 
     def describe(self) -> str:
+        """``ns/pod/container on node (id, host pid N)``, ``name (id, ...)`` or ``id (host pid N)``."""
         if self.pod:
-            where = f"{self.namespace}/{self.pod}/{self.container} on {self.node}"
-        else:
-            where = self.name or self.container_id
-        return f"{where} ({self.container_id}, host pid {self.pid})" if where != self.container_id else (
-            f"{self.container_id} (host pid {self.pid})"
-        )
+            return f"{self.namespace}/{self.pod}/{self.container} on {self.node} ({self.container_id}, host pid {self.pid})"
+        if self.name:
+            return f"{self.name} ({self.container_id}, host pid {self.pid})"
+        return f"{self.container_id} (host pid {self.pid})"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,3 @@ class Unavailable(DaemonError):
 class DeadlineExceeded(DaemonError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
-
-class ResourceExhausted(DaemonError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -11,8 +11,6 @@ from ..transport import DaemonClient
 
 class FaultKind(Protocol):
     name: str
-    # Parameters the kind accepts beyond the common ones, with a one-line meaning each.
-    params: Mapping[str, str]
     # Whether anything stays in force after ``inject`` and needs ``recover``.
     recoverable: bool
 

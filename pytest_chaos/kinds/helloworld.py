@@ -12,7 +12,6 @@ from ..transport import DaemonClient
 
 class HelloWorld:
     name = "helloworld"
-    params: Mapping[str, str] = {}
     recoverable = False
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ class RunningContainer:
     container_id: str  # with the runtime's prefix, e.g. "docker://3f2a…"
     name: str
     labels: dict[str, str]
-    runtime_namespace: str = ""  # containerd's namespace; empty elsewhere
 
 
 class ContainerRuntime(Protocol):

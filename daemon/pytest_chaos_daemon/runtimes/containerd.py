@@ -80,7 +80,6 @@ class ContainerdRuntime:
                             container_id=f"containerd://{container.id}",
                             name=container.id,
                             labels=dict(container.labels),
-                            runtime_namespace=namespace,
                         )
                     )
         return found
