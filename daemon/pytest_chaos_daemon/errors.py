@@ -34,3 +34,11 @@ class Unavailable(DaemonError):
 class DeadlineExceeded(DaemonError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
+
+
+class PermissionDenied(DaemonError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(DaemonError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
