@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -61,6 +62,30 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) 
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def running(argument: str) -> list[int]:
+    """PIDs of live processes whose command line holds ``argument``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if argument in cmdline and not zombie:
+            found.append(int(entry))
+    return found
+
+
+def gone(argument: str, timeout: float = 10.0) -> bool:
+    """Wait until no process's command line holds ``argument``."""
+    wait_for(lambda: not running(argument), f"every '{argument}' process to end", timeout)
+    return True
+
+
 def unique_name(prefix: str = "chaos-test") -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}-{uuid.uuid4().hex[:6]}"
 
@@ -90,6 +115,7 @@ class Targets:
     def __init__(self, rootfs: str) -> None:
         self.rootfs = rootfs
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._inner: list[int] = []  # what unshare forked: killing unshare leaves it running
         self._containerd: list[str] = []
         self._docker: list[str] = []
 
@@ -108,7 +134,9 @@ class Targets:
                     return pid
             return None
 
-        return int(wait_for(inner_pid, f"{argv} to start"))
+        pid = int(wait_for(inner_pid, f"{argv} to start"))
+        self._inner.append(pid)
+        return pid
 
     def containerd(self, *argv: str, labels: dict[str, str] | None = None, rootfs: str | None = None) -> str:
         """Run a container in containerd (default command ``sleep 3600``); return its id."""
@@ -128,6 +156,17 @@ class Targets:
                      image, *(argv or ("sleep", "3600")))
         return result.stdout.strip()
 
+    def containerd_with_sh(self, directory: os.PathLike[str] | str, script: str) -> str:
+        """A containerd container (``sleep 3600``) whose /bin/sh runs ``script``, as a hostile or
+        broken image's would; busybox applets by full path. Returns its ``containerd://`` id."""
+        root = os.path.join(directory, "rootfs-with-sh")
+        shutil.copytree(self.rootfs, root, symlinks=True)
+        os.unlink(os.path.join(root, "bin", "sh"))
+        with open(os.path.join(root, "bin", "sh"), "w") as f:
+            f.write("#!/bin/busybox sh\n" + script)
+        os.chmod(os.path.join(root, "bin", "sh"), 0o755)
+        return f"containerd://{self.containerd('/bin/busybox', 'sleep', '3600', rootfs=root)}"
+
     def distroless_rootfs(self, path: os.PathLike[str] | str) -> str:
         """A rootfs with one static binary (/bin/busybox) and no shell, as in distroless images."""
         return make_busybox_rootfs(path, applets=False)
@@ -142,6 +181,9 @@ class Targets:
         return DOCKER_IMAGE
 
     def close(self) -> None:
+        for pid in self._inner:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for outer in self._processes:
             outer.kill()
             outer.wait()

@@ -8,13 +8,40 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 from .errors import ChaosError
 from .transport import DaemonClient
 
 START_TIMEOUT_S = 20.0
+SOCKET_NAME = "daemon.sock"
+# sun_path holds 108 bytes, the last one a NUL.
+MAX_SOCKET_PATH = 107
+# Where the socket's directory goes when the temporary directory's path is too long for it.
+SHORT_PARENTS = ("/tmp", "/run")
+# Forks the daemon when the caller is not the main thread; its one worker lives as long as the process.
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pytest-chaos-spawner")
+
+
+def private_directory() -> str:
+    """A fresh 0700 ``pytest-chaos-*`` directory whose ``daemon.sock`` path fits a unix socket address."""
+    for parent in (None, *SHORT_PARENTS):
+        try:
+            directory = tempfile.mkdtemp(prefix="pytest-chaos-", dir=parent)
+        except OSError:
+            continue
+        if len(os.fsencode(os.path.join(directory, SOCKET_NAME))) <= MAX_SOCKET_PATH:
+            os.chmod(directory, 0o700)
+            return directory
+        os.rmdir(directory)
+    raise ChaosError(
+        f"no directory for the local chaos daemon's socket: {tempfile.gettempdir()} is too long a path "
+        f"for a unix socket, and none of {', '.join(SHORT_PARENTS)} is usable; set TMPDIR to a shorter one"
+    )
 
 
 class EmbeddedDaemon:
@@ -38,12 +65,14 @@ class EmbeddedDaemon:
                 "the local backend's daemon must run as root to enter other processes' namespaces; "
                 "run pytest as root or point --chaos-daemon at a running pytest-chaos-daemon"
             )
-        self._dir = tempfile.mkdtemp(prefix="pytest-chaos-")
-        os.chmod(self._dir, 0o700)
-        self.address = f"unix://{self._dir}/daemon.sock"
-        argv = [sys.executable, "-m", "pytest_chaos_daemon", "--listen", self.address, *self._daemon_args]
+        self._dir = private_directory()
+        self.address = f"unix://{self._dir}/{SOCKET_NAME}"
+        # Should pytest die without stopping it (SIGKILL), the daemon stops
+        # itself when this process exits and removes the directory.
+        argv = [sys.executable, "-m", "pytest_chaos_daemon", "--listen", self.address,
+                "--exit-with-parent", str(os.getpid()), "--remove-on-exit", self._dir, *self._daemon_args]
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._process = _spawn(argv, log)
         self._wait_serving()
         return self.address
 
@@ -59,8 +88,9 @@ class EmbeddedDaemon:
                 time.sleep(0.05)
         finally:
             client.close()
+        tail = self.log_tail()  # before stop() removes the log
         self.stop()
-        raise ChaosError(f"the local chaos daemon did not serve within {START_TIMEOUT_S:g}s:\n{self.log_tail()}")
+        raise ChaosError(f"the local chaos daemon did not serve within {START_TIMEOUT_S:g}s:\n{tail}")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -81,3 +111,18 @@ class EmbeddedDaemon:
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _spawn(argv: list[str], log: BinaryIO) -> subprocess.Popen[bytes]:
+    """Start the daemon from a thread that lives as long as this process.
+
+    The kernel sends the daemon's parent-death signal when the *thread* that
+    forked it exits: forked from a short-lived thread (a test's own), the
+    daemon would stop under a live pytest.
+    """
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    return _spawner.submit(start).result()

@@ -44,6 +44,10 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("--chaos-daemon-certs", {"metavar": "DIR"},
      "with --chaos-daemon over TCP: mutual TLS with the client certificate in DIR "
      "(ca.crt, client.crt, client.key, as pytest-chaos-daemon-certs writes them)"),
+    # store_const, not store_true: an absent flag must be None, so the ini value applies.
+    ("--chaos-daemon-insecure", {"action": "store_const", "const": "true"},
+     "with --chaos-daemon=HOST:PORT: talk plaintext to a daemon started with --insecure (no mutual TLS); "
+     "for trusted test machines only. Ini: true/1/yes"),
     ("--chaos-seed", {"metavar": "INT"},
      "seed for the random picks of modes one/fixed/fixed-percent/random-max-percent; the seed in use "
      "is printed in the header, so a run can be repeated. Default: a fresh random seed"),
@@ -115,8 +119,9 @@ def _backend(config: pytest.Config) -> Backend:
     if external:
         daemon_address = lambda: external  # noqa: E731
     else:
+        # pid:// targets are the local backend's own: its daemon accepts them.
         embedded = EmbeddedDaemon(
-            ["--containerd-socket", containerd_socket, "--docker-socket", docker_socket]
+            ["--allow-pid-targets", "--containerd-socket", containerd_socket, "--docker-socket", docker_socket]
             + [arg for ns in namespaces for arg in ("--containerd-namespace", ns)]
         )
         config.stash[EMBEDDED_KEY] = embedded
@@ -124,7 +129,20 @@ def _backend(config: pytest.Config) -> Backend:
     certs = _option(config, "chaos_daemon_certs", "")
     if certs and not external:
         raise pytest.UsageError("--chaos-daemon-certs applies with --chaos-daemon (a daemon listening on TCP)")
+    if external and not external.startswith("unix://") and not certs and not _insecure(config):
+        raise pytest.UsageError(
+            f"--chaos-daemon={external} is TCP, and TCP means mutual TLS: pass --chaos-daemon-certs=DIR "
+            "(ca.crt, client.crt, client.key from pytest-chaos-daemon-certs), or --chaos-daemon-insecure "
+            "to talk plaintext to a daemon started with --insecure on a trusted test machine"
+        )
     return LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket, tls=_client_tls(certs))
+
+
+def _insecure(config: pytest.Config) -> bool:
+    value = _option(config, "chaos_daemon_insecure", "false").strip().lower()
+    if value not in ("true", "1", "yes", "false", "0", "no", ""):
+        raise pytest.UsageError(f"chaos_daemon_insecure={value!r}: accepted: true/1/yes or false/0/no")
+    return value in ("true", "1", "yes")
 
 
 def _client_tls(directory: str) -> ClientTls | None:

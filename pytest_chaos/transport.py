@@ -51,8 +51,12 @@ class DaemonClient:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    def exec_hello_world(self, container_id: str, injection_id: str = "") -> pb.ExecHelloWorldResponse:
-        request = pb.ExecHelloWorldRequest(container_id=container_id, injection=pb.Injection(id=injection_id))
+    def exec_hello_world(
+        self, container_id: str, injection_id: str = "", source: int = pb.PROCESS_LIST_SOURCE_PS
+    ) -> pb.ExecHelloWorldResponse:
+        request = pb.ExecHelloWorldRequest(
+            container_id=container_id, injection=pb.Injection(id=injection_id), source=source
+        )
         return self._call("ExecHelloWorldChaos", self._stub.ExecHelloWorldChaos, request, container_id)
 
     def _call(self, name: str, method, request, container_id: str):

@@ -22,6 +22,8 @@ done
 cd "$(dirname "$0")/.."
 LOG_DIR=/var/log/pytest-chaos
 CRICTL_VERSION=v1.34.0
+GRPCURL_VERSION=v1.9.4
+GRPC_HEALTH_PROBE_VERSION=v0.4.62
 mkdir -p "$LOG_DIR"
 export PATH="$PATH:/usr/local/go/bin"
 
@@ -52,6 +54,16 @@ python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]'
 if ! command -v crictl >/dev/null; then
     step "crictl $CRICTL_VERSION from the Go module proxy (tests create CRI containers with it)"
     GOBIN=/usr/local/bin go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+fi
+
+if ! command -v grpcurl >/dev/null; then
+    step "grpcurl $GRPCURL_VERSION from the Go module proxy (README's examples of talking to a daemon)"
+    GOBIN=/usr/local/bin go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+fi
+
+if ! command -v grpc-health-probe >/dev/null; then
+    step "grpc-health-probe $GRPC_HEALTH_PROBE_VERSION from the Go module proxy (README's health examples)"
+    GOBIN=/usr/local/bin go install "github.com/grpc-ecosystem/grpc-health-probe@$GRPC_HEALTH_PROBE_VERSION"
 fi
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...

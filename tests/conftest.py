@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import pytest
@@ -36,16 +36,18 @@ class RunningDaemon:
 
 @pytest.fixture
 def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningDaemon]]:
-    """Start ``pytest-chaos-daemon`` on a fresh unix socket with extra ``args``; stopped after the test."""
+    """Start ``pytest-chaos-daemon`` on a fresh unix socket with extra ``args`` (run under ``wrapper``,
+    e.g. a setpriv command line); stopped after the test."""
     daemons: list[RunningDaemon] = []
 
-    def start(*args: str, listen: str | None = None) -> RunningDaemon:
+    def start(*args: str, listen: str | None = None, wrapper: Sequence[str] = ()) -> RunningDaemon:
         directory = tmp_path_factory.mktemp("daemon")
         address = listen or f"unix://{directory}/daemon.sock"
         log_path = str(directory / "daemon.log")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "pytest_chaos_daemon", "--listen", address, "--log-level", "debug", *args],
+                [*wrapper, sys.executable, "-m", "pytest_chaos_daemon", "--listen", address, "--log-level", "debug",
+                 *args],
                 stdout=log, stderr=log,
             )
         daemon = RunningDaemon(address, log_path, process)
@@ -68,8 +70,8 @@ def _wait_until_started(daemon: RunningDaemon) -> None:
 
 @pytest.fixture
 def daemon(start_daemon: Callable[..., RunningDaemon]) -> RunningDaemon:
-    """A daemon that looks containerd ids up in every namespace."""
-    return start_daemon("--containerd-namespace", "*")
+    """A daemon that looks containerd ids up in every namespace and accepts pid:// targets."""
+    return start_daemon("--containerd-namespace", "*", "--allow-pid-targets")
 
 
 @pytest.fixture(autouse=True)

@@ -167,16 +167,43 @@ def test_logs_the_request_the_command_and_the_output(daemon, targets):
     call(daemon, f"pid://{pid}")
     entries = [json.loads(line) for line in daemon.log().splitlines()]
     request = next(e for e in entries if e["msg"] == "ExecHelloWorldChaos")
-    assert request["request"]["containerId"] == f"pid://{pid}"
-    command = next(e for e in entries if e["msg"] == "command built")
-    assert command["argv"][-6:] == ["-m", "-p", "--", "sh", "-c", "ps aux"]
-    assert str(pid) in command["argv"]
+    assert request["request"]["container_id"] == f"pid://{pid}"  # field names as in the .proto
+    assert request["peer"].startswith("unix:")
+    command = next(e for e in entries if e["msg"] == "command ran")
+    assert command["argv"][0].endswith(os.path.basename(command["argv"][0]))
+    assert "pytest-chaos-confine" in command["argv"][0]
+    assert command["argv"][-4:] == ["--", "sh", "-c", "ps aux"]
     output = next(e for e in entries if e["msg"] == "output")
-    assert "sleep 5678" in output["output"]
+    assert output["level"] == "debug" and "sleep 5678" in output["output"]
+
+
+def test_process_list_is_not_logged_at_info_level(start_daemon, targets):
+    daemon = start_daemon("--allow-pid-targets", "--log-level", "info")
+    pid = targets.process("sleep", "5679")
+    call(daemon, f"pid://{pid}")
+    log = daemon.log()
+    assert '"command ran"' in log
+    assert "sleep 5679" not in log
+
+
+def test_long_request_fields_are_cut_in_the_log(daemon):
+    err = error_of(daemon, "containerd://" + "a" * 400)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    entries = [json.loads(line) for line in daemon.log().splitlines()]
+    request = next(e for e in entries if e["msg"] == "ExecHelloWorldChaos")
+    assert request["request"]["container_id"].endswith("... (413 characters)")
+    assert len(request["request"]["container_id"]) < 300
+
+
+def test_every_log_line_is_json(daemon, targets):
+    call(daemon, f"pid://{targets.process('sleep', '5680')}")
+    error_of(daemon, "podman://x")
+    for line in daemon.log().splitlines():
+        json.loads(line)
 
 
 def test_slow_command_is_killed_at_the_timeout(start_daemon, targets):
-    daemon = start_daemon("--exec-timeout", "0.001")
+    daemon = start_daemon("--allow-pid-targets", "--exec-timeout", "0.001")
     pid = targets.process("sleep", "3600")
     err = error_of(daemon, f"pid://{pid}")
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()

@@ -1,15 +1,17 @@
-"""Running fault commands: fixed argument vectors, timeouts that kill the whole process group."""
+"""Running fault commands: the confine helper's own behaviour, timeouts, shutdown, a clean environment."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 
 import pytest
 
 from pytest_chaos_daemon.errors import DeadlineExceeded
-from pytest_chaos_daemon.nsexec import CHILD_ENV, ChildProcesses, build_argv
+from pytest_chaos_daemon import confine
+from pytest_chaos_daemon.nsexec import CHILD_ENV, ChildProcesses
 
 
 def alive(pid: int) -> bool:
@@ -18,18 +20,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
-
-
-def test_argv_is_built_from_values_not_shell_strings():
-    argv = build_argv(1234, ("mnt", "pid"), ("sh", "-c", "ps aux"))
-    nsenter_at = next(i for i, a in enumerate(argv) if a.endswith("nsenter"))
-    assert argv[nsenter_at:] == [argv[nsenter_at], "-t", "1234", "-m", "-p", "--", "sh", "-c", "ps aux"]
-    assert argv[:4] == [argv[0], "--pdeathsig", "KILL", "--"] and argv[0].endswith("setpriv")
-
-
-def test_bad_pid_is_refused():
-    with pytest.raises(ValueError):
-        build_argv(0, ("mnt",), ("true",))
 
 
 def test_timeout_kills_the_command_and_what_it_started(tmp_path):
@@ -70,3 +60,45 @@ def test_commands_get_a_clean_environment():
     finally:
         del os.environ["PYTEST_CHAOS_SECRET"]
     assert dict(line.split("=", 1) for line in result.stdout.splitlines()) == CHILD_ENV
+
+
+def confined(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([confine.helper_path(), *args], capture_output=True, text=True, timeout=30,
+                          pass_fds=pass_fds, env=CHILD_ENV)
+
+
+def test_helper_takes_the_given_user_and_no_capabilities():
+    result = confined("--uid", "65534", "--gid", "65534", "--groups", "65534", "--cap-bnd", "0", "--cap-eff", "0",
+                      "--", "cat", "/proc/self/status")
+    assert result.returncode == 0, result.stderr
+    status = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
+    assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+    assert status["Groups"].split() == ["65534"]
+    assert all(int(status[cap], 16) == 0 for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
+    assert status["NoNewPrivs"].strip() == "1"
+
+
+def test_helper_keeps_at_most_the_given_capabilities_for_root():
+    # CAP_CHOWN (0) and CAP_KILL (5): what survives exec for uid 0 is the bounding set cut to these.
+    result = confined("--uid", "0", "--gid", "0", "--cap-bnd", "21", "--cap-eff", "21", "--", "cat", "/proc/self/status")
+    status = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
+    assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == int(status["CapBnd"], 16) == 0x21
+
+
+def test_helper_passes_no_inherited_fd_to_the_program(tmp_path):
+    secret = os.open(tmp_path / "daemon-side", os.O_CREAT | os.O_RDWR)
+    try:
+        result = confined("--uid", "0", "--gid", "0", "--cap-bnd", "0", "--cap-eff", "0", "--",
+                          "ls", "/proc/self/fd", pass_fds=(secret,))
+    finally:
+        os.close(secret)
+    assert sorted(int(fd) for fd in result.stdout.split()) == [0, 1, 2, 3]  # 3: ls's own directory
+
+
+def test_helper_reports_what_it_could_not_do():
+    result = confined("--uid", "0", "--gid", "0", "--ns-fd", "mnt:99", "--", "true")
+    assert result.returncode == 125
+    assert result.stderr.startswith("confine: cannot enter the target's mnt namespace")
+    assert confined("--uid", "0", "--gid", "0", "--bogus", "1", "--", "true").stderr.startswith("confine: unknown option")
+    missing = confined("--uid", "0", "--gid", "0", "--", "no-such-program-anywhere")
+    assert missing.returncode == 127 and "no-such-program-anywhere" in missing.stderr

@@ -154,7 +154,8 @@ def test_modes_pick_reproducibly_with_a_seed(pytester, targets):
         ('"helloworld", selector={"pids": "12"}', "selector.pids", "list of positive integers"),
         ('"helloworld"', "selector", "pids, containers, labels"),
         ('"helloworld", selector={"pids": [1]}, duration="soon"', "duration", "'30s'"),
-        ('"helloworld", selector={"pids": [1]}, signal=9', "signal", "takes no parameters"),
+        ('"helloworld", selector={"pids": [1]}, signal=9', "signal", "takes only 'source'"),
+        ('"helloworld", selector={"pids": [1]}, source="shell"', "source", "'ps', 'proc'"),
         ('"helloworld", selector={"pids": [1]}, container_names=["app"]', "container_names", "kubernetes"),
     ],
 )
@@ -219,6 +220,20 @@ def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, targets
     """)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*FAILED_PRECONDITION*needs `sh` and `ps`*"])
+
+
+def test_proc_source_lists_a_distroless_container(pytester, targets, tmp_path):
+    rootfs = targets.distroless_rootfs(tmp_path)
+    container_id = targets.containerd("/bin/busybox", "sleep", "3600", rootfs=rootfs)
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"containers": ["{container_id}"]}}, source="proc")
+        def test_app(chaos):
+            [target] = chaos.experiments[0].targets
+            assert [(p.pid, p.command) for p in target.processes] == [(1, "/bin/busybox sleep 3600")]
+    """)
+    result.assert_outcomes(passed=1)
 
 
 def test_ini_options_mirror_the_command_line(pytester, targets):

@@ -7,12 +7,16 @@ import asyncio
 import os
 import sys
 
-from . import logs
+from . import confine, logs
+from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
 from .runtimes import RuntimeRegistry, containerd, cri, docker, process
 from .server import TlsFiles, serve
+from .servicer import Limits
 
 DEFAULT_PORT = 31767
 DEFAULT_LISTEN = f"tcp://0.0.0.0:{DEFAULT_PORT}"
+MAX_EXEC_TIMEOUT_S = 3600.0
+MAX_CONCURRENT = 256
 
 DESCRIPTION = """\
 The pytest-chaos node daemon. It runs as root on each node (hostPID in
@@ -24,14 +28,16 @@ injects the requested fault. Logs are JSON lines on stderr.
 
 EPILOG = """\
 examples:
-  pytest-chaos-daemon                                   # TCP on port 31767
-  pytest-chaos-daemon --listen unix:///run/pytest-chaos.sock
-  pytest-chaos-daemon --containerd-namespace '*'        # search every containerd namespace
   pytest-chaos-daemon --tls-cert server.crt --tls-key server.key --tls-client-ca ca.crt
-      --health-listen tcp://0.0.0.0:31766               # mutual TLS, as in a cluster
+      --health-listen tcp://0.0.0.0:31766               # TCP port 31767, mutual TLS, as in a cluster
                                                         # (certificates: pytest-chaos-daemon-certs)
-health and reflection: grpc.health.v1.Health and server reflection are served,
-so `grpcurl -plaintext HOST:31767 list` works.
+  pytest-chaos-daemon --listen unix:///run/pytest-chaos.sock
+  pytest-chaos-daemon --listen tcp://127.0.0.1:31767 --insecure   # plaintext: trusted test machines only
+  pytest-chaos-daemon --containerd-namespace '*' ...    # search every containerd namespace
+TCP means mutual TLS: a TCP --listen needs the three --tls-* flags, or --insecure.
+health and reflection: grpc.health.v1.Health and server reflection are served, so
+`grpcurl -cacert ca.crt -cert client.crt -key client.key -authority chaos-daemon.pytest-chaos.local HOST:31767 list`
+works; --health-listen serves grpc.health.v1.Health alone, in plaintext.
 """
 
 
@@ -67,12 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="CRI socket (CRI-O, or any CRI server), for cri-o:// ids. Default: %(default)s",
     )
     parser.add_argument(
-        "--exec-timeout", type=float, default=30.0, metavar="SECONDS",
-        help="kill a fault command that runs longer than this. Default: %(default)s",
+        "--exec-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+        help=f"kill a fault command that runs longer than this ({MAX_EXEC_TIMEOUT_S:g} at most). Default: %(default)s",
     )
     parser.add_argument(
-        "--max-concurrent", type=int, default=16, metavar="N",
-        help="fault commands run at once; further requests wait. Default: %(default)s",
+        "--max-concurrent", type=_count, default=16, metavar="N",
+        help=f"fault commands run at once (1 to {MAX_CONCURRENT}); further requests wait. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--allow-pid-targets", action="store_true",
+        help="accept pid://N targets (bare processes of this node). Off by default: in a cluster, targets are "
+        "containers; the plugin's own local daemon turns it on",
+    )
+    parser.add_argument(
+        "--confine-helper", metavar="PATH",
+        help="the pytest-chaos-confine program that runs commands inside targets. Default: the build of this "
+        "version's source, made at first start if a C compiler is there (python3 -m pytest_chaos_daemon.confine)",
     )
     parser.add_argument(
         "--health-listen", metavar="ADDRESS",
@@ -83,9 +99,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", metavar="PEM", help="server private key")
     parser.add_argument("--tls-client-ca", metavar="PEM", help="CA that client certificates must chain to")
     parser.add_argument(
+        "--insecure", action="store_true",
+        help="allow a TCP --listen without mutual TLS: whoever reaches the port gets root on this node; "
+        "for trusted test machines only (a warning is logged at every start)",
+    )
+    parser.add_argument(
+        "--exit-with-parent", type=int, metavar="PID",
+        help="shut down, as on SIGTERM, when process PID exits; PID must be the daemon's parent. "
+        "Watched through a pidfd, with the parent-death signal (SIGTERM) as a second line",
+    )
+    parser.add_argument(
+        "--remove-on-exit", metavar="DIR",
+        help="remove DIR and its contents (e.g. the socket's and the log's directory) when the daemon stops "
+        f"after serving. DIR must be an absolute path named {REMOVABLE_PREFIX}*, a directory (not a symlink) "
+        "owned by the daemon's user, mode 0700",
+    )
+    parser.add_argument(
         "--log-level", choices=logs.LEVELS, default="info", help="Default: %(default)s"
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < value <= MAX_EXEC_TIMEOUT_S):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 and at most {MAX_EXEC_TIMEOUT_S:g} seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_CONCURRENT:
+        raise argparse.ArgumentTypeError(f"{text} must be from 1 to {MAX_CONCURRENT}")
+    return value
 
 
 def build_runtimes(args: argparse.Namespace) -> RuntimeRegistry:
@@ -103,8 +155,15 @@ def build_runtimes(args: argparse.Namespace) -> RuntimeRegistry:
 
 def tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
     given = [args.tls_cert, args.tls_key, args.tls_client_ca]
+    tcp = not args.listen.startswith("unix://")
     if not any(given):
+        if tcp and not args.insecure:
+            parser.error(f"--listen {args.listen} is TCP, and TCP means mutual TLS: pass --tls-cert, --tls-key "
+                         "and --tls-client-ca (pytest-chaos-daemon-certs writes them), or --insecure to serve "
+                         "plaintext on a trusted test machine")
         return None
+    if args.insecure:
+        parser.error("--insecure contradicts --tls-cert/--tls-key/--tls-client-ca; pass one or the other")
     if not all(given):
         parser.error("mutual TLS needs all three of --tls-cert, --tls-key and --tls-client-ca")
     if args.listen.startswith("unix://"):
@@ -115,18 +174,32 @@ def tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsF
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_concurrent < 1:
-        parser.error("--max-concurrent must be at least 1")
-    if args.exec_timeout <= 0:
-        parser.error("--exec-timeout must be positive")
+    if args.exit_with_parent is not None and args.exit_with_parent < 1:
+        parser.error("--exit-with-parent must be a process id")
     tls = tls_files(parser, args)
+    removable = None
+    if args.remove_on_exit:
+        try:
+            removable = RemovableDirectory(args.remove_on_exit)
+        except ValueError as err:
+            parser.error(f"--remove-on-exit {args.remove_on_exit}: {err}; refusing it")
     logs.configure(args.log_level)
     if os.geteuid() != 0:
         print("pytest-chaos-daemon: warning: not root; entering other processes' namespaces will fail",
               file=sys.stderr)
+    try:
+        helper = args.confine_helper or confine.helper_path()
+    except confine.HelperUnavailable as err:
+        parser.error(str(err))
+    limits = Limits(exec_timeout_s=args.exec_timeout, max_concurrent=args.max_concurrent,
+                    allow_pid_targets=args.allow_pid_targets)
     asyncio.run(
-        serve(args.listen, build_runtimes(args), args.exec_timeout, args.max_concurrent, tls, args.health_listen)
+        serve(args.listen, build_runtimes(args), limits, helper, tls, args.health_listen,
+              exit_with_parent=args.exit_with_parent, insecure=args.insecure)
     )
+    # Only after serving: a daemon that fails to start leaves its log to whoever started it.
+    if removable:
+        removable.remove()
     return 0
 
 

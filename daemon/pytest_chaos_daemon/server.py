@@ -4,44 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
+import socket
 import stat
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
+from .interceptors import RequestDecoding
+from .lifetime import ParentWatch
 from .logs import log
-from .nsexec import ChildProcesses
+from .nsexec import ChildProcesses, Confiner
 from .runtimes import RuntimeRegistry
-from .servicer import ChaosDaemonServicer
+from .servicer import ChaosDaemonServicer, Limits
+from .tls import ClientCertificateCheck, TlsFiles
+from .tracking import ProbeTracker
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
 # The name in the daemons' certificates (pytest-chaos-daemon-certs); clients
 # check it whatever address they dial (pod IP, port-forward relay).
 TLS_SERVER_NAME = "chaos-daemon.pytest-chaos.local"
-
-
-@dataclasses.dataclass(frozen=True)
-class TlsFiles:
-    """Server certificate and key, and the CA that client certificates must chain to."""
-
-    cert: str
-    key: str
-    client_ca: str
-
-    def credentials(self) -> grpc.ServerCredentials:
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
-
-        return grpc.ssl_server_credentials(
-            [(read(self.key), read(self.cert))], root_certificates=read(self.client_ca), require_client_auth=True
-        )
+# The plaintext health listener answers probes (a kubelet sends two at a
+# time); the bound keeps open Watch streams from piling up on it.
+HEALTH_MAX_CONCURRENT_RPCS = 4
 
 
 def grpc_target(listen: str) -> str:
@@ -54,16 +44,27 @@ def grpc_target(listen: str) -> str:
 async def serve(
     listen: str,
     runtimes: RuntimeRegistry,
-    exec_timeout_s: float,
-    max_concurrent: int,
+    limits: Limits,
+    confine_helper: str,
     tls: TlsFiles | None = None,
     health_listen: str | None = None,
+    exit_with_parent: int | None = None,
+    insecure: bool = False,
 ) -> None:
-    children = ChildProcesses()
-    server = grpc.aio.server(maximum_concurrent_rpcs=max_concurrent * 8)
-    pb_grpc.add_ChaosDaemonServicer_to_server(
-        ChaosDaemonServicer(runtimes, children, exec_timeout_s, max_concurrent), server
-    )
+    # What the daemon starts is tracked from here on; leftovers of a daemon
+    # that died are killed now.
+    tracker = ProbeTracker()
+    tracker.start()
+    children = ChildProcesses(tracker)
+    # Behind mutual TLS every call's client certificate is checked (tls.py).
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestDecoding()]
+    if tls:
+        interceptors.insert(0, ClientCertificateCheck())
+    # No cap on concurrent RPCs here: fault requests queue in the servicer
+    # (bounded there), and health and reflection must answer while they do.
+    server = grpc.aio.server(interceptors=interceptors)
+    servicer = ChaosDaemonServicer(runtimes, Confiner(children, confine_helper), limits)
+    pb_grpc.add_ChaosDaemonServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -73,59 +74,104 @@ async def serve(
     target = grpc_target(listen)
     socket_path = target.removeprefix("unix://") if target.startswith("unix://") else None
     if socket_path:
-        _remove_stale_socket(socket_path)
-        # The socket grants root on this node: create it 0600 from the start.
-        old_umask = os.umask(0o177)
-        try:
-            server.add_insecure_port(target)
-        finally:
-            os.umask(old_umask)
+        _add_private_unix_port(server, target)
     elif tls:
         server.add_secure_port(target, tls.credentials())
+    elif not insecure:
+        raise SystemExit(f"--listen {listen}: plaintext TCP needs --insecure; TCP means mutual TLS "
+                         "(--tls-cert/--tls-key/--tls-client-ca)")
     else:
         server.add_insecure_port(target)
-        host = target.rpartition(":")[0].strip("[]")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            log(logging.WARNING, "listening on TCP without mutual TLS; use --tls-cert/--tls-key/--tls-client-ca "
-                "anywhere but a trusted test machine", listen=listen)
+        # Loopback included: any local user could reach the port and get root.
+        log(logging.WARNING, "listening on plaintext TCP without mutual TLS (--insecure): whoever reaches "
+            "the port gets root on this node; use --tls-cert/--tls-key/--tls-client-ca anywhere but a trusted "
+            "test machine", listen=listen)
 
     # Kubernetes' gRPC probes speak plaintext only: behind mutual TLS, health
     # is served again, alone, on a plaintext port of its own.
     health_server = None
+    health_target = grpc_target(health_listen) if health_listen else ""
+    health_socket_path = health_target.removeprefix("unix://") if health_target.startswith("unix://") else None
     if health_listen:
-        health_server = grpc.aio.server()
+        health_server = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_server.add_insecure_port(grpc_target(health_listen))
+        if health_socket_path:
+            _add_private_unix_port(health_server, health_target)
+        else:
+            health_server.add_insecure_port(health_target)
         await health_server.start()
 
     await server.start()
     for service in (SERVICE_NAME, ""):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log(logging.INFO, "serving", listen=listen, tls=bool(tls), health_listen=health_listen, runtimes=runtimes.prefixes)
+    log(logging.INFO, "serving", listen=listen, tls=bool(tls), health_listen=health_listen, runtimes=runtimes.prefixes,
+        pid_targets=limits.allow_pid_targets, confine_helper=confine_helper,
+        tracking=tracker.daemon_dir or "process groups (no named cgroup hierarchy)")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # The parent's exit takes the same path as SIGTERM.
+    parent = ParentWatch(exit_with_parent, loop, stop.set) if exit_with_parent else None
     try:
         await stop.wait()
     finally:
         log(logging.INFO, "shutting down")
+        if parent:
+            parent.close()
         await health_servicer.enter_graceful_shutdown()
         children.kill_all()
         await server.stop(grace=2)
+        servicer.close()
+        tracker.close()
         if health_server:
             await health_server.stop(grace=None)
-        if socket_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(socket_path)
+        for path in (socket_path, health_socket_path):
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def _add_private_unix_port(server: grpc.aio.Server, target: str) -> None:
+    _remove_stale_socket(target.removeprefix("unix://"))
+    # The socket is created 0600 from the start: the main one grants root on
+    # this node, and a health socket has no reason to be reachable by others.
+    old_umask = os.umask(0o177)
+    try:
+        server.add_insecure_port(target)
+    finally:
+        os.umask(old_umask)
 
 
 def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse a live one or anything else."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise SystemExit(f"--listen {path}: exists and is not a socket; refusing to replace it")
-    os.unlink(path)
+        _refuse(f"--listen {path}: exists and is not a socket; refusing to replace it")
+    # Only a refused connection proves nobody serves it; anything else (accepted,
+    # timed out, another error) may be a live server, whose socket must stay.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            log(logging.INFO, "removing a stale socket", path=path)
+            os.unlink(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            _refuse(f"--listen {path}: cannot tell whether another process serves it ({err}); "
+                    "stop it or choose another --listen")
+    _refuse(f"--listen {path}: another process is serving {path}; stop it or choose another --listen")
+
+
+def _refuse(message: str) -> NoReturn:
+    # Through the log, not SystemExit's text: once logging is configured, fd 2
+    # is a pipe whose relay thread may not outlive the interpreter's exit.
+    log(logging.ERROR, message)
+    raise SystemExit(1)

@@ -1,24 +1,56 @@
-"""The ChaosDaemon gRPC service: validates each request and dispatches to a fault module."""
+"""The ChaosDaemon gRPC service: one request pipeline, shared by every fault kind.
+
+validate -> log -> resolve the target (per-runtime pool, bounded in time) ->
+refuse what no fault may touch -> hold it by pidfd -> wait for its lock and a
+slot (within the request's deadline) -> run the fault -> respond. Every
+failure becomes a gRPC status with a message for the user; nothing reaches the
+client as UNKNOWN.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import re
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
 
 from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
-from .errors import DaemonError, InvalidArgument
+from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from .faults.helloworld import exec_hello_world
-from .logs import log
-from .nsexec import ChildProcesses
+from .logs import log, truncate_fields
+from .nsexec import Confiner
 from .runtimes import RuntimeRegistry
+from .target import HeldTarget
 
 MAX_CONTAINER_ID_LEN = 512
+MAX_LEASE_S = 24 * 3600
+# Requests waiting beyond this are refused (RESOURCE_EXHAUSTED) rather than queued.
+MAX_PENDING = 2048
+RUNTIME_LOOKUP_TIMEOUT_S = 15.0
+RUNTIME_POOL_SIZE = 4
+DEADLINE_MARGIN_S = 0.1
+Response = TypeVar("Response")
 _INJECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_SOURCES = {
+    pb.PROCESS_LIST_SOURCE_UNSPECIFIED: "ps",
+    pb.PROCESS_LIST_SOURCE_PS: "ps",
+    pb.PROCESS_LIST_SOURCE_PROC: "proc",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    exec_timeout_s: float = 30.0
+    max_concurrent: int = 16
+    allow_pid_targets: bool = False
 
 
 def validate_container_id(container_id: str) -> str:
@@ -34,50 +66,150 @@ def validate_injection(injection: pb.Injection) -> None:
         raise InvalidArgument(
             "injection.id must be 1-128 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
         )
-    if injection.lease.seconds < 0 or injection.lease.nanos < 0:
-        raise InvalidArgument("injection.lease must not be negative")
+    lease = injection.lease
+    if lease.seconds < 0 or lease.nanos < 0 or lease.nanos > 999_999_999 or lease.seconds > MAX_LEASE_S:
+        raise InvalidArgument(f"injection.lease must be between 0 and {MAX_LEASE_S}s (0: the daemon's default)")
+
+
+def validate_source(source: int) -> str:
+    if source not in _SOURCES:
+        raise InvalidArgument(
+            f"source {source} is unknown; accepted: {', '.join(pb.ProcessListSource.keys())}"
+        )
+    return _SOURCES[source]
 
 
 class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
-    def __init__(
-        self, runtimes: RuntimeRegistry, children: ChildProcesses, exec_timeout_s: float, max_concurrent: int
-    ) -> None:
+    def __init__(self, runtimes: RuntimeRegistry, confiner: Confiner, limits: Limits) -> None:
         self._runtimes = runtimes
-        self._children = children
-        self._exec_timeout_s = exec_timeout_s
+        self._confiner = confiner
+        self._limits = limits
         # Bounds how many fault commands run at once; further requests wait.
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = asyncio.Semaphore(limits.max_concurrent)
+        self._pending = 0
         # One probe at a time per target: concurrent probes would list each other.
         self._target_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        # A pool per runtime: a stalled Docker socket cannot hold up containerd or pid:// lookups.
+        self._lookup_pools = {
+            prefix: ThreadPoolExecutor(RUNTIME_POOL_SIZE, thread_name_prefix=f"lookup-{prefix}")
+            for prefix in runtimes.names
+        }
 
-    def _target_lock(self, pid: int) -> asyncio.Lock:
-        lock = self._target_locks.get(pid)
-        if lock is None:
-            lock = self._target_locks[pid] = asyncio.Lock()
-        return lock
+    def close(self) -> None:
+        for pool in self._lookup_pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def ExecHelloWorldChaos(
         self, request: pb.ExecHelloWorldRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecHelloWorldResponse:
-        log(logging.INFO, "ExecHelloWorldChaos", request=json_format.MessageToDict(request))
-        try:
-            validate_container_id(request.container_id)
-            validate_injection(request.injection)
-            pid = await asyncio.to_thread(self._runtimes.pid_of, request.container_id)
-            async with self._target_lock(pid), self._slots:
-                output, rows = await exec_hello_world(
-                    self._children, request.container_id, pid, self._exec_timeout_s
-                )
-        except DaemonError as err:
-            log(logging.WARNING, "request failed", rpc="ExecHelloWorldChaos", code=err.code.name, error=err.message)
-            await context.abort(err.code, err.message)
+        return await self._handle(_Call("ExecHelloWorldChaos", request, context), self._hello_world)
+
+    async def _hello_world(self, call: _Call) -> pb.ExecHelloWorldResponse:
+        request: pb.ExecHelloWorldRequest = call.request
+        validate_container_id(request.container_id)
+        validate_injection(request.injection)
+        source = validate_source(request.source)
+        call.log_request(source=source)
+        async with self._target(request.container_id, call.context) as target:
+            listing = await exec_hello_world(self._confiner, target, source, self._limits.exec_timeout_s)
         return pb.ExecHelloWorldResponse(
             status=pb.InjectionStatus(
                 injection_id=request.injection.id,
                 container_id=request.container_id,
-                pid=pid,
+                pid=target.pid,
                 state=pb.InjectionStatus.ONE_SHOT,
             ),
-            output=output,
-            processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in rows],
+            output=listing.output,
+            processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in listing.processes],
+            truncated=listing.truncated,
         )
+
+    async def _handle(self, call: _Call, handler: Callable[[_Call], Awaitable[Response]]) -> Response:
+        """Run ``handler``, turning every failure into a status with a message, logged."""
+        failure: tuple[grpc.StatusCode, str] | None = None
+        self._pending += 1
+        try:
+            if self._pending > MAX_PENDING:
+                raise ResourceExhausted(f"the daemon has {self._pending - 1} requests in progress; retry later")
+            return await handler(call)
+        except DaemonError as err:
+            failure = (err.code, err.message)
+        except asyncio.CancelledError:
+            log(logging.INFO, "request cancelled", rpc=call.rpc, peer=call.peer)
+            raise
+        except Exception as err:  # a bug: say so, keep the details in the log
+            log(logging.ERROR, "request failed unexpectedly", rpc=call.rpc, peer=call.peer, exc_info=err)
+            failure = (grpc.StatusCode.INTERNAL, f"internal error in the daemon ({type(err).__name__}); see its log")
+        finally:
+            self._pending -= 1
+        log(logging.WARNING, "request failed", rpc=call.rpc, peer=call.peer, code=failure[0].name, error=failure[1])
+        await call.context.abort(*failure)
+        raise AssertionError("unreachable: abort raises")
+
+    @contextlib.asynccontextmanager
+    async def _target(self, container_id: str, context: grpc.aio.ServicerContext) -> AsyncIterator[HeldTarget]:
+        """Resolve, check and hold the target; hold its lock and a slot while the fault runs."""
+        runtime_name = self._runtimes.name_of(container_id)
+        if runtime_name == "pid" and not self._limits.allow_pid_targets:
+            raise FailedPrecondition(
+                "pid:// targets are disabled on this daemon (start it with --allow-pid-targets to allow them)"
+            )
+        pid = await self._resolve(runtime_name, container_id)
+        with HeldTarget(pid, container_id) as target:
+            if runtime_name != "pid":
+                target.confirm(await self._resolve(runtime_name, container_id))
+            lock = self._target_locks.get(pid)
+            if lock is None:
+                lock = self._target_locks[pid] = asyncio.Lock()
+            async with _within_deadline(lock, context, f"waiting for another fault on {container_id}"):
+                async with _within_deadline(self._slots, context, "waiting for a free slot"):
+                    yield target
+
+    async def _resolve(self, runtime_name: str, container_id: str) -> int:
+        if runtime_name == "pid":  # /proc only: no runtime to wait for
+            return self._runtimes.pid_of(container_id)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._lookup_pools[runtime_name], self._runtimes.pid_of, container_id)
+        try:
+            return await asyncio.wait_for(future, RUNTIME_LOOKUP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            endpoint = self._runtimes.endpoint_of(container_id)
+            raise Unavailable(
+                f"the {runtime_name} runtime at {endpoint} did not answer within {RUNTIME_LOOKUP_TIMEOUT_S:g}s"
+            ) from None
+
+
+class _Call:
+    """One request as the pipeline sees it: its peer, for logs, and the response."""
+
+    def __init__(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        self.rpc = rpc
+        self.request = request
+        self.context = context
+        self.peer = context.peer()
+        auth = context.auth_context()
+        names = auth.get("x509_common_name") or []
+        self.subject = names[0].decode(errors="replace") if names else None
+
+    def log_request(self, **extra: Any) -> None:
+        fields = json_format.MessageToDict(self.request, preserving_proto_field_name=True)
+        log(logging.INFO, self.rpc, request=truncate_fields(fields), peer=self.peer,
+            **({"subject": self.subject} if self.subject else {}), **extra)
+
+
+@contextlib.asynccontextmanager
+async def _within_deadline(
+    primitive: asyncio.Lock | asyncio.Semaphore, context: grpc.aio.ServicerContext, waiting_for: str
+) -> AsyncIterator[None]:
+    # Give up a little before the client does, so it hears why.
+    remaining = context.time_remaining()
+    if remaining is not None:
+        remaining = max(remaining - DEADLINE_MARGIN_S, 0.0)
+    try:
+        await asyncio.wait_for(primitive.acquire(), remaining)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(f"the request's deadline passed while {waiting_for}") from None
+    try:
+        yield
+    finally:
+        primitive.release()

@@ -46,15 +46,19 @@ def test_tutorial_scenario_through_the_marker(pytester, kube):
     """, "-rA", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*Captured chaos setup*", "*--- busybox/busybox-*/busybox on *", "*sleep 3600*"])
-    # The daemon's log on the node holds the request, the command built and the output.
+    # The daemon's log on the node holds the request, with the caller's certificate, and the command it ran
+    # (the process list itself only at debug level).
     container_ids = [line.split("TARGET ")[1] for line in result.outlines if "TARGET " in line]
     logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=2000")
     entries = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     for container_id in container_ids:
         mine = [e for e in entries if e.get("container_id") == container_id
-                or e.get("request", {}).get("containerId") == container_id]
-        assert {"ExecHelloWorldChaos", "command built", "output"} <= {e["msg"] for e in mine}
-        assert any("sleep 3600" in e.get("output", "") for e in mine)
+                or e.get("request", {}).get("container_id") == container_id]
+        assert {"ExecHelloWorldChaos", "command ran"} <= {e["msg"] for e in mine}
+        request = next(e for e in mine if e["msg"] == "ExecHelloWorldChaos")
+        assert request["subject"] == "pytest-chaos-client"
+        ran = next(e for e in mine if e["msg"] == "command ran")
+        assert ran["argv"][-4:] == ["--", "sh", "-c", "ps aux"] and ran["returncode"] == 0
 
 
 def test_modes_over_pods(pytester, kube):
@@ -189,3 +193,21 @@ def test_bad_kubernetes_selector_fails_at_collection(pytester, kube):
     """)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*selector.labels: unknown selector key for the kubernetes backend; accepted keys: namespaces, labelSelectors*"])
+
+
+def test_native_listing_of_pods_matches_ps(pytester, kube):
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        SEL = {"namespaces": ["busybox"]}
+
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="all", source="proc")
+        @pytest.mark.chaos("helloworld", selector=SEL, mode="all", source="ps")
+        def test_sources_agree(chaos):
+            native, probe = chaos.experiments
+            listed = lambda e: {t.pod: [(p.pid, p.user, p.command) for p in t.processes] for t in e.targets}
+            assert listed(native) == listed(probe)
+            assert listed(native)["busybox-0"] == [(1, "root", "sleep 3600")]
+            assert native.targets[0].output.splitlines()[0].split()[:2] == ["USER", "PID"]
+    """)
+    result.assert_outcomes(passed=1)

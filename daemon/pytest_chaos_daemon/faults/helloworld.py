@@ -1,38 +1,53 @@
-"""HelloWorldChaos: list the target's processes from inside its namespaces.
+"""HelloWorldChaos: the target's process list.
 
-Runs ``sh -c "ps aux"`` in the target's mount and pid namespaces. The pid
-namespace matters: procps' ps needs a /proc that matches its pid namespace.
-One-shot: there is nothing to recover.
+Two sources. ``ps`` runs ``sh -c "ps aux"`` inside the target, confined to
+what the target itself may do (see ``nsexec.Confiner``): the target's own
+``sh`` and ``ps`` never run with the daemon's privileges. ``proc`` reads the
+target's /proc without executing anything (``proc_listing.py``), so it also
+works on distroless images. One-shot: there is nothing to recover.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 
 from ..logs import log
-from ..nsexec import ChildProcesses, Completed, build_argv, explain_failure
+from ..nsexec import Completed, Confiner, explain_failure
+from ..target import HeldTarget
+from .proc_listing import list_processes
 from .process_list import ProcessRow, parse_ps
 
+SOURCES = ("ps", "proc")
 PROBE = ("sh", "-c", "ps aux")
-NAMESPACES = ("mnt", "pid")
 # The probe's own processes. busybox's sh runs ps in-process, which busybox's
 # ps then shows as "{ps} sh -c ps aux"; procps' sh forks "ps aux".
 PROBE_COMMANDS = frozenset({"sh -c ps aux", "ps aux", "{ps} sh -c ps aux"})
 
 
-async def exec_hello_world(
-    children: ChildProcesses, container_id: str, pid: int, timeout_s: float
-) -> tuple[str, list[ProcessRow]]:
-    argv = build_argv(pid, NAMESPACES, PROBE)
-    log(logging.INFO, "command built", container_id=container_id, pid=pid, argv=argv)
-    result: Completed = await children.run(argv, timeout_s)
-    if result.returncode != 0:
-        raise explain_failure(result, container_id, needs="`sh` and `ps`")
-    log(logging.INFO, "output", container_id=container_id, pid=pid, output=result.stdout)
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    output: str
+    processes: list[ProcessRow]
+    truncated: bool = False
+
+
+async def exec_hello_world(confiner: Confiner, target: HeldTarget, source: str, timeout_s: float) -> Listing:
+    if source == "proc":
+        output, rows = await asyncio.to_thread(list_processes, target)
+        log(logging.DEBUG, "output", container_id=target.description, pid=target.pid, source=source, output=output)
+        return Listing(output, rows)
+    result: Completed = await confiner.run(target, PROBE, timeout_s)
+    log(logging.INFO, "command ran", container_id=target.description, pid=target.pid, argv=result.argv,
+        returncode=result.returncode, truncated=result.truncated)
+    log(logging.DEBUG, "output", container_id=target.description, pid=target.pid, source=source, output=result.stdout)
+    if result.returncode != 0 and not result.truncated:
+        raise explain_failure(result, target.description, needs="`sh` and `ps`")
     try:
         rows = parse_ps(result.stdout)
     except ValueError as err:
         raise explain_failure(
-            Completed(argv, 1, result.stdout, f"unexpected ps output: {err}"), container_id, "`ps`"
+            Completed(result.argv, 1, result.stdout, f"unexpected ps output: {err}"), target.description, "`ps`"
         ) from None
-    return result.stdout, [row for row in rows if row.command not in PROBE_COMMANDS]
+    return Listing(result.stdout, [row for row in rows if row.command not in PROBE_COMMANDS], result.truncated)

@@ -20,6 +20,17 @@ class RuntimeRegistry:
     def prefixes(self) -> list[str]:
         return [f"{name}://" for name in self._runtimes]
 
+    @property
+    def names(self) -> list[str]:
+        return list(self._runtimes)
+
+    def name_of(self, container_id: str) -> str:
+        """The runtime an id belongs to (its prefix); raises InvalidArgument for an unknown one."""
+        return self.split(container_id)[0].prefix
+
+    def endpoint_of(self, container_id: str) -> str:
+        return self.split(container_id)[0].endpoint
+
     def split(self, container_id: str) -> tuple[ContainerRuntime, str]:
         prefix, sep, ref = container_id.partition("://")
         runtime = self._runtimes.get(prefix) if sep else None

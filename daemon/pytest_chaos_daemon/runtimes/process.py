@@ -17,6 +17,6 @@ class ProcessRuntime:
         if not ref.isascii() or not ref.isdigit() or not 0 < int(ref) <= PID_MAX:
             raise InvalidArgument(f"container id pid://{ref!r} is malformed: expected a PID from 1 to {PID_MAX}")
         pid = int(ref)
-        if not os.path.exists(f"/proc/{pid}/ns/mnt"):
+        if not os.path.exists(f"/proc/{pid}"):
             raise NotFound(f"process pid://{pid} not found on this node")
         return pid

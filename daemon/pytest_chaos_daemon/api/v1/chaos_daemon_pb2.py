@@ -26,25 +26,27 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-pytest_chaos_daemon/api/v1/chaos_daemon.proto\x12\x16pytest_chaos.daemon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\tInjection\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x81\x02\n\x0fInjectionStatus\x12\x14\n\x0cinjection_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12<\n\x05state\x18\x04 \x01(\x0e\x32-.pytest_chaos.daemon.v1.InjectionStatus.State\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08ONE_SHOT\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tRECOVERED\x10\x03\"c\n\x15\x45xecHelloWorldRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x34\n\tinjection\x18\x02 \x01(\x0b\x32!.pytest_chaos.daemon.v1.Injection\"5\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\"\x95\x01\n\x16\x45xecHelloWorldResponse\x12\x37\n\x06status\x18\x01 \x01(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x32\n\tprocesses\x18\x03 \x03(\x0b\x32\x1f.pytest_chaos.daemon.v1.Process2\x83\x01\n\x0b\x43haosDaemon\x12t\n\x13\x45xecHelloWorldChaos\x12-.pytest_chaos.daemon.v1.ExecHelloWorldRequest\x1a..pytest_chaos.daemon.v1.ExecHelloWorldResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-pytest_chaos_daemon/api/v1/chaos_daemon.proto\x12\x16pytest_chaos.daemon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\tInjection\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x81\x02\n\x0fInjectionStatus\x12\x14\n\x0cinjection_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12<\n\x05state\x18\x04 \x01(\x0e\x32-.pytest_chaos.daemon.v1.InjectionStatus.State\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08ONE_SHOT\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tRECOVERED\x10\x03\"\x9e\x01\n\x15\x45xecHelloWorldRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x34\n\tinjection\x18\x02 \x01(\x0b\x32!.pytest_chaos.daemon.v1.Injection\x12\x39\n\x06source\x18\x03 \x01(\x0e\x32).pytest_chaos.daemon.v1.ProcessListSource\"5\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\"\xa8\x01\n\x16\x45xecHelloWorldResponse\x12\x37\n\x06status\x18\x01 \x01(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x32\n\tprocesses\x18\x03 \x03(\x0b\x32\x1f.pytest_chaos.daemon.v1.Process\x12\x11\n\ttruncated\x18\x04 \x01(\x08*r\n\x11ProcessListSource\x12#\n\x1fPROCESS_LIST_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROCESS_LIST_SOURCE_PS\x10\x01\x12\x1c\n\x18PROCESS_LIST_SOURCE_PROC\x10\x02\x32\x83\x01\n\x0b\x43haosDaemon\x12t\n\x13\x45xecHelloWorldChaos\x12-.pytest_chaos.daemon.v1.ExecHelloWorldRequest\x1a..pytest_chaos.daemon.v1.ExecHelloWorldResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pytest_chaos_daemon.api.v1.chaos_daemon_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROCESSLISTSOURCE']._serialized_start=852
+  _globals['_PROCESSLISTSOURCE']._serialized_end=966
   _globals['_INJECTION']._serialized_start=138
   _globals['_INJECTION']._serialized_end=203
   _globals['_INJECTIONSTATUS']._serialized_start=206
   _globals['_INJECTIONSTATUS']._serialized_end=463
   _globals['_INJECTIONSTATUS_STATE']._serialized_start=392
   _globals['_INJECTIONSTATUS_STATE']._serialized_end=463
-  _globals['_EXECHELLOWORLDREQUEST']._serialized_start=465
-  _globals['_EXECHELLOWORLDREQUEST']._serialized_end=564
-  _globals['_PROCESS']._serialized_start=566
-  _globals['_PROCESS']._serialized_end=619
-  _globals['_EXECHELLOWORLDRESPONSE']._serialized_start=622
-  _globals['_EXECHELLOWORLDRESPONSE']._serialized_end=771
-  _globals['_CHAOSDAEMON']._serialized_start=774
-  _globals['_CHAOSDAEMON']._serialized_end=905
+  _globals['_EXECHELLOWORLDREQUEST']._serialized_start=466
+  _globals['_EXECHELLOWORLDREQUEST']._serialized_end=624
+  _globals['_PROCESS']._serialized_start=626
+  _globals['_PROCESS']._serialized_end=679
+  _globals['_EXECHELLOWORLDRESPONSE']._serialized_start=682
+  _globals['_EXECHELLOWORLDRESPONSE']._serialized_end=850
+  _globals['_CHAOSDAEMON']._serialized_start=969
+  _globals['_CHAOSDAEMON']._serialized_end=1100
 # @@protoc_insertion_point(module_scope)

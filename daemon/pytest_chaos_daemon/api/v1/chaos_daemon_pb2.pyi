@@ -11,6 +11,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ProcessListSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROCESS_LIST_SOURCE_UNSPECIFIED: _ClassVar[ProcessListSource]
+    PROCESS_LIST_SOURCE_PS: _ClassVar[ProcessListSource]
+    PROCESS_LIST_SOURCE_PROC: _ClassVar[ProcessListSource]
+PROCESS_LIST_SOURCE_UNSPECIFIED: ProcessListSource
+PROCESS_LIST_SOURCE_PS: ProcessListSource
+PROCESS_LIST_SOURCE_PROC: ProcessListSource
+
 class Injection(_message.Message):
     __slots__ = ("id", "lease")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,12 +53,14 @@ class InjectionStatus(_message.Message):
     def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExecHelloWorldRequest(_message.Message):
-    __slots__ = ("container_id", "injection")
+    __slots__ = ("container_id", "injection", "source")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ...) -> None: ...
+    source: ProcessListSource
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., source: _Optional[_Union[ProcessListSource, str]] = ...) -> None: ...
 
 class Process(_message.Message):
     __slots__ = ("pid", "user", "command")
@@ -62,11 +73,13 @@ class Process(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., user: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
 class ExecHelloWorldResponse(_message.Message):
-    __slots__ = ("status", "output", "processes")
+    __slots__ = ("status", "output", "processes", "truncated")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     status: InjectionStatus
     output: str
     processes: _containers.RepeatedCompositeFieldContainer[Process]
-    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., output: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., output: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -45,8 +45,11 @@ class ChaosDaemonServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ExecHelloWorldChaos(self, request, context):
-        """Runs `sh -c "ps aux"` inside the target's mount and pid namespaces and
-        returns what it printed. One-shot: nothing to recover.
+        """Lists the target's processes and returns the list. With source PS (the
+        default) it runs `sh -c "ps aux"` inside the target: in all of its
+        namespaces and cgroups, as its user, with at most its capabilities. With
+        source PROC the daemon reads the target's own /proc and executes nothing.
+        One-shot: nothing to recover.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,174 @@
+"""A target's process list read by the daemon from /proc, executing nothing.
+
+The target's own /proc (the procfs mounted in its mount namespace, for its pid
+namespace) lists exactly what ``ps aux`` inside it would. It is opened with
+``openat2(RESOLVE_IN_ROOT)`` below the target's root, so a symlink planted in
+the target's filesystem resolves inside that filesystem and never reaches a
+file of the node's; the result must be a procfs whose entry for the target's
+own pid is the target. User names come from the target's ``/etc/passwd``,
+opened the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import time
+
+from .. import procfs
+from ..errors import FailedPrecondition
+from ..target import HeldTarget
+from .process_list import ProcessRow, parse_ps
+
+PROC_SUPER_MAGIC = 0x9FA0
+_SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+_PASSWD_LIMIT = 1 << 20
+HEADER = "USER         PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND"
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def open_in_root(root_fd: int, path: str, flags: int) -> int:
+    """Open ``path`` as if ``root_fd`` were ``/``: no symlink or ``..`` leaves it."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(_SYS_OPENAT2, root_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+def _filesystem_type(fd: int) -> int:
+    buf = _StatFs()
+    if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.f_type
+
+
+def list_processes(target: HeldTarget) -> tuple[str, list[ProcessRow]]:
+    """``ps aux``-style text of the target's pid namespace, and its parsed rows."""
+    root = os.open(f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        proc = _open_target_proc(target, root)
+        try:
+            uid_map = procfs.read_id_map(target.pid, "uid")
+            lines = _render(proc, uid_map, _user_names(root))
+        finally:
+            os.close(proc)
+    finally:
+        os.close(root)
+    target.check_alive()
+    output = "\n".join([HEADER, *lines]) + "\n"
+    return output, parse_ps(output)
+
+
+def _open_target_proc(target: HeldTarget, root: int) -> int:
+    try:
+        proc = open_in_root(root, "/proc", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            raise FailedPrecondition("source='proc' needs openat2 (Linux 5.6 or newer)") from None
+        raise FailedPrecondition(f"target {target.description} has no /proc to read ({err.strerror})") from None
+    try:
+        if _filesystem_type(proc) != PROC_SUPER_MAGIC:
+            raise FailedPrecondition(f"target {target.description}: its /proc is not a procfs")
+        inner_pid = procfs.read_status(target.pid).nspid[-1]
+        own_stat = _read_at(proc, f"{inner_pid}/stat")
+        if own_stat is None or procfs.parse_stat(own_stat).start_ticks != target.stat.start_ticks:
+            raise FailedPrecondition(
+                f"target {target.description}: its /proc is not mounted for its own pid namespace; use source='ps'"
+            )
+    except BaseException:
+        os.close(proc)
+        raise
+    return proc
+
+
+def _read_at(directory: int, path: str, limit: int = 1 << 20) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=directory)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _user_names(root: int) -> dict[int, str]:
+    """uid -> name from the target's /etc/passwd (uids as the target sees them)."""
+    try:
+        fd = open_in_root(root, "/etc/passwd", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return {}
+    try:
+        text = os.read(fd, _PASSWD_LIMIT).decode(errors="replace")
+    finally:
+        os.close(fd)
+    names: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            names.setdefault(int(fields[2]), fields[0])
+    return names
+
+
+def _render(proc: int, uid_map: procfs.IdMap, names: dict[int, str]) -> list[str]:
+    uptime = float(open("/proc/uptime").read().split()[0])
+    boot = time.time() - uptime
+    mem_total_kb = _mem_total_kb()
+    pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
+    lines = []
+    for pid in pids:
+        stat_text, status_text = _read_at(proc, f"{pid}/stat"), _read_at(proc, f"{pid}/status")
+        cmdline = _read_at(proc, f"{pid}/cmdline")
+        if stat_text is None or status_text is None or cmdline is None:
+            continue  # exited while listing
+        stat = procfs.parse_stat(stat_text)
+        host_uid = procfs.parse_status(status_text).uid  # as the daemon's user namespace sees it
+        uid = uid_map.inside(host_uid)
+        user = names.get(uid, str(uid)) if uid is not None else str(host_uid)
+        cpu_s = (stat.utime_ticks + stat.stime_ticks) / _CLK_TCK
+        elapsed = max(uptime - stat.start_ticks / _CLK_TCK, 1e-9)
+        rss_kb = stat.rss_pages * _PAGE_KB
+        command = " ".join(cmdline.rstrip("\0").split("\0")) if cmdline else f"[{stat.comm}]"
+        lines.append(
+            f"{user:<10} {pid:>5} {100 * cpu_s / elapsed:4.1f} "
+            f"{100 * rss_kb / mem_total_kb if mem_total_kb else 0:4.1f} {stat.vsize // 1024:>6} {rss_kb:>5} "
+            f"{_tty(stat.tty_nr):<8} {stat.state:<4} "
+            f"{time.strftime('%H:%M', time.gmtime(boot + stat.start_ticks / _CLK_TCK))} "
+            f"{int(cpu_s) // 60:>3}:{int(cpu_s) % 60:02d} {command}"
+        )
+    return lines
+
+
+def _tty(tty_nr: int) -> str:
+    if tty_nr == 0:
+        return "?"
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return f"pts/{minor}" if 136 <= major <= 143 else f"tty{minor}"
+
+
+def _mem_total_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    return 0

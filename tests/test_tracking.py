@@ -1,0 +1,102 @@
+"""Nothing a fault command starts outlives it, its timeout or the daemon.
+
+The probes here are containers whose ``sh`` is a script of the test's: it
+starts a child that leaves its process group (``setsid``) or sleeps, the way
+a hostile or broken image would. Processes are found from outside by their
+command lines in /proc.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+
+import grpc
+import pytest
+
+from conftest import gone, running, wait_for
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.tracking import DEFAULT_MOUNT_POINT
+
+
+def hello(daemon, container_id: str, timeout: float = 60) -> pb.ExecHelloWorldResponse:
+    return daemon.stub.ExecHelloWorldChaos(pb.ExecHelloWorldRequest(container_id=container_id), timeout=timeout)
+
+
+def test_timeout_kills_a_child_that_left_the_process_group(start_daemon, targets, tmp_path):
+    daemon = start_daemon("--containerd-namespace", "*", "--exec-timeout", "2")
+    container_id = targets.containerd_with_sh(tmp_path, "/bin/busybox setsid /bin/busybox sleep 4242 &\n"
+                                     "exec /bin/busybox sleep 4243\n")
+    with pytest.raises(grpc.RpcError) as info:
+        hello(daemon, container_id)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert gone("4242") and gone("4243")
+
+
+def test_what_a_probe_leaves_running_is_killed_when_it_exits(daemon, targets, tmp_path):
+    container_id = targets.containerd_with_sh(tmp_path, "/bin/busybox setsid /bin/busybox sleep 4244 &\n"
+                                     "echo 'PID USER TIME COMMAND'\n")
+    hello(daemon, container_id)
+    assert gone("4244")
+
+
+def test_a_sigkilled_daemon_leaves_no_probe_running(start_daemon, targets, tmp_path):
+    daemon = start_daemon("--containerd-namespace", "*")
+    container_id = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4245\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(hello, daemon, container_id)
+        wait_for(lambda: running("4245"), "the probe to start")
+        daemon.process.send_signal(signal.SIGKILL)
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
+    assert gone("4245")
+
+
+def test_daemon_shutdown_kills_running_probes(start_daemon, targets, tmp_path):
+    daemon = start_daemon("--containerd-namespace", "*")
+    container_id = targets.containerd_with_sh(tmp_path, "/bin/busybox setsid /bin/busybox sleep 4246 &\n"
+                                     "exec /bin/busybox sleep 4247\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(hello, daemon, container_id)
+        wait_for(lambda: running("4246") and running("4247"), "the probe to start")
+        daemon.process.terminate()
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
+    assert gone("4246") and gone("4247")
+
+
+def test_next_start_kills_what_a_dead_daemon_left(start_daemon):
+    start_daemon()  # mounts the tracking hierarchy
+    # What a daemon killed together with its helpers leaves: a process in its probe cgroup.
+    pid_namespace = os.stat("/proc/self/ns/pid").st_ino
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover_dir = os.path.join(DEFAULT_MOUNT_POINT, f"d-{pid_namespace}-{dead.pid}-1", "p-0")
+    os.makedirs(leftover_dir)
+    leftover = subprocess.Popen(["sleep", "4248"])
+    try:
+        with open(os.path.join(leftover_dir, "cgroup.procs"), "w") as f:
+            f.write(str(leftover.pid))
+        daemon = start_daemon()
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert not os.path.exists(os.path.dirname(leftover_dir))
+        assert '"killed processes left by a daemon that is gone"' in daemon.log()
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
+
+
+def test_a_live_daemons_probes_are_left_alone(start_daemon, targets, tmp_path):
+    first = start_daemon("--containerd-namespace", "*")
+    container_id = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4249\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(hello, first, container_id, 5)
+        wait_for(lambda: running("4249"), "the probe to start")
+        start_daemon()  # its sweep, done before it serves, spares live daemons
+        assert running("4249")
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
+    assert gone("4249")
