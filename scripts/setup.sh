@@ -40,7 +40,7 @@ if [[ -z ${SKIP_APT:-} ]]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends \
         containerd runc docker.io busybox-static util-linux procps iptables \
-        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates >/dev/null
+        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates gcc libc6-dev >/dev/null
 fi
 
 if ! command -v go >/dev/null; then
@@ -50,6 +50,8 @@ fi
 
 step "Python package (editable, with test extras)"
 python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]'
+step "the daemon's confine helper (static C, built once per source version)"
+python3 -m pytest_chaos_daemon.confine
 
 if ! command -v crictl >/dev/null; then
     step "crictl $CRICTL_VERSION from the Go module proxy (tests create CRI containers with it)"
