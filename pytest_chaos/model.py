@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 
@@ -30,6 +31,9 @@ class Target:
     node: str | None = None
     daemon: str = ""  # address of the daemon that applied the fault
     injection_id: str = ""
+    state: str = "pending"  # applied, recovered, expired (the daemon recovered it), failed
+    detail: str = ""  # how it ended, or why it failed, as the daemon said
+    mechanism: str = ""  # how the fault was made on the node ("cgroup v1 freezer", ...)
 
     def describe(self) -> str:
         """``ns/pod/container on node (id, host pid N)``, ``name (id, ...)`` or ``id (host pid N)``."""
@@ -63,12 +67,32 @@ class Experiment:
 
     spec: ExperimentSpec
     targets: list[Target] = dataclasses.field(default_factory=list)
-    outcome: str = "pending"  # pending, applied, recovered, failed
+    # pending, applied (in force), recovered (in teardown), expired (recovered by
+    # the daemon: its duration or lease ran out), failed (with ``detail``).
+    # Updated while the test runs, so a test can wait for a duration to pass.
+    outcome: str = "pending"
     detail: str = ""
+    applied_at: float | None = None  # wall clock
+    ended_at: float | None = None
 
     @property
     def kind(self) -> str:
         return self.spec.kind
+
+    def settle(self) -> None:
+        """Derive ``outcome`` from the targets once every one has ended: any failure makes it
+        ``failed``; all recovered by the daemon, ``expired``; otherwise ``recovered``."""
+        if self.outcome != "applied" or any(t.state in ("applied", "pending") for t in self.targets):
+            return
+        failed = [t for t in self.targets if t.state == "failed"]
+        if failed:
+            self.outcome = "failed"
+            self.detail = "; ".join(f"{t.describe()}: {t.detail}" for t in failed)
+        elif all(t.state == "expired" for t in self.targets):
+            self.outcome, self.detail = "expired", self.targets[0].detail
+        else:
+            self.outcome = "recovered"
+        self.ended_at = time.time()
 
     def summary(self) -> str:
         n = len(self.targets)

@@ -26,7 +26,7 @@ from .kinds import KINDS
 from .model import Experiment, ExperimentSpec
 from .modes import MODES
 from .reporting import SECTION_KEY, experiment_text, junit_properties
-from .session import ChaosSession
+from .session import DEFAULT_LEASE_S, ChaosSession
 from .transport import DEFAULT_RPC_TIMEOUT_S, ClientTls
 
 MARKER_HELP = (
@@ -52,6 +52,9 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
      "seed for the random picks of modes one/fixed/fixed-percent/random-max-percent; the seed in use "
      "is printed in the header, so a run can be repeated. Default: a fresh random seed"),
     ("--chaos-timeout", {"metavar": "SECONDS"}, f"per-call timeout talking to a daemon. Default: {DEFAULT_RPC_TIMEOUT_S:g}"),
+    ("--chaos-lease", {"metavar": "SECONDS"},
+     "a daemon recovers a fault by itself when this run stops renewing it for this long (this run died, "
+     f"say); renewed every third of it while the run lives. Default: {DEFAULT_LEASE_S:g}"),
     ("--chaos-containerd-socket", {"metavar": "PATH"}, f"local backend: containerd's socket. Default: {containerd.DEFAULT_SOCKET}"),
     ("--chaos-containerd-namespace", {"metavar": "NAMES"},
      "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
@@ -90,9 +93,12 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         seed = int(_option(config, "chaos_seed", str(random.SystemRandom().randrange(2**32))))
         timeout = float(_option(config, "chaos_timeout", str(DEFAULT_RPC_TIMEOUT_S)))
+        lease = float(_option(config, "chaos_lease", str(DEFAULT_LEASE_S)))
     except ValueError as err:
-        raise pytest.UsageError(f"--chaos-seed must be an integer and --chaos-timeout a number: {err}") from None
-    config.stash[SESSION_KEY] = ChaosSession(_backend(config), seed, timeout)
+        raise pytest.UsageError(f"--chaos-seed must be an integer, --chaos-timeout and --chaos-lease numbers: {err}") from None
+    if not (0 < timeout <= 3600 and 1 <= lease <= 3600):
+        raise pytest.UsageError("--chaos-timeout must be in (0, 3600] seconds and --chaos-lease in [1, 3600]")
+    config.stash[SESSION_KEY] = ChaosSession(_backend(config), seed, timeout, lease)
 
 
 def _backend(config: pytest.Config) -> Backend:
@@ -121,7 +127,9 @@ def _backend(config: pytest.Config) -> Backend:
     else:
         # pid:// targets are the local backend's own: its daemon accepts them.
         embedded = EmbeddedDaemon(
-            ["--allow-pid-targets", "--containerd-socket", containerd_socket, "--docker-socket", docker_socket]
+            # No one restarts it: what is in force when it stops is recovered then.
+            ["--allow-pid-targets", "--recover-on-exit", "--containerd-socket", containerd_socket,
+             "--docker-socket", docker_socket]
             + [arg for ns in namespaces for arg in ("--containerd-namespace", ns)]
         )
         config.stash[EMBEDDED_KEY] = embedded

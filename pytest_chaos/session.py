@@ -6,32 +6,41 @@ without pytest (the benchmarks drive it directly).
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .backends import Backend
 from .errors import ChaosError
-from .kinds import KINDS
+from .kinds import KINDS, InjectContext
+from .leases import LeaseKeeper
 from .model import Experiment, ExperimentSpec, Target
 from .modes import choose
+from .outcomes import settle_from_daemon
 from .spec import build_spec
 from .transport import DEFAULT_RPC_TIMEOUT_S, DaemonClient
 
 MAX_PARALLEL_TARGETS = 16
+DEFAULT_LEASE_S = 30.0
 
 
 class ChaosSession:
-    """One test run's chaos state: the backend, daemon clients, the seed and every experiment."""
+    """One test run's chaos state: the backend, daemon clients, the seed, leases and every experiment."""
 
-    def __init__(self, backend: Backend, seed: int, rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> None:
+    def __init__(self, backend: Backend, seed: int, rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S,
+                 lease_s: float = DEFAULT_LEASE_S) -> None:
         self.backend = backend
         self.seed = seed
         self.rpc_timeout_s = rpc_timeout_s
         self.experiments: list[tuple[str, Experiment]] = []  # (test id, experiment), in order
         self._clients: dict[str, DaemonClient] = {}
+        self.leases = LeaseKeeper(self.client, lease_s)
+        self._owner = f"pytest {os.getpid()}@{socket.gethostname()}"
 
     def spec(self, args: Sequence[Any], kwargs: dict[str, Any]) -> ExperimentSpec:
         return build_spec(self.backend, args, kwargs)
@@ -55,26 +64,30 @@ class ChaosSession:
                     f"mode {spec.mode!r} with value {spec.value:g} picked none of {len(candidates)} "
                     f"candidates (seed {self.seed}): no target is selected"
                 )
-            self._inject_all(experiment)
+            self._inject_all(experiment, f"{self._owner} {test_id}".strip())
         except ChaosError as err:
             experiment.outcome, experiment.detail = "failed", str(err)
             raise
-        experiment.outcome = "applied"
+        experiment.outcome, experiment.applied_at = "applied", time.time()
+        if KINDS[spec.kind].recoverable:
+            self.leases.track(experiment)
         return experiment
 
     def recover(self, experiment: Experiment) -> None:
-        """Undo ``experiment`` on every target; raises ChaosError if any target failed to recover."""
+        """Undo ``experiment`` on every target; raises ChaosError naming what is left if any target failed."""
         if experiment.outcome != "applied":
             return
-        kind = KINDS[experiment.kind]
-        if not kind.recoverable:
+        if not KINDS[experiment.kind].recoverable:
+            for target in experiment.targets:
+                target.state = "recovered"
             experiment.outcome, experiment.detail = "recovered", "one-shot, nothing to recover"
+            experiment.ended_at = time.time()
             return
-        errors = self._each_target(experiment.targets, lambda t: kind.recover(self.client(t.daemon), t))
-        experiment.outcome = "recovered" if not errors else "failed"
-        if errors:
-            experiment.detail = "recovery failed: " + "; ".join(errors)
-            raise ChaosError(experiment.detail)
+        self.leases.untrack(experiment)
+        self._recover_targets([t for t in experiment.targets if t.state == "applied"])
+        experiment.settle()
+        if experiment.outcome == "failed":
+            raise ChaosError(f"recovery failed: {experiment.detail}")
 
     def client(self, address: str) -> DaemonClient:
         if address not in self._clients:
@@ -82,26 +95,49 @@ class ChaosSession:
         return self._clients[address]
 
     def close(self) -> None:
+        self.leases.stop()
         for client in self._clients.values():
             client.close()
         self._clients.clear()
         self.backend.close()
 
-    def _inject_all(self, experiment: Experiment) -> None:
+    def _inject_all(self, experiment: Experiment, owner: str) -> None:
         kind = KINDS[experiment.kind]
         for target in experiment.targets:
             target.injection_id = uuid.uuid4().hex
             target.daemon = self.backend.daemon_address(target)
-        errors = self._each_target(
-            experiment.targets, lambda t: kind.inject(self.client(t.daemon), t, experiment.spec.params)
-        )
+
+        def inject(target: Target) -> None:
+            ctx = InjectContext(self.client(target.daemon), self.backend, self.leases.lease_s,
+                                experiment.spec.duration, owner)
+            kind.inject(ctx, target, experiment.spec.params)
+
+        errors = self._each_target(experiment.targets, inject)
         if errors:
             if kind.recoverable:  # undo the targets that did get the fault
-                self._each_target([t for t in experiment.targets if t.pid], lambda t: kind.recover(self.client(t.daemon), t))
+                self._recover_targets([t for t in experiment.targets if t.state == "applied"])
             raise ChaosError("; ".join(errors))
 
-    @staticmethod
-    def _each_target(targets: list[Target], action) -> list[str]:
+    def _recover_targets(self, targets: list[Target]) -> None:
+        """Recover through each target's daemon, one call per daemon; record how each ended."""
+        by_daemon: dict[str, list[Target]] = {}
+        for target in targets:
+            by_daemon.setdefault(target.daemon, []).append(target)
+
+        def recover(address: str) -> None:
+            group = by_daemon[address]
+            try:
+                statuses = self.client(address).recover([t.injection_id for t in group])
+            except ChaosError as err:
+                for target in group:
+                    target.state, target.detail = "failed", f"not recovered: {err}"
+                return
+            for target, status in zip(group, statuses):
+                settle_from_daemon(target, status)
+
+        self._each(list(by_daemon), recover)
+
+    def _each_target(self, targets: list[Target], action: Callable[[Target], None]) -> list[str]:
         """Run ``action`` on all targets concurrently; return the error messages."""
         def run(target: Target) -> str | None:
             try:
@@ -110,5 +146,9 @@ class ChaosSession:
                 return str(err)
             return None
 
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_TARGETS, len(targets)))) as pool:
-            return [e for e in pool.map(run, targets) if e]
+        return [e for e in self._each(targets, run) if e]
+
+    @staticmethod
+    def _each(items: list[Any], action: Callable[[Any], Any]) -> list[Any]:
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_TARGETS, len(items)))) as pool:
+            return list(pool.map(action, items))

@@ -24,6 +24,9 @@ def build_spec(backend: Backend, args: Sequence[Any], kwargs: Mapping[str, Any])
     kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise ChaosSpecError("kind", f"unknown kind {kind_name!r}; accepted kinds: {', '.join(KINDS)}")
+    if kind.backends and backend.name not in kind.backends:
+        raise ChaosSpecError("kind", f"{kind_name!r} works with the {' and '.join(kind.backends)} backend only "
+                                     f"(--chaos-backend={kind.backends[0]}); this run uses {backend.name}")
     kwargs = dict(kwargs)
     if "selector" not in kwargs:
         raise ChaosSpecError("selector", f"is required; the {backend.name} backend accepts: {', '.join(backend.selector_keys)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -59,6 +60,30 @@ class DaemonClient:
         )
         return self._call("ExecHelloWorldChaos", self._stub.ExecHelloWorldChaos, request, container_id)
 
+    def apply(
+        self, container_id: str, injection_id: str, fault: dict[str, Any], lease_s: float, owner: str,
+        duration_s: float | None = None,
+    ) -> pb.ApplyResponse:
+        """Apply one fault (``fault``: the ApplyRequest oneof field and its message) to one target."""
+        request = pb.ApplyRequest(container_id=container_id, injection=_injection(injection_id, lease_s, owner), **fault)
+        if duration_s:
+            request.duration.FromNanoseconds(int(duration_s * 1e9))
+        return self._call("Apply", self._stub.Apply, request, container_id)
+
+    def recover(self, injection_ids: list[str]) -> list[pb.InjectionStatus]:
+        reply = self._call("Recover", self._stub.Recover, pb.RecoverRequest(injection_ids=injection_ids),
+                           f"{len(injection_ids)} injection(s)")
+        return list(reply.injections)
+
+    def renew(self, injection_ids: list[str], lease_s: float) -> list[pb.InjectionStatus]:
+        request = pb.RenewRequest(injection_ids=injection_ids)
+        request.lease.FromNanoseconds(int(lease_s * 1e9))
+        return list(self._call("Renew", self._stub.Renew, request, f"{len(injection_ids)} injection(s)").injections)
+
+    def list_injections(self, include_ended: bool = False) -> list[pb.InjectionStatus]:
+        request = pb.ListInjectionsRequest(include_ended=include_ended)
+        return list(self._call("ListInjections", self._stub.ListInjections, request, "the daemon").injections)
+
     def _call(self, name: str, method, request, container_id: str):
         try:
             return method(request, timeout=self._timeout_s)
@@ -73,3 +98,9 @@ class DaemonClient:
                 f"chaos daemon at {self.address}: {name} on {container_id} failed with "
                 f"{code.name if code else 'UNKNOWN'}: {err.details()}"
             ) from None
+
+
+def _injection(injection_id: str, lease_s: float, owner: str) -> pb.Injection:
+    injection = pb.Injection(id=injection_id, owner=owner)
+    injection.lease.FromNanoseconds(int(lease_s * 1e9))
+    return injection

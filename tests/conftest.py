@@ -43,6 +43,8 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     def start(*args: str, listen: str | None = None, wrapper: Sequence[str] = ()) -> RunningDaemon:
         directory = tmp_path_factory.mktemp("daemon")
         address = listen or f"unix://{directory}/daemon.sock"
+        if "--state-dir" not in args:  # a journal of its own, unless the test shares one on purpose
+            args = (*args, "--state-dir", str(directory / "state"))
         log_path = str(directory / "daemon.log")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(

@@ -11,6 +11,8 @@ from . import confine, logs
 from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
 from .runtimes import RuntimeRegistry, containerd, cri, docker, process
 from .server import TlsFiles, serve
+from .injections import DEFAULT_LEASE_S
+from .journal import DEFAULT_STATE_DIR
 from .servicer import Limits
 
 DEFAULT_PORT = 31767
@@ -84,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-pid-targets", action="store_true",
         help="accept pid://N targets (bare processes of this node). Off by default: in a cluster, targets are "
         "containers; the plugin's own local daemon turns it on",
+    )
+    parser.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+        help="where the journal of injections lives (created 0700); a restarted daemon, or another sharing "
+        "DIR, recovers or keeps what a daemon that died left there. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--default-lease", type=_seconds, default=DEFAULT_LEASE_S, metavar="SECONDS",
+        help="a recoverable fault whose client stops renewing it is recovered this long after the last "
+        "renewal, when the request names no lease. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--recover-on-exit", action="store_true",
+        help="recover every fault in force when the daemon stops (SIGTERM, or its --exit-with-parent exiting), "
+        "for a daemon no one restarts, like the plugin's own. Without it they stay, journaled, for the next daemon",
     )
     parser.add_argument(
         "--confine-helper", metavar="PATH",
@@ -195,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     allow_pid_targets=args.allow_pid_targets)
     asyncio.run(
         serve(args.listen, build_runtimes(args), limits, helper, tls, args.health_listen,
-              exit_with_parent=args.exit_with_parent, insecure=args.insecure)
+              exit_with_parent=args.exit_with_parent, insecure=args.insecure, state_dir=args.state_dir,
+              default_lease_s=args.default_lease, recover_on_exit=args.recover_on_exit)
     )
     # Only after serving: a daemon that fails to start leaves its log to whoever started it.
     if removable:

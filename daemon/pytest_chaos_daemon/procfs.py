@@ -202,3 +202,34 @@ def namespace_id(path: str) -> tuple[int, int]:
     """(device, inode) of a namespace file: equal ids, same namespace."""
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def boot_id() -> str:
+    """This boot's id: a PID and start time name the same process only within one boot."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def is_same_process(pid: int, start_ticks: int, boot: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_ticks`` in boot ``boot``."""
+    try:
+        return boot == boot_id() and read_stat(pid).start_ticks == start_ticks
+    except OSError:
+        return False
+
+
+def instance_key(pid: int) -> str:
+    """``<pid namespace>-<pid>-<start time>``: names a process for as long as it lives, across PID reuse."""
+    return f"{os.stat('/proc/self/ns/pid').st_ino}-{pid}-{read_stat(pid).start_ticks}"
+
+
+def instance_alive(key: str) -> bool:
+    """Whether the process ``key`` names still runs; keys from another pid namespace count as alive
+    (their PIDs mean nothing here, so nothing of theirs may be taken over)."""
+    try:
+        namespace, pid, _ = key.split("-")
+        if int(namespace) != os.stat("/proc/self/ns/pid").st_ino:
+            return True
+        return instance_key(int(pid)) == key
+    except (ValueError, OSError):
+        return False

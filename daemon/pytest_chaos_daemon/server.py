@@ -16,7 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
+from .faults import FAULTS, FaultContext
+from .injections import DEFAULT_LEASE_S, Injections
 from .interceptors import RequestDecoding
+from .journal import DEFAULT_STATE_DIR, Journal
 from .lifetime import ParentWatch
 from .logs import log
 from .nsexec import ChildProcesses, Confiner
@@ -50,6 +53,9 @@ async def serve(
     health_listen: str | None = None,
     exit_with_parent: int | None = None,
     insecure: bool = False,
+    state_dir: str = DEFAULT_STATE_DIR,
+    default_lease_s: float = DEFAULT_LEASE_S,
+    recover_on_exit: bool = False,
 ) -> None:
     # What the daemon starts is tracked from here on; leftovers of a daemon
     # that died are killed now.
@@ -63,7 +69,12 @@ async def serve(
     # No cap on concurrent RPCs here: fault requests queue in the servicer
     # (bounded there), and health and reflection must answer while they do.
     server = grpc.aio.server(interceptors=interceptors)
-    servicer = ChaosDaemonServicer(runtimes, Confiner(children, confine_helper), limits)
+    confiner = Confiner(children, confine_helper)
+    # Injections of daemons that died are taken over before serving.
+    injections = Injections(Journal(state_dir), FAULTS, FaultContext(runtimes, children, confiner, limits.exec_timeout_s),
+                            default_lease_s, recover_on_exit)
+    await injections.start()
+    servicer = ChaosDaemonServicer(runtimes, confiner, limits, injections)
     pb_grpc.add_ChaosDaemonServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -121,8 +132,9 @@ async def serve(
         if parent:
             parent.close()
         await health_servicer.enter_graceful_shutdown()
-        children.kill_all()
         await server.stop(grace=2)
+        await injections.close()
+        children.kill_all()
         servicer.close()
         tracker.close()
         if health_server:

@@ -15,16 +15,20 @@ import dataclasses
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 
 from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
 from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from . import journal
+from .faults import BY_FIELD
 from .faults.helloworld import exec_hello_world
+from .injections import Injections
+from .journal import Record
 from .logs import log, truncate_fields
 from .nsexec import Confiner
 from .runtimes import RuntimeRegistry
@@ -36,6 +40,7 @@ MAX_LEASE_S = 24 * 3600
 MAX_PENDING = 2048
 RUNTIME_LOOKUP_TIMEOUT_S = 15.0
 RUNTIME_POOL_SIZE = 4
+MAX_IDS_PER_CALL = 1000
 DEADLINE_MARGIN_S = 0.1
 Response = TypeVar("Response")
 _INJECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -71,6 +76,47 @@ def validate_injection(injection: pb.Injection) -> None:
         raise InvalidArgument(f"injection.lease must be between 0 and {MAX_LEASE_S}s (0: the daemon's default)")
 
 
+def validate_injection_ids(ids: Sequence[str]) -> list[str]:
+    if len(ids) > MAX_IDS_PER_CALL:
+        raise InvalidArgument(f"injection_ids: at most {MAX_IDS_PER_CALL} per call; got {len(ids)}")
+    for injection_id in ids:
+        if not _INJECTION_ID.fullmatch(injection_id):
+            raise InvalidArgument(f"injection_ids: {injection_id[:200]!r} is not an injection id "
+                                  "(1-128 letters, digits, '_', '.', ':' or '-')")
+    return list(ids)
+
+
+def validate_duration(duration: duration_pb2.Duration) -> float | None:
+    seconds = duration.seconds + duration.nanos / 1e9
+    if duration.seconds < 0 or duration.nanos < 0 or duration.nanos > 999_999_999 or seconds > MAX_LEASE_S:
+        raise InvalidArgument(f"duration must be between 0 and {MAX_LEASE_S}s (0: until recovered)")
+    return seconds or None
+
+
+_STATES = {
+    journal.ACTIVE: pb.InjectionStatus.ACTIVE, journal.APPLYING: pb.InjectionStatus.ACTIVE,
+    journal.ONE_SHOT: pb.InjectionStatus.ONE_SHOT, journal.RECOVERED: pb.InjectionStatus.RECOVERED,
+    journal.EXPIRED: pb.InjectionStatus.EXPIRED, journal.FAILED: pb.InjectionStatus.FAILED,
+}
+
+
+def injection_status(record: Record | None, injection_id: str = "") -> pb.InjectionStatus:
+    """The protocol's view of a journal record; UNKNOWN_INJECTION for None."""
+    if record is None:
+        return pb.InjectionStatus(injection_id=injection_id, state=pb.InjectionStatus.UNKNOWN_INJECTION,
+                                  detail="this daemon knows no injection of this id")
+    status = pb.InjectionStatus(
+        injection_id=record.id, container_id=record.container_id, pid=record.pid, state=_STATES[record.state],
+        kind=record.kind, detail=record.detail, owner=record.owner, mechanism=record.mechanism,
+    )
+    status.applied_at.FromNanoseconds(int(record.applied_at * 1e9))
+    if record.live and record.expires_at is not None:
+        status.expires_at.FromNanoseconds(int(record.expires_at * 1e9))
+    if record.ended_at is not None:
+        status.ended_at.FromNanoseconds(int(record.ended_at * 1e9))
+    return status
+
+
 def validate_source(source: int) -> str:
     if source not in _SOURCES:
         raise InvalidArgument(
@@ -80,10 +126,11 @@ def validate_source(source: int) -> str:
 
 
 class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
-    def __init__(self, runtimes: RuntimeRegistry, confiner: Confiner, limits: Limits) -> None:
+    def __init__(self, runtimes: RuntimeRegistry, confiner: Confiner, limits: Limits, injections: Injections) -> None:
         self._runtimes = runtimes
         self._confiner = confiner
         self._limits = limits
+        self._injections = injections
         # Bounds how many fault commands run at once; further requests wait.
         self._slots = asyncio.Semaphore(limits.max_concurrent)
         self._pending = 0
@@ -123,6 +170,58 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in listing.processes],
             truncated=listing.truncated,
         )
+
+    async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
+        return await self._handle(_Call("Apply", request, context), self._apply)
+
+    async def _apply(self, call: _Call) -> pb.ApplyResponse:
+        request: pb.ApplyRequest = call.request
+        validate_container_id(request.container_id)
+        validate_injection(request.injection)
+        if not request.injection.id:
+            raise InvalidArgument("injection.id is required: the handle Recover and Renew use")
+        field = request.WhichOneof("fault")
+        if field is None or field not in BY_FIELD:
+            raise InvalidArgument(f"no fault given; accepted: {', '.join(BY_FIELD)}")
+        fault = BY_FIELD[field]
+        params = fault.check(request)
+        duration_s = validate_duration(request.duration)
+        call.log_request(kind=fault.kind)
+        async with self._target(request.container_id, call.context) as target:
+            record, processes = await self._injections.apply(
+                fault.kind, request.container_id, target, params, request.injection, duration_s
+            )
+        return pb.ApplyResponse(
+            status=injection_status(record),
+            processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in processes],
+        )
+
+    async def Recover(self, request: pb.RecoverRequest, context: grpc.aio.ServicerContext) -> pb.RecoverResponse:
+        return await self._handle(_Call("Recover", request, context), self._recover)
+
+    async def _recover(self, call: _Call) -> pb.RecoverResponse:
+        ids = validate_injection_ids(call.request.injection_ids)
+        call.log_request()
+        records = [await self._injections.recover(injection_id) for injection_id in ids]
+        return pb.RecoverResponse(injections=[injection_status(r, i) for r, i in zip(records, ids)])
+
+    async def Renew(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext) -> pb.RenewResponse:
+        return await self._handle(_Call("Renew", request, context), self._renew)
+
+    async def _renew(self, call: _Call) -> pb.RenewResponse:
+        ids = validate_injection_ids(call.request.injection_ids)
+        validate_injection(pb.Injection(lease=call.request.lease))
+        records = self._injections.renew(ids, call.request.lease)
+        return pb.RenewResponse(injections=[injection_status(r, i) for r, i in zip(records, ids)])
+
+    async def ListInjections(
+        self, request: pb.ListInjectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInjectionsResponse:
+        return await self._handle(_Call("ListInjections", request, context), self._list)
+
+    async def _list(self, call: _Call) -> pb.ListInjectionsResponse:
+        records = self._injections.listing(call.request.include_ended)
+        return pb.ListInjectionsResponse(injections=[injection_status(r) for r in records])
 
     async def _handle(self, call: _Call, handler: Callable[[_Call], Awaitable[Response]]) -> Response:
         """Run ``handler``, turning every failure into a status with a message, logged."""

@@ -7,7 +7,8 @@ daemon's mount namespace: a program inside a target cannot see it, so a
 double fork or a ``setsid`` does not get it out. Killing a probe kills every
 process of its cgroup.
 
-Each daemon keeps its probes under ``d-<pid namespace>-<pid>-<start time>``.
+Each daemon keeps its probes under ``d-<pid namespace>-<pid>-<start time>``
+(``procfs.instance_key``).
 At start a daemon removes the directories of daemons that are gone (killed,
 say, with SIGKILL), killing whatever is left in them.
 """
@@ -59,17 +60,15 @@ class ProbeTracker:
                 "a command that leaves its process group may outlive a timeout", error=str(err))
             return
         self.available = True
-        own = _daemon_key(os.getpid())
-        self.daemon_dir = os.path.join(self.mount_point, own)
+        self.daemon_dir = os.path.join(self.mount_point, f"d-{procfs.instance_key(os.getpid())}")
         self.sweep_dead_daemons()
         os.makedirs(self.daemon_dir, exist_ok=True)
 
     def sweep_dead_daemons(self) -> int:
         """Kill and remove what daemons that are gone left behind; return how many processes were killed."""
-        prefix = f"d-{_pid_namespace()}-"
         killed = 0
         for name in sorted(os.listdir(self.mount_point)):
-            if not name.startswith(prefix) or _daemon_alive(name):
+            if not name.startswith("d-") or procfs.instance_alive(name.removeprefix("d-")):
                 continue
             directory = os.path.join(self.mount_point, name)
             for probe_dir in [os.path.join(directory, p) for p in os.listdir(directory)] + [directory]:
@@ -150,19 +149,3 @@ def _rmdir(path: str) -> None:
 
 def _is_mounted(mount_point: str) -> bool:
     return any(m.mount_point == mount_point and HIERARCHY in m.controllers for m in procfs.cgroup_mounts())
-
-
-def _pid_namespace() -> int:
-    return os.stat("/proc/self/ns/pid").st_ino
-
-
-def _daemon_key(pid: int) -> str:
-    return f"d-{_pid_namespace()}-{pid}-{procfs.read_stat(pid).start_ticks}"
-
-
-def _daemon_alive(name: str) -> bool:
-    try:
-        _, _, pid, _ = name.split("-", 3)
-        return _daemon_key(int(pid)) == name
-    except (ValueError, OSError):
-        return False

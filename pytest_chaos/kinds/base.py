@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from ..backends import Backend
 from ..model import Target
 from ..transport import DaemonClient
 
 
+@dataclasses.dataclass(frozen=True)
+class InjectContext:
+    """What a kind may use to inject into one target."""
+
+    client: DaemonClient  # the daemon on the target's node
+    backend: Backend
+    lease_s: float  # the daemon recovers the fault if not renewed within this
+    duration_s: float | None  # the daemon recovers the fault this long after applying it
+    owner: str  # who applied it, for the daemon's listings
+
+
 class FaultKind(Protocol):
     name: str
-    # Whether anything stays in force after ``inject`` and needs ``recover``.
+    # Whether anything stays in force after ``inject`` and needs recovering;
+    # recoverable kinds are recovered through the daemon's Recover.
     recoverable: bool
+    # The backends that offer the kind; empty: every backend.
+    backends: tuple[str, ...]
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Validated parameters; raises ChaosSpecError naming the bad one."""
         ...
 
-    def inject(self, client: DaemonClient, target: Target, params: Mapping[str, Any]) -> None:
-        """Apply the fault to ``target`` and fill in what the daemon reported."""
-        ...
-
-    def recover(self, client: DaemonClient, target: Target) -> None:
-        """Undo what ``inject`` did to ``target``."""
+    def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
+        """Apply the fault to ``target`` and fill in what the daemon reported. Raises ChaosError."""
         ...

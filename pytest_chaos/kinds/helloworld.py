@@ -14,7 +14,7 @@ from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from ..errors import ChaosSpecError
 from ..model import Process, Target
-from ..transport import DaemonClient
+from .base import InjectContext
 
 
 SOURCES = {"ps": pb.PROCESS_LIST_SOURCE_PS, "proc": pb.PROCESS_LIST_SOURCE_PROC}
@@ -23,6 +23,7 @@ SOURCES = {"ps": pb.PROCESS_LIST_SOURCE_PS, "proc": pb.PROCESS_LIST_SOURCE_PROC}
 class HelloWorld:
     name = "helloworld"
     recoverable = False
+    backends: tuple[str, ...] = ()
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(params) - {"source"})
@@ -34,11 +35,9 @@ class HelloWorld:
             raise ChaosSpecError("source", f"must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
         return {"source": source}
 
-    def inject(self, client: DaemonClient, target: Target, params: Mapping[str, Any]) -> None:
-        reply = client.exec_hello_world(target.container_id, target.injection_id, SOURCES[params["source"]])
+    def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
+        reply = ctx.client.exec_hello_world(target.container_id, target.injection_id, SOURCES[params["source"]])
         target.pid = reply.status.pid
         target.output = reply.output
         target.processes = [Process(p.pid, p.user, p.command) for p in reply.processes]
-
-    def recover(self, client: DaemonClient, target: Target) -> None:
-        """One-shot: nothing stays injected."""
+        target.state = "applied"

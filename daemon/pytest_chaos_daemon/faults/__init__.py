@@ -1,1 +1,16 @@
-"""Fault kinds, one module per kind. Each exposes an async handler the servicer dispatches to."""
+"""Fault kinds, one module per kind.
+
+HelloWorld (``helloworld.py``) has an RPC of its own. Every other kind goes
+through ``Apply``: it implements ``base.Fault`` and is registered here.
+"""
+
+from __future__ import annotations
+
+from .base import Fault, FaultContext, Plan
+from .container_pause import ContainerPause
+
+FAULTS: dict[str, Fault] = {fault.kind: fault for fault in (ContainerPause(),)}
+# The ApplyRequest field that names each kind.
+BY_FIELD: dict[str, Fault] = {fault.field: fault for fault in FAULTS.values()}
+
+__all__ = ["BY_FIELD", "FAULTS", "Fault", "FaultContext", "Plan"]

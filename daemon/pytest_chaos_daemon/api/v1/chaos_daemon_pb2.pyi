@@ -21,36 +21,158 @@ PROCESS_LIST_SOURCE_PS: ProcessListSource
 PROCESS_LIST_SOURCE_PROC: ProcessListSource
 
 class Injection(_message.Message):
-    __slots__ = ("id", "lease")
+    __slots__ = ("id", "lease", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     lease: _duration_pb2.Duration
-    def __init__(self, id: _Optional[str] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class InjectionStatus(_message.Message):
-    __slots__ = ("injection_id", "container_id", "pid", "state", "expires_at")
+    __slots__ = ("injection_id", "container_id", "pid", "state", "expires_at", "kind", "applied_at", "ended_at", "detail", "owner", "mechanism")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[InjectionStatus.State]
         ONE_SHOT: _ClassVar[InjectionStatus.State]
         ACTIVE: _ClassVar[InjectionStatus.State]
         RECOVERED: _ClassVar[InjectionStatus.State]
+        EXPIRED: _ClassVar[InjectionStatus.State]
+        FAILED: _ClassVar[InjectionStatus.State]
+        UNKNOWN_INJECTION: _ClassVar[InjectionStatus.State]
     STATE_UNSPECIFIED: InjectionStatus.State
     ONE_SHOT: InjectionStatus.State
     ACTIVE: InjectionStatus.State
     RECOVERED: InjectionStatus.State
+    EXPIRED: InjectionStatus.State
+    FAILED: InjectionStatus.State
+    UNKNOWN_INJECTION: InjectionStatus.State
     INJECTION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
     injection_id: str
     container_id: str
     pid: int
     state: InjectionStatus.State
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: str
+    applied_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    detail: str
+    owner: str
+    mechanism: str
+    def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., owner: _Optional[str] = ..., mechanism: _Optional[str] = ...) -> None: ...
+
+class ContainerKill(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ContainerPause(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProcessKill(_message.Message):
+    __slots__ = ("process", "signal")
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    process: str
+    signal: int
+    def __init__(self, process: _Optional[str] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class Stress(_message.Message):
+    __slots__ = ("cpu", "memory")
+    class Cpu(_message.Message):
+        __slots__ = ("workers", "load")
+        WORKERS_FIELD_NUMBER: _ClassVar[int]
+        LOAD_FIELD_NUMBER: _ClassVar[int]
+        workers: int
+        load: int
+        def __init__(self, workers: _Optional[int] = ..., load: _Optional[int] = ...) -> None: ...
+    class Memory(_message.Message):
+        __slots__ = ("workers", "size")
+        WORKERS_FIELD_NUMBER: _ClassVar[int]
+        SIZE_FIELD_NUMBER: _ClassVar[int]
+        workers: int
+        size: str
+        def __init__(self, workers: _Optional[int] = ..., size: _Optional[str] = ...) -> None: ...
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    cpu: Stress.Cpu
+    memory: Stress.Memory
+    def __init__(self, cpu: _Optional[_Union[Stress.Cpu, _Mapping]] = ..., memory: _Optional[_Union[Stress.Memory, _Mapping]] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    INJECTION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_KILL_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_PAUSE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_KILL_FIELD_NUMBER: _ClassVar[int]
+    STRESS_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    injection: Injection
+    duration: _duration_pb2.Duration
+    container_kill: ContainerKill
+    container_pause: ContainerPause
+    process_kill: ProcessKill
+    stress: Stress
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ...) -> None: ...
+
+class ApplyResponse(_message.Message):
+    __slots__ = ("status", "processes")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    status: InjectionStatus
+    processes: _containers.RepeatedCompositeFieldContainer[Process]
+    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ...) -> None: ...
+
+class RecoverRequest(_message.Message):
+    __slots__ = ("injection_ids",)
+    INJECTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    injection_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, injection_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecoverResponse(_message.Message):
+    __slots__ = ("injections",)
+    INJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    injections: _containers.RepeatedCompositeFieldContainer[InjectionStatus]
+    def __init__(self, injections: _Optional[_Iterable[_Union[InjectionStatus, _Mapping]]] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("injection_ids", "lease")
+    INJECTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    injection_ids: _containers.RepeatedScalarFieldContainer[str]
+    lease: _duration_pb2.Duration
+    def __init__(self, injection_ids: _Optional[_Iterable[str]] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("injections",)
+    INJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    injections: _containers.RepeatedCompositeFieldContainer[InjectionStatus]
+    def __init__(self, injections: _Optional[_Iterable[_Union[InjectionStatus, _Mapping]]] = ...) -> None: ...
+
+class ListInjectionsRequest(_message.Message):
+    __slots__ = ("include_ended",)
+    INCLUDE_ENDED_FIELD_NUMBER: _ClassVar[int]
+    include_ended: bool
+    def __init__(self, include_ended: _Optional[bool] = ...) -> None: ...
+
+class ListInjectionsResponse(_message.Message):
+    __slots__ = ("injections",)
+    INJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    injections: _containers.RepeatedCompositeFieldContainer[InjectionStatus]
+    def __init__(self, injections: _Optional[_Iterable[_Union[InjectionStatus, _Mapping]]] = ...) -> None: ...
 
 class ExecHelloWorldRequest(_message.Message):
     __slots__ = ("container_id", "injection", "source")

@@ -39,6 +39,26 @@ class ChaosDaemonStub:
                 request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
                 response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.FromString,
                 _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/pytest_chaos.daemon.v1.ChaosDaemon/Apply',
+                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.FromString,
+                _registered_method=True)
+        self.Recover = channel.unary_unary(
+                '/pytest_chaos.daemon.v1.ChaosDaemon/Recover',
+                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.SerializeToString,
+                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/pytest_chaos.daemon.v1.ChaosDaemon/Renew',
+                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.SerializeToString,
+                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.FromString,
+                _registered_method=True)
+        self.ListInjections = channel.unary_unary(
+                '/pytest_chaos.daemon.v1.ChaosDaemon/ListInjections',
+                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
+                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
+                _registered_method=True)
 
 
 class ChaosDaemonServicer:
@@ -55,6 +75,40 @@ class ChaosDaemonServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Apply(self, request, context):
+        """Applies one fault to one target. The daemon writes the injection and how
+        to undo it to its journal before changing anything. A recoverable fault
+        stays in force until Recover, until its duration passes, or until its
+        lease runs out without a Renew: then the daemon recovers it by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recover(self, request, context):
+        """Recovers injections now. Recovering one that already ended says how it
+        ended; recovery happens once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """Extends the leases of live injections: one call per daemon for all of a
+        client's injections there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInjections(self, request, context):
+        """The injections this daemon knows: those in force, and (on request)
+        those that ended lately.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChaosDaemonServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +116,26 @@ def add_ChaosDaemonServicer_to_server(servicer, server):
                     servicer.ExecHelloWorldChaos,
                     request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.FromString,
                     response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.FromString,
+                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.SerializeToString,
+            ),
+            'Recover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recover,
+                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.FromString,
+                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.FromString,
+                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.SerializeToString,
+            ),
+            'ListInjections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInjections,
+                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.FromString,
+                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +165,114 @@ class ChaosDaemon:
             '/pytest_chaos.daemon.v1.ChaosDaemon/ExecHelloWorldChaos',
             pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
             pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_chaos.daemon.v1.ChaosDaemon/Apply',
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.SerializeToString,
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_chaos.daemon.v1.ChaosDaemon/Recover',
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.SerializeToString,
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_chaos.daemon.v1.ChaosDaemon/Renew',
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.SerializeToString,
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInjections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_chaos.daemon.v1.ChaosDaemon/ListInjections',
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,138 @@
+"""container-pause: every process of the target stops until recovered.
+
+A container is frozen through its cgroup freezer (v1 ``freezer.state``, or v2
+``cgroup.freeze``), which stops every process in it, children included, and
+cannot be undone from inside. A ``pid://`` process has no cgroup of its own:
+it and its descendants get SIGSTOP, and SIGCONT on recovery (each checked by
+its start time first, so a recycled PID is never touched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from .. import procfs
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..errors import FailedPrecondition, PermissionDenied
+from ..journal import Record
+from ..target import HeldTarget
+from .base import FaultContext, Plan
+from .process_list import ProcessRow
+
+FREEZE_TIMEOUT_S = 10.0
+FREEZER_V1, FREEZER_V2, SIGSTOP = "cgroup v1 freezer", "cgroup v2 freezer", "SIGSTOP to the process and its descendants"
+
+
+class ContainerPause:
+    kind = "container-pause"
+    field = "container_pause"
+    recoverable = True
+
+    def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
+        return {}
+
+    async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
+        if target.description.startswith("pid://"):
+            tree = [[pid, procfs.read_stat(pid).start_ticks] for pid in _process_tree(target.pid)]
+            return Plan({"processes": tree}, SIGSTOP)
+        return _freezer_plan(target)
+
+    async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
+        undo = plan.undo
+        if "processes" in undo:
+            for pid, start_ticks in undo["processes"]:
+                _signal_if_same(pid, start_ticks, signal.SIGSTOP)
+        elif plan.mechanism == FREEZER_V1:
+            await _write_and_wait(os.path.join(undo["cgroup"], "freezer.state"), "FROZEN", "FROZEN")
+        else:
+            await _write_and_wait(os.path.join(undo["cgroup"], "cgroup.freeze"), "1", None,
+                                  events=os.path.join(undo["cgroup"], "cgroup.events"))
+        return []
+
+    async def recover(self, ctx: FaultContext, record: Record) -> str:
+        undo = record.plan
+        if "processes" in undo:
+            continued = sum(_signal_if_same(pid, start_ticks, signal.SIGCONT) for pid, start_ticks in undo["processes"])
+            return f"SIGCONT to {continued} process(es)" if continued else "target gone: counted as recovered"
+        cgroup = undo["cgroup"]
+        if not os.path.isdir(cgroup):
+            return "target gone (its cgroup was removed): counted as recovered"
+        if record.mechanism == FREEZER_V1:
+            await _write_and_wait(os.path.join(cgroup, "freezer.state"), "THAWED", "THAWED")
+        else:
+            await _write_and_wait(os.path.join(cgroup, "cgroup.freeze"), "0", None,
+                                  events=os.path.join(cgroup, "cgroup.events"), frozen="0")
+        return f"thawed ({cgroup})"
+
+    async def resume(self, ctx: FaultContext, record: Record) -> None:
+        """A frozen cgroup or a stopped process stays so without the daemon: nothing to put back."""
+
+
+def _freezer_plan(target: HeldTarget) -> Plan:
+    memberships = procfs.read_cgroups(target.pid)
+    mounts = procfs.cgroup_mounts()
+    own = {frozenset(m.controllers): m.path for m in procfs.read_cgroups(os.getpid())}
+    for membership, mechanism in [(m, FREEZER_V1) for m in memberships if "freezer" in m.controllers] + \
+                                 [(m, FREEZER_V2) for m in memberships if m.v2]:
+        directory = procfs.cgroup_dir(membership, mounts)
+        control = "freezer.state" if mechanism == FREEZER_V1 else "cgroup.freeze"
+        if directory is None or not os.path.exists(os.path.join(directory, control)):
+            continue
+        daemon_path = own.get(membership.controllers, "")
+        if membership.path == "/" or daemon_path == membership.path or daemon_path.startswith(membership.path + "/"):
+            raise PermissionDenied(f"target {target.description} shares its {mechanism} cgroup "
+                                   f"({membership.path}) with the chaos daemon; refusing to freeze it")
+        return Plan({"cgroup": directory}, mechanism)
+    raise FailedPrecondition(f"target {target.description} has no freezer cgroup the daemon can reach "
+                             "(cgroup v1 freezer or v2 cgroup.freeze)")
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, parents first."""
+    order, queue = [], [root]
+    while queue:
+        pid = queue.pop(0)
+        order.append(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    queue.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return order
+
+
+def _signal_if_same(pid: int, start_ticks: int, signum: int) -> bool:
+    try:
+        if procfs.read_stat(pid).start_ticks != start_ticks:
+            return False
+        os.kill(pid, signum)
+    except (OSError, ProcessLookupError):
+        return False
+    return True
+
+
+async def _write_and_wait(path: str, value: str, wanted: str | None, events: str | None = None,
+                          frozen: str = "1") -> None:
+    """Write ``value`` to the freezer file and wait until the kernel reports the state reached."""
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise FailedPrecondition(f"cannot write {value} to {path}: {err.strerror}") from None
+    deadline = time.monotonic() + FREEZE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if wanted is not None:
+            with open(path) as f:
+                if f.read().strip() == wanted:
+                    return
+        elif events is not None:
+            with open(events) as f:
+                if f"frozen {frozen}" in f.read().split("\n"):
+                    return
+        await asyncio.sleep(0.005)
+    raise FailedPrecondition(f"{path} did not reach {wanted or 'frozen ' + frozen} within {FREEZE_TIMEOUT_S:g}s")

@@ -1,0 +1,223 @@
+"""Injections in force: applied once, journaled first, recovered exactly once.
+
+Every injection is journaled (``journal.py``) with its undo plan before the
+target changes, and again at each change of state. A recoverable one ends by
+``recover`` (the client's Recover), or by the daemon when its duration passes
+or its lease runs out without a renewal, whichever comes first. On start the
+daemon replays the journal: injections interrupted mid-apply are undone,
+those whose time ran out while it was down are recovered, the others are
+kept (and ``resume``d where their effect died with the old daemon).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import journal as states
+from .api.v1 import chaos_daemon_pb2 as pb
+from .errors import DaemonError, FailedPrecondition
+from .faults.base import Fault, FaultContext
+from .faults.process_list import ProcessRow
+from .journal import Journal, Record
+from .logs import log
+from .procfs import boot_id, instance_alive, instance_key
+from .target import HeldTarget
+
+DEFAULT_LEASE_S = 30.0
+# How often a daemon looks for injections of daemons that died while it runs.
+ADOPT_EVERY_S = 5.0
+
+
+class Injections:
+    def __init__(self, journal: Journal, faults: Mapping[str, Fault], ctx: FaultContext,
+                 default_lease_s: float = DEFAULT_LEASE_S, recover_on_exit: bool = False) -> None:
+        self._journal = journal
+        self._key = instance_key(os.getpid())
+        self._recover_on_exit = recover_on_exit
+        self._faults = dict(faults)
+        self._ctx = ctx
+        self.default_lease_s = default_lease_s
+        self._records: dict[str, Record] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._changed = asyncio.Event()
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Take over what daemons that are gone left in the journal, then start recovering what expires."""
+        await self.adopt()
+        self._expiry = asyncio.create_task(self._expire_forever())
+
+    async def adopt(self) -> None:
+        """Replay the journal records of daemons that are gone: undo half-applied injections, recover
+        those whose time ran out, keep (and resume) the others."""
+        now = time.time()
+        for record in self._journal.load():
+            if record.id in self._records or record.daemon == self._key or instance_alive(record.daemon):
+                continue
+            previous, record.daemon = record.daemon, self._key
+            self._records[record.id] = record
+            if not record.live:
+                self._journal.write(record)
+                continue
+            log(logging.INFO, "adopted from the journal", injection_id=record.id, kind=record.kind,
+                container_id=record.container_id, previous_daemon=previous)
+            if record.state == states.APPLYING:
+                await self.recover(record.id, "interrupted while applying: undone", states.FAILED)
+            elif record.expires_at is not None and record.expires_at <= now:
+                await self.recover(record.id, "its time ran out while no daemon watched it", states.EXPIRED)
+            else:
+                self._journal.write(record)
+                await self._resume(record)
+        self._changed.set()
+
+    async def close(self) -> None:
+        """Stop expiring. Injections stay journaled for the next daemon, unless this one was told to
+        recover them on exit (a daemon that no one will restart)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+        if self._recover_on_exit:
+            for record in [r for r in self._records.values() if r.live]:
+                await self.recover(record.id, "the daemon stopped", states.EXPIRED)
+
+    async def apply(
+        self, kind: str, container_id: str, target: HeldTarget, params: dict[str, Any],
+        injection: pb.Injection, duration_s: float | None,
+    ) -> tuple[Record, list[ProcessRow]]:
+        fault = self._faults[kind]
+        existing = self._records.get(injection.id)
+        if existing is not None:
+            if existing.kind == kind and existing.container_id == container_id:
+                return existing, []  # a retried Apply: applied once
+            raise FailedPrecondition(f"injection id {injection.id} is already used for {existing.kind} on "
+                                     f"{existing.container_id}")
+        plan = await fault.plan(self._ctx, target, params)
+        now = time.time()
+        lease_s = self.lease_seconds(injection.lease)
+        record = Record(
+            id=injection.id, kind=kind, container_id=container_id, pid=target.pid,
+            start_ticks=target.stat.start_ticks, boot_id=boot_id(), owner=injection.owner[:300], params=params,
+            plan=plan.undo, mechanism=plan.mechanism, state=states.APPLYING, applied_at=now,
+            lease_expires_at=now + lease_s if fault.recoverable else None,
+            duration_expires_at=now + duration_s if fault.recoverable and duration_s else None,
+            daemon=self._key,
+        )
+        async with self._lock(record.id):
+            self._records[record.id] = record
+            self._journal.write(record)
+            try:
+                processes = await fault.apply(self._ctx, target, params, plan)
+            except BaseException as err:
+                await self._undo_partial(fault, record, err)
+                raise
+            if fault.recoverable:
+                record.state = states.ACTIVE
+            else:
+                record.end(states.ONE_SHOT, "done; nothing to recover")
+            self._journal.write(record)
+        log(logging.INFO, "applied", injection_id=record.id, kind=kind, container_id=container_id, pid=target.pid,
+            mechanism=record.mechanism, expires_at=record.expires_at, owner=record.owner)
+        self._changed.set()
+        return record, processes
+
+    async def recover(self, injection_id: str, detail_prefix: str = "", state: str = states.RECOVERED) -> Record | None:
+        """Recover once; a second call returns how it ended. None for an unknown id."""
+        record = self._records.get(injection_id)
+        if record is None:
+            return None
+        async with self._lock(injection_id):
+            if not record.live:
+                return record
+            fault = self._faults[record.kind]
+            try:
+                done = await fault.recover(self._ctx, record)
+            except DaemonError as err:
+                record.end(states.FAILED, f"recovery failed: {err.message}")
+            else:
+                record.end(state, f"{detail_prefix}: {done}" if detail_prefix else done)
+            self._journal.write(record)
+        level = logging.WARNING if record.state == states.FAILED else logging.INFO
+        log(level, "recovered" if record.state != states.FAILED else "recovery failed", injection_id=record.id,
+            kind=record.kind, container_id=record.container_id, state=record.state, detail=record.detail)
+        return record
+
+    def renew(self, injection_ids: list[str], lease: Any) -> list[Record | None]:
+        lease_s = self.lease_seconds(lease)
+        now = time.time()
+        found = []
+        for injection_id in injection_ids:
+            record = self._records.get(injection_id)
+            if record is not None and record.state == states.ACTIVE and record.lease_expires_at is not None:
+                record.lease_expires_at = now + lease_s
+                self._journal.write(record)
+            found.append(record)
+        self._changed.set()
+        return found
+
+    def listing(self, include_ended: bool) -> list[Record]:
+        return [r for r in self._records.values() if include_ended or r.live]
+
+    def lease_seconds(self, lease: Any) -> float:
+        seconds = lease.seconds + lease.nanos / 1e9
+        return seconds if seconds > 0 else self.default_lease_s
+
+    async def _undo_partial(self, fault: Fault, record: Record, err: BaseException) -> None:
+        why = err.message if isinstance(err, DaemonError) else f"{type(err).__name__}"
+        try:
+            if fault.recoverable:
+                await fault.recover(self._ctx, record)
+            record.end(states.FAILED, f"applying failed ({why}); undone")
+        except DaemonError as undo_err:
+            record.end(states.FAILED, f"applying failed ({why}); undoing failed too: {undo_err.message}")
+        self._journal.write(record)
+
+    async def _resume(self, record: Record) -> None:
+        try:
+            await self._faults[record.kind].resume(self._ctx, record)
+        except DaemonError as err:
+            await self.recover(record.id, f"could not be resumed at restart ({err.message})", states.FAILED)
+            return
+        log(logging.INFO, "kept from the journal", injection_id=record.id, kind=record.kind,
+            container_id=record.container_id, expires_at=record.expires_at)
+
+    async def _expire_forever(self) -> None:
+        adopted_at = time.monotonic()
+        while True:
+            if time.monotonic() - adopted_at >= ADOPT_EVERY_S:
+                await self.adopt()
+                adopted_at = time.monotonic()
+            now = time.time()
+            due = [r.id for r in self._records.values() if r.state == states.ACTIVE
+                   and r.expires_at is not None and r.expires_at <= now]
+            for injection_id in due:
+                record = self._records[injection_id]
+                why = ("its duration passed" if record.duration_expires_at is not None
+                       and record.duration_expires_at <= now else "its lease ran out")
+                await self.recover(injection_id, why, states.EXPIRED)
+            self._prune(now)
+            upcoming = [r.expires_at for r in self._records.values()
+                        if r.state == states.ACTIVE and r.expires_at is not None]
+            wait = min([*upcoming, time.time() + ADOPT_EVERY_S]) - time.time()
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(wait, 0.0))
+            except asyncio.TimeoutError:
+                pass
+
+    def _prune(self, now: float) -> None:
+        for record in list(self._records.values()):
+            if not record.live and record.ended_at is not None and now - record.ended_at > states.KEEP_ENDED_S:
+                self._forget(record.id)
+
+    def _forget(self, injection_id: str) -> None:
+        self._records.pop(injection_id, None)
+        self._locks.pop(injection_id, None)
+        self._journal.remove(injection_id)
+
+    def _lock(self, injection_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(injection_id, asyncio.Lock())

@@ -1,0 +1,114 @@
+"""The daemon's journal: every injection, and how to undo it, on disk before it is applied.
+
+One JSON file per injection under ``STATE_DIR/injections/``, written to a
+temporary file, fsynced and renamed over the old one (then the directory
+fsynced), so a crash leaves either the old record or the new, never half of
+one. Several daemons may share a state directory (the plugin's own daemons,
+one per test run or xdist worker, and a node's DaemonSet daemon): each record
+names the daemon that owns it, and a daemon takes over only the records of
+daemons that are gone (``injections.py`` replays them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from .logs import log
+
+DEFAULT_STATE_DIR = "/var/lib/pytest-chaos/daemon"
+# How long ended injections stay listed (and journaled) before they are pruned.
+KEEP_ENDED_S = 3600.0
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\.json")
+
+APPLYING, ACTIVE, ONE_SHOT, RECOVERED, EXPIRED, FAILED = "applying", "active", "one_shot", "recovered", "expired", "failed"
+LIVE = frozenset({APPLYING, ACTIVE})
+
+
+@dataclasses.dataclass
+class Record:
+    """One injection as the journal keeps it."""
+
+    id: str
+    kind: str
+    container_id: str
+    pid: int
+    start_ticks: int  # with pid and boot_id: the target's identity
+    boot_id: str
+    owner: str
+    params: dict[str, Any]
+    plan: dict[str, Any]  # what recovery needs; written before anything changes
+    mechanism: str
+    state: str
+    applied_at: float  # wall clock: it must mean the same after a restart
+    lease_expires_at: float | None
+    duration_expires_at: float | None
+    ended_at: float | None = None
+    detail: str = ""
+    daemon: str = ""  # the daemon that owns it (procfs.instance_key); others adopt it once that one is gone
+
+    @property
+    def expires_at(self) -> float | None:
+        times = [t for t in (self.lease_expires_at, self.duration_expires_at) if t is not None]
+        return min(times) if times else None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def end(self, state: str, detail: str) -> None:
+        self.state, self.detail, self.ended_at = state, detail, time.time()
+
+
+class Journal:
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR) -> None:
+        self.directory = os.path.join(state_dir, "injections")
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+
+    def write(self, record: Record) -> None:
+        path = os.path.join(self.directory, f"{record.id}.json")
+        temporary = f"{path}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dataclasses.asdict(record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        self._sync_directory()
+
+    def remove(self, injection_id: str) -> None:
+        try:
+            os.unlink(os.path.join(self.directory, f"{injection_id}.json"))
+        except FileNotFoundError:
+            return
+        self._sync_directory()
+
+    def load(self) -> list[Record]:
+        records = []
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
+            if name.endswith(".tmp"):
+                os.unlink(path)  # a write that never finished: its record is the previous one
+                continue
+            if not _FILE.fullmatch(name):
+                continue
+            try:
+                with open(path) as f:
+                    records.append(Record(**json.load(f)))
+            except (OSError, ValueError, TypeError) as err:
+                log(logging.ERROR, "unreadable journal entry set aside", path=path, error=str(err))
+                os.replace(path, f"{path}.unreadable")
+        return records
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
