@@ -46,11 +46,11 @@ class ContainerPause:
         if "processes" in undo:
             for pid, start_ticks in undo["processes"]:
                 _signal_if_same(pid, start_ticks, signal.SIGSTOP)
-        elif plan.mechanism == FREEZER_V1:
-            await _write_and_wait(os.path.join(undo["cgroup"], "freezer.state"), "FROZEN", "FROZEN")
         else:
-            await _write_and_wait(os.path.join(undo["cgroup"], "cgroup.freeze"), "1", None,
-                                  events=os.path.join(undo["cgroup"], "cgroup.events"))
+            cgroup = _freezer_dir(undo, plan.mechanism)
+            if cgroup is None:
+                raise FailedPrecondition(f"the freezer cgroup {undo['path']} of target {target.description} is gone")
+            await _freeze(cgroup, plan.mechanism, frozen=True)
         return []
 
     async def recover(self, ctx: FaultContext, record: Record) -> str:
@@ -58,15 +58,11 @@ class ContainerPause:
         if "processes" in undo:
             continued = sum(_signal_if_same(pid, start_ticks, signal.SIGCONT) for pid, start_ticks in undo["processes"])
             return f"SIGCONT to {continued} process(es)" if continued else "target gone: counted as recovered"
-        cgroup = undo["cgroup"]
-        if not os.path.isdir(cgroup):
-            return "target gone (its cgroup was removed): counted as recovered"
-        if record.mechanism == FREEZER_V1:
-            await _write_and_wait(os.path.join(cgroup, "freezer.state"), "THAWED", "THAWED")
-        else:
-            await _write_and_wait(os.path.join(cgroup, "cgroup.freeze"), "0", None,
-                                  events=os.path.join(cgroup, "cgroup.events"), frozen="0")
-        return f"thawed ({cgroup})"
+        cgroup = _freezer_dir(undo, record.mechanism)
+        if cgroup is None:
+            return f"target gone (its cgroup {undo['path']} was removed): counted as recovered"
+        await _freeze(cgroup, record.mechanism, frozen=False)
+        return f"thawed ({undo['path']})"
 
     async def resume(self, ctx: FaultContext, record: Record) -> None:
         """A frozen cgroup or a stopped process stays so without the daemon: nothing to put back."""
@@ -86,9 +82,32 @@ def _freezer_plan(target: HeldTarget) -> Plan:
         if membership.path == "/" or daemon_path == membership.path or daemon_path.startswith(membership.path + "/"):
             raise PermissionDenied(f"target {target.description} shares its {mechanism} cgroup "
                                    f"({membership.path}) with the chaos daemon; refusing to freeze it")
-        return Plan({"cgroup": directory}, mechanism)
+        # The cgroup as the kernel names it, not a path under this daemon's
+        # mounts: another daemon (another mount namespace) may recover it.
+        return Plan({"controllers": sorted(membership.controllers), "path": membership.path}, mechanism)
     raise FailedPrecondition(f"target {target.description} has no freezer cgroup the daemon can reach "
                              "(cgroup v1 freezer or v2 cgroup.freeze)")
+
+
+def _freezer_dir(undo: dict[str, Any], mechanism: str) -> str | None:
+    """The frozen cgroup's directory under this daemon's mounts; None when the cgroup is gone."""
+    membership = procfs.CgroupMembership(frozenset(undo["controllers"]), undo["path"])
+    directory = procfs.cgroup_dir(membership, procfs.cgroup_mounts())
+    if directory is None:
+        hierarchy = ",".join(undo["controllers"]) or "cgroup2"
+        raise FailedPrecondition(f"the {hierarchy} cgroup hierarchy is not mounted where this daemon can see it; "
+                                 f"cannot thaw {undo['path']}")
+    control = "freezer.state" if mechanism == FREEZER_V1 else "cgroup.freeze"
+    return directory if os.path.exists(os.path.join(directory, control)) else None
+
+
+async def _freeze(cgroup: str, mechanism: str, frozen: bool) -> None:
+    if mechanism == FREEZER_V1:
+        state = "FROZEN" if frozen else "THAWED"
+        await _write_and_wait(os.path.join(cgroup, "freezer.state"), state, state)
+    else:
+        await _write_and_wait(os.path.join(cgroup, "cgroup.freeze"), "1" if frozen else "0", None,
+                              events=os.path.join(cgroup, "cgroup.events"), frozen="1" if frozen else "0")
 
 
 def _process_tree(root: int) -> list[int]:
