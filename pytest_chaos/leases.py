@@ -23,8 +23,10 @@ DURATION_POLL_S = 1.0
 
 
 class LeaseKeeper:
-    def __init__(self, client: Callable[[str], DaemonClient], lease_s: float) -> None:
+    def __init__(self, client: Callable[[str], DaemonClient], lease_s: float,
+                 readdress: Callable[[list[Target]], bool] = lambda targets: False) -> None:
         self._client = client
+        self._readdress = readdress
         self.lease_s = lease_s
         self._live: list[Experiment] = []
         self._lock = threading.Lock()
@@ -64,7 +66,10 @@ class LeaseKeeper:
             try:
                 statuses = self._client(address).renew([t.injection_id for t in targets], self.lease_s)
             except ChaosError:
-                continue  # unreachable for now: its lease is the safety net; tried again next round
+                # Unreachable for now: a replaced daemon has a new address, found for the next
+                # round; otherwise the lease is the safety net.
+                self._readdress(targets)
+                continue
             for target, status in zip(targets, statuses):
                 settle_from_daemon(target, status)
         for experiment in experiments:

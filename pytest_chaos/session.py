@@ -39,7 +39,7 @@ class ChaosSession:
         self.rpc_timeout_s = rpc_timeout_s
         self.experiments: list[tuple[str, Experiment]] = []  # (test id, experiment), in order
         self._clients: dict[str, DaemonClient] = {}
-        self.leases = LeaseKeeper(self.client, lease_s)
+        self.leases = LeaseKeeper(self.client, lease_s, self.readdress)
         self._owner = f"pytest {os.getpid()}@{socket.gethostname()}"
 
     def spec(self, args: Sequence[Any], kwargs: dict[str, Any]) -> ExperimentSpec:
@@ -129,13 +129,29 @@ class ChaosSession:
             try:
                 statuses = self.client(address).recover([t.injection_id for t in group])
             except ChaosError as err:
-                for target in group:
-                    target.state, target.detail = "failed", f"not recovered: {err}"
+                if not self.readdress(group):
+                    for target in group:
+                        target.state, target.detail = "failed", f"not recovered: {err}"
+                    return
+                # The node's daemon was replaced: its successor adopted the journal.
+                self._recover_targets(group)
                 return
             for target, status in zip(group, statuses):
                 settle_from_daemon(target, status)
 
         self._each(list(by_daemon), recover)
+
+    def readdress(self, targets: list[Target]) -> bool:
+        """Look each target's daemon up again (a replaced daemon pod has a new address); True if any moved."""
+        moved = False
+        for target in targets:
+            try:
+                address = self.backend.daemon_address(target)
+            except ChaosError:
+                continue
+            if address != target.daemon:
+                target.daemon, moved = address, True
+        return moved
 
     def _each_target(self, targets: list[Target], action: Callable[[Target], None]) -> list[str]:
         """Run ``action`` on all targets concurrently; return the error messages."""

@@ -1,0 +1,127 @@
+"""Faults that stay until recovered, on the real cluster: a paused pod's counter stops and
+resumes, a duration ends the fault mid-test, and a daemon pod replaced while a fault is in
+force leaves it to its successor, which recovers it from the journal on the node."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+NAMESPACE = "chaos-e2e-lifecycle"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done"
+MANIFEST = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NAMESPACE}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: counter, namespace: {NAMESPACE}, labels: {{app: counter}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: localhost/pytest-chaos/busybox:1
+      imagePullPolicy: IfNotPresent
+      command: [sh, -c, "{COUNTER}"]
+"""
+
+
+@pytest.fixture(scope="module")
+def counter_pod(kube, tmp_path_factory):
+    manifest = tmp_path_factory.mktemp("lifecycle") / "counter.yaml"
+    manifest.write_text(MANIFEST)
+    kube.kubectl("apply", "-f", str(manifest))
+    kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/counter", "--timeout=120s")
+    yield
+    kube.kubectl("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found")
+
+
+def counter_pid(kube) -> int:
+    """The counter container's host PID, from the node's containerd, by the pod's container id."""
+    container_id = kube.kubectl("-n", NAMESPACE, "get", "pod", "counter", "-o",
+                                "jsonpath={.status.containerStatuses[0].containerID}").removeprefix("containerd://")
+    tasks = subprocess.run(["ctr", "-n", "k8s.io", "tasks", "ls"], capture_output=True, text=True, check=True).stdout
+    return int(next(line.split()[1] for line in tasks.splitlines() if line.startswith(container_id)))
+
+
+def count(pid: int) -> int:
+    return int(open(f"/proc/{pid}/root/tmp/counter").read().strip() or 0)
+
+
+def advancing(pid: int, interval: float = 0.6) -> bool:
+    before = count(pid)
+    time.sleep(interval)
+    return count(pid) > before
+
+
+def run_suite(pytester, kube, source: str, *args: str):
+    pytester.makepyfile(test_user=source)
+    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
+
+
+def test_a_paused_pod_stops_and_resumes(pytester, kube, counter_pod):
+    pid = counter_pid(kube)
+    assert advancing(pid)
+    result = run_suite(pytester, kube, f"""
+        import time, pytest
+
+        def count():
+            return int(open("/proc/{pid}/root/tmp/counter").read().strip() or 0)
+
+        @pytest.mark.chaos("container-pause", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all")
+        def test_paused(chaos):
+            [target] = chaos.experiments[0].targets
+            assert target.pid == {pid} and target.mechanism.startswith("cgroup")
+            before = count()
+            time.sleep(0.6)
+            assert count() == before
+    """, "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*container-pause mode=all: 1 target * recovered*"])
+    assert advancing(pid)
+
+
+def test_a_duration_ends_the_pause_while_the_test_runs(pytester, kube, counter_pod):
+    pid = counter_pid(kube)
+    result = run_suite(pytester, kube, f"""
+        import time, pytest
+
+        @pytest.mark.chaos("container-pause", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", duration="2s")
+        def test_heals(chaos):
+            [experiment] = chaos.experiments
+            deadline = time.monotonic() + 15
+            while experiment.outcome == "applied" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert experiment.outcome == "expired", experiment.summary()
+            assert "duration" in experiment.targets[0].detail
+    """)
+    result.assert_outcomes(passed=1)
+    assert advancing(pid)
+
+
+def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, kube, counter_pod):
+    pid = counter_pid(kube)
+    result = run_suite(pytester, kube, f"""
+        import subprocess, time, pytest
+
+        def count():
+            return int(open("/proc/{pid}/root/tmp/counter").read().strip() or 0)
+
+        @pytest.mark.chaos("container-pause", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all")
+        def test_daemon_replaced(chaos):
+            kubectl = ["{kube.kubectl_path}", "--kubeconfig={kube.kubeconfig}", "-n", "chaos-testing"]
+            subprocess.run([*kubectl, "delete", "pod", "-l", "app.kubernetes.io/name=chaos-daemon", "--wait=true"],
+                           check=True, capture_output=True)
+            subprocess.run([*kubectl, "rollout", "status", "daemonset/chaos-daemon", "--timeout=120s"],
+                           check=True, capture_output=True)
+            before = count()
+            time.sleep(0.6)
+            assert count() == before  # still paused: the new daemon kept it
+    """, "--chaos-lease=60")
+    result.assert_outcomes(passed=1)
+    assert advancing(pid)  # teardown reached the new daemon, which thawed it
+    logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=200")
+    assert '"adopted from the journal"' in logs and '"kind": "container-pause"' in logs
