@@ -234,6 +234,7 @@ class ChaosFixture:
         self._item = item
         self.experiments: list[Experiment] = []
         self._count = 0
+        self._numbers: dict[int, int] = {}  # id(experiment) -> its number in the report
 
     @contextlib.contextmanager
     def apply(
@@ -266,6 +267,7 @@ class ChaosFixture:
         number = self._count
         try:
             experiment = self._session.apply(spec, self._item.nodeid, number)
+            self._numbers[id(experiment)] = number
         except ChaosError as err:
             self._report(number, self._session.experiments[-1][1])
             raise ChaosError(f"chaos experiment {spec.describe()} could not be applied: {err}") from None
@@ -273,7 +275,20 @@ class ChaosFixture:
         return experiment
 
     def _recover(self, experiment: Experiment) -> None:
-        self._session.recover(experiment)
+        try:
+            self._session.recover(experiment)
+        finally:
+            if KINDS[experiment.kind].recoverable:
+                self._report_ending(experiment)
+
+    def _report_ending(self, experiment: Experiment) -> None:
+        """How a fault that stayed ended: a section for this phase, and the JUnit summary updated."""
+        number = self._numbers[id(experiment)]
+        phase = self._item.stash.get(PHASE_KEY, "teardown")
+        self._item.add_report_section(phase, SECTION_KEY, experiment.summary() + "\n")
+        summary_key = f"chaos[{number}]"
+        properties = self._item.user_properties
+        properties[:] = [(k, experiment.summary() if k == summary_key else v) for k, v in properties]
 
     def _report(self, number: int, experiment: Experiment) -> None:
         phase = self._item.stash.get(PHASE_KEY, "setup")

@@ -131,7 +131,9 @@ class ChaosSession:
             except ChaosError as err:
                 if not self.readdress(group):
                     for target in group:
-                        target.state, target.detail = "failed", f"not recovered: {err}"
+                        target.state = "failed"
+                        target.detail = (f"not recovered: {err}; the fault may still be in force, until a daemon "
+                                         "that takes over this one's journal recovers it")
                     return
                 # The node's daemon was replaced: its successor adopted the journal.
                 self._recover_targets(group)

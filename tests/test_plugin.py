@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from conftest import wait_for
+
 pytestmark = pytest.mark.usefixtures("_root_only")
 
 
@@ -339,3 +341,39 @@ def test_uses_a_running_daemon_given_its_address(pytester, targets, daemon):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"chaos: seed=* daemon={daemon.address}"])
     assert f"pid://{pid}" in daemon.log()
+
+
+def test_report_and_junit_say_how_a_fault_that_stayed_ended(pytester, targets):
+    pid = targets.process("sleep", "9600")
+    xml = pytester.path / "junit.xml"
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("container-pause", selector={{"pids": [{pid}]}})
+        def test_app(chaos):
+            assert chaos.experiments[0].outcome == "applied"
+    """, "-rA", f"--junitxml={xml}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Captured chaos setup*", "*container-pause mode=one: 1 target*applied*",
+                                 "*Captured chaos teardown*", "*container-pause mode=one: 1 target*recovered*"])
+    properties = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
+    assert properties["chaos[1]"].endswith("recovered")
+    assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T"
+
+
+def test_a_recovery_that_fails_errors_the_test_in_teardown_naming_the_target(pytester, targets, start_daemon):
+    daemon = start_daemon("--allow-pid-targets")
+    pid = targets.process("sleep", "9601")
+    result = run(pytester, f"""
+        import os, signal, pytest
+
+        @pytest.mark.chaos("container-pause", selector={{"pids": [{pid}]}})
+        def test_app(chaos):
+            os.kill({daemon.process.pid}, signal.SIGKILL)  # the daemon dies with the fault in force
+    """, f"--chaos-daemon={daemon.address}", "--chaos-timeout=5")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([f"*ChaosError: recovery failed: pid://{pid}*not recovered*may still be in force*"])
+    # What it left is in its journal: the next daemon on that state directory recovers it.
+    state_dir = daemon.log_path.rsplit("/", 1)[0] + "/state"
+    start_daemon("--allow-pid-targets", "--state-dir", state_dir, "--default-lease", "1")
+    wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T", "the process to run again")
