@@ -370,10 +370,11 @@ def test_a_recovery_that_fails_errors_the_test_in_teardown_naming_the_target(pyt
         @pytest.mark.chaos("container-pause", selector={{"pids": [{pid}]}})
         def test_app(chaos):
             os.kill({daemon.process.pid}, signal.SIGKILL)  # the daemon dies with the fault in force
-    """, f"--chaos-daemon={daemon.address}", "--chaos-timeout=5")
+    """, f"--chaos-daemon={daemon.address}", "--chaos-timeout=5", "--chaos-lease=2")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([f"*ChaosError: recovery failed: pid://{pid}*not recovered*may still be in force*"])
-    # What it left is in its journal: the next daemon on that state directory recovers it.
+    # What it left is in its journal: the next daemon on that state directory recovers it when its lease ends.
     state_dir = daemon.log_path.rsplit("/", 1)[0] + "/state"
-    start_daemon("--allow-pid-targets", "--state-dir", state_dir, "--default-lease", "1")
-    wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T", "the process to run again")
+    start_daemon("--allow-pid-targets", "--state-dir", state_dir)
+    wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T", "the process to run again",
+             timeout=15)
