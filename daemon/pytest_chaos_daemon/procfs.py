@@ -230,6 +230,7 @@ def instance_alive(key: str) -> bool:
         namespace, pid, _ = key.split("-")
         if int(namespace) != os.stat("/proc/self/ns/pid").st_ino:
             return True
-        return instance_key(int(pid)) == key
+        # A zombie (killed, not yet reaped by its parent) is gone too.
+        return instance_key(int(pid)) == key and read_stat(int(pid)).state != "Z"
     except (ValueError, OSError):
         return False
