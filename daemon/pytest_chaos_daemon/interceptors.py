@@ -2,9 +2,9 @@
 
 An aio interceptor sees only the method's name, not the call: to act on the
 call's context or request it wraps the method's handler. ``wrap_handler``
-does that once for all four kinds of methods; ``RequestDecoding`` uses it so
-a request that is not a valid message is INVALID_ARGUMENT (grpc would answer
-UNKNOWN), and ``tls.ClientCertificateCheck`` to check the peer's certificate.
+does that once for all four kinds of methods, and ``HandlerWrapping`` applies
+it: so that a request that is not a valid message is INVALID_ARGUMENT (grpc
+would answer UNKNOWN), and to check the peer's certificate (``tls.py``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ def wrap_handler(
     return handler._replace(**replaced)
 
 
-class RequestDecoding(grpc.aio.ServerInterceptor):
-    """A request that does not decode as its message is INVALID_ARGUMENT, saying why."""
+class HandlerWrapping(grpc.aio.ServerInterceptor):
+    """Wraps every method's handler (see ``wrap_handler``): ``check`` first in each call, and,
+    with ``decode_safely``, a request that does not decode as its message is INVALID_ARGUMENT,
+    saying why."""
+
+    def __init__(self, check: Check | None = None, decode_safely: bool = False) -> None:
+        self._check = check
+        self._decode_safely = decode_safely
 
     async def intercept_service(
         self,
@@ -53,7 +59,9 @@ class RequestDecoding(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        return None if handler is None else wrap_handler(handler, handler_call_details.method, decode_safely=True)
+        if handler is None:
+            return None
+        return wrap_handler(handler, handler_call_details.method, self._check, self._decode_safely)
 
 
 def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:

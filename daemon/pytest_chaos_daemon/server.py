@@ -18,14 +18,14 @@ from grpc_reflection.v1alpha import reflection
 from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
 from .faults import FAULTS, FaultContext
 from .injections import DEFAULT_LEASE_S, Injections
-from .interceptors import RequestDecoding
+from .interceptors import HandlerWrapping
 from .journal import DEFAULT_STATE_DIR, Journal
 from .lifetime import ParentWatch
 from .logs import log
 from .nsexec import ChildProcesses, Confiner
 from .runtimes import RuntimeRegistry
 from .servicer import ChaosDaemonServicer, Limits
-from .tls import ClientCertificateCheck, TlsFiles
+from .tls import TlsFiles, client_certificate_check
 from .tracking import ProbeTracker
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
@@ -63,9 +63,9 @@ async def serve(
     tracker.start()
     children = ChildProcesses(tracker)
     # Behind mutual TLS every call's client certificate is checked (tls.py).
-    interceptors: list[grpc.aio.ServerInterceptor] = [RequestDecoding()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [HandlerWrapping(decode_safely=True)]
     if tls:
-        interceptors.insert(0, ClientCertificateCheck())
+        interceptors.insert(0, client_certificate_check())
     # No cap on concurrent RPCs here: fault requests queue in the servicer
     # (bounded there), and health and reflection must answer while they do.
     server = grpc.aio.server(interceptors=interceptors)

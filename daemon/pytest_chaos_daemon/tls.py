@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .interceptors import wrap_handler
+from .interceptors import HandlerWrapping
 from .logs import log
 
 # Distinct certificates a daemon sees are few (one per client Secret); the
@@ -79,16 +78,10 @@ def client_certificate_verdict(pem: bytes) -> Verdict:
     return Verdict(cert.subject.rfc4514_string(), tuple(problems))
 
 
-class ClientCertificateCheck(grpc.aio.ServerInterceptor):
-    """Aborts every call whose client certificate is a CA's or lacks the clientAuth extended key usage."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        return None if handler is None else wrap_handler(handler, handler_call_details.method, check=_check)
+def client_certificate_check() -> HandlerWrapping:
+    """An interceptor aborting every call whose client certificate is a CA's or lacks the
+    clientAuth extended key usage."""
+    return HandlerWrapping(check=_check)
 
 
 async def _check(context: grpc.aio.ServicerContext, method: str) -> None:
