@@ -74,6 +74,8 @@ class LeaseKeeper:
                 settle_from_daemon(target, status)
         for experiment in experiments:
             experiment.settle()
+            if experiment.outcome != "applied":  # the daemon ended it: nothing left to renew
+                self.untrack(experiment)
 
     def _run(self) -> None:
         while not self._stopped.is_set():

@@ -105,11 +105,12 @@ class ChaosSession:
         kind = KINDS[experiment.kind]
         for target in experiment.targets:
             target.injection_id = uuid.uuid4().hex
-            target.daemon = self.backend.daemon_address(target)
+            if kind.uses_daemon:
+                target.daemon = self.backend.daemon_address(target)
 
         def inject(target: Target) -> None:
-            ctx = InjectContext(self.client(target.daemon), self.backend, self.leases.lease_s,
-                                experiment.spec.duration, owner)
+            ctx = InjectContext(self.client(target.daemon) if kind.uses_daemon else None, self.backend,
+                                self.leases.lease_s, experiment.spec.duration, owner, tuple(experiment.targets))
             kind.inject(ctx, target, experiment.spec.params)
 
         errors = self._each_target(experiment.targets, inject)

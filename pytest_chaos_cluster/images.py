@@ -237,7 +237,7 @@ def ensure_base_images(inst: Containerd, layout: settings.Layout, pause_binary: 
 # --- the daemon image (Docker Engine) ------------------------------------------------
 
 DEBIAN_BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "util-linux", "procps",
-                        "iproute2", "iptables", "ca-certificates")
+                        "iproute2", "iptables", "ca-certificates", "stress-ng")
 
 
 def debian_mirror() -> str:

@@ -75,9 +75,6 @@ def build_helper(out_dir: Path | None = None) -> str:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    for stale in out_dir.glob(f"{NAME}-*"):  # builds of older sources
-        if stale != target:
-            stale.unlink(missing_ok=True)
     return str(target)
 
 

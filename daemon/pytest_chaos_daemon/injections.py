@@ -12,6 +12,7 @@ kept (and ``resume``d where their effect died with the old daemon).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import time
@@ -54,16 +55,25 @@ class Injections:
 
     async def adopt(self) -> None:
         """Replay the journal records of daemons that are gone: undo half-applied injections, recover
-        those whose time ran out, keep (and resume) the others."""
+        those whose time ran out, keep (and resume) the others. One daemon at a time: two taking over
+        the same record would both recover it; each claim is journaled before the next daemon looks."""
+        with self._journal.adoption() as ours:
+            if ours:  # otherwise another daemon is taking over now; the next round sees what it left
+                await self._adopt()
+        self._changed.set()
+
+    async def _adopt(self) -> None:
         now = time.time()
         for record in self._journal.load():
             if record.id in self._records or record.daemon == self._key or instance_alive(record.daemon):
                 continue
+            if not record.live:
+                # Ended: nothing to take over; whoever sees it old enough prunes it.
+                if record.ended_at is not None and now - record.ended_at > states.KEEP_ENDED_S:
+                    self._journal.remove(record.id)
+                continue
             previous, record.daemon = record.daemon, self._key
             self._records[record.id] = record
-            if not record.live:
-                self._journal.write(record)
-                continue
             log(logging.INFO, "adopted from the journal", injection_id=record.id, kind=record.kind,
                 container_id=record.container_id, previous_daemon=previous)
             if record.state == states.APPLYING:
@@ -73,7 +83,6 @@ class Injections:
             else:
                 self._journal.write(record)
                 await self._resume(record)
-        self._changed.set()
 
     async def close(self) -> None:
         """Stop expiring. Injections stay journaled for the next daemon, unless this one was told to
@@ -138,6 +147,10 @@ class Injections:
                 done = await fault.recover(self._ctx, record)
             except DaemonError as err:
                 record.end(states.FAILED, f"recovery failed: {err.message}")
+            except Exception as err:  # a bug: the fault may be in force; say so rather than retry blindly
+                log(logging.ERROR, "recovery raised", injection_id=record.id, exc_info=err)
+                record.end(states.FAILED, f"recovery failed: internal error ({type(err).__name__}: {err}); "
+                                          "the fault may still be in force")
             else:
                 record.end(state, f"{detail_prefix}: {done}" if detail_prefix else done)
             self._journal.write(record)
@@ -168,38 +181,40 @@ class Injections:
 
     async def _undo_partial(self, fault: Fault, record: Record, err: BaseException) -> None:
         why = err.message if isinstance(err, DaemonError) else f"{type(err).__name__}"
+        if not fault.recoverable:  # a one-shot fault has nothing to undo
+            record.end(states.FAILED, f"applying failed ({why})")
+            self._journal.write(record)
+            return
         try:
-            if fault.recoverable:
-                await fault.recover(self._ctx, record)
+            await fault.recover(self._ctx, record)
             record.end(states.FAILED, f"applying failed ({why}); undone")
         except DaemonError as undo_err:
             record.end(states.FAILED, f"applying failed ({why}); undoing failed too: {undo_err.message}")
         self._journal.write(record)
 
     async def _resume(self, record: Record) -> None:
+        plan = copy.deepcopy(record.plan)
         try:
             await self._faults[record.kind].resume(self._ctx, record)
         except DaemonError as err:
             await self.recover(record.id, f"could not be resumed at restart ({err.message})", states.FAILED)
             return
+        if record.plan != plan:  # e.g. a new cgroup for what it started again: recovery must find it
+            self._journal.write(record)
         log(logging.INFO, "kept from the journal", injection_id=record.id, kind=record.kind,
             container_id=record.container_id, expires_at=record.expires_at)
 
     async def _expire_forever(self) -> None:
         adopted_at = time.monotonic()
         while True:
-            if time.monotonic() - adopted_at >= ADOPT_EVERY_S:
-                await self.adopt()
-                adopted_at = time.monotonic()
-            now = time.time()
-            due = [r.id for r in self._records.values() if r.state == states.ACTIVE
-                   and r.expires_at is not None and r.expires_at <= now]
-            for injection_id in due:
-                record = self._records[injection_id]
-                why = ("its duration passed" if record.duration_expires_at is not None
-                       and record.duration_expires_at <= now else "its lease ran out")
-                await self.recover(injection_id, why, states.EXPIRED)
-            self._prune(now)
+            try:
+                if time.monotonic() - adopted_at >= ADOPT_EVERY_S:
+                    adopted_at = time.monotonic()
+                    await self.adopt()
+                await self._expire_due()
+            except Exception as err:  # a bug must not stop expiry for good: log it, go on
+                log(logging.ERROR, "expiring injections failed; retrying", exc_info=err)
+                await asyncio.sleep(1.0)
             upcoming = [r.expires_at for r in self._records.values()
                         if r.state == states.ACTIVE and r.expires_at is not None]
             wait = min([*upcoming, time.time() + ADOPT_EVERY_S]) - time.time()
@@ -208,6 +223,17 @@ class Injections:
                 await asyncio.wait_for(self._changed.wait(), max(wait, 0.0))
             except asyncio.TimeoutError:
                 pass
+
+    async def _expire_due(self) -> None:
+        now = time.time()
+        due = [r.id for r in self._records.values() if r.state == states.ACTIVE
+               and r.expires_at is not None and r.expires_at <= now]
+        for injection_id in due:
+            record = self._records[injection_id]
+            why = ("its duration passed" if record.duration_expires_at is not None
+                   and record.duration_expires_at <= now else "its lease ran out")
+            await self.recover(injection_id, why, states.EXPIRED)
+        self._prune(now)
 
     def _prune(self, now: float) -> None:
         for record in list(self._records.values()):

@@ -6,17 +6,24 @@ fsynced), so a crash leaves either the old record or the new, never half of
 one. Several daemons may share a state directory (the plugin's own daemons,
 one per test run or xdist worker, and a node's DaemonSet daemon): each record
 names the daemon that owns it, and a daemon takes over only the records of
-daemons that are gone (``injections.py`` replays them).
+daemons that are gone (``injections.py`` replays them), one daemon at a time
+(``adoption``). Each write has a temporary file of its own, and only an old
+temporary counts as a write that never finished, so daemons writing at once
+never remove or overwrite each other's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import re
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .logs import log
@@ -25,6 +32,9 @@ DEFAULT_STATE_DIR = "/var/lib/pytest-chaos/daemon"
 # How long ended injections stay listed (and journaled) before they are pruned.
 KEEP_ENDED_S = 3600.0
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\.json")
+# A temporary file this old was left by a write that never finished; a younger one may be a write in progress.
+STALE_TEMPORARY_S = 60.0
+_ADOPTION_LOCK = ".adoption.lock"
 
 APPLYING, ACTIVE, ONE_SHOT, RECOVERED, EXPIRED, FAILED = "applying", "active", "one_shot", "recovered", "expired", "failed"
 LIVE = frozenset({APPLYING, ACTIVE})
@@ -73,14 +83,34 @@ class Journal:
 
     def write(self, record: Record) -> None:
         path = os.path.join(self.directory, f"{record.id}.json")
-        temporary = f"{path}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(record), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        fd, temporary = tempfile.mkstemp(prefix=f".{record.id}.", suffix=".tmp", dir=self.directory)  # 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(dataclasses.asdict(record), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
         self._sync_directory()
+
+    @contextlib.contextmanager
+    def adoption(self) -> Iterator[bool]:
+        """Whether this daemon may take over records now: True while no other daemon does (an
+        exclusive lock on the directory, released when the block ends or the daemon dies)."""
+        fd = os.open(os.path.join(self.directory, _ADOPTION_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     def remove(self, injection_id: str) -> None:
         try:
@@ -94,16 +124,22 @@ class Journal:
         for name in sorted(os.listdir(self.directory)):
             path = os.path.join(self.directory, name)
             if name.endswith(".tmp"):
-                os.unlink(path)  # a write that never finished: its record is the previous one
+                # A write that never finished (its record is the previous one), unless one in progress.
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - os.lstat(path).st_mtime > STALE_TEMPORARY_S:
+                        os.unlink(path)
                 continue
             if not _FILE.fullmatch(name):
                 continue
             try:
                 with open(path) as f:
                     records.append(Record(**json.load(f)))
+            except FileNotFoundError:
+                continue  # removed since listed: its owner pruned it
             except (OSError, ValueError, TypeError) as err:
                 log(logging.ERROR, "unreadable journal entry set aside", path=path, error=str(err))
-                os.replace(path, f"{path}.unreadable")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, f"{path}.unreadable")
         return records
 
     def _sync_directory(self) -> None:

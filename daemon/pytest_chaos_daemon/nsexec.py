@@ -6,7 +6,10 @@ through the confine helper (``confine.py``): it runs in all of the target's
 namespaces and cgroups, as the target's user, with at most the target's
 capabilities and no_new_privs. Each program gets a tracking cgroup
 (``tracking.py``): on timeout, on daemon shutdown, or once it exits,
-everything it started is killed. Output is capped.
+everything it started is killed. Output is capped. A program a fault leaves
+running (``Confiner.start``) keeps a tracking cgroup of its own, made
+beforehand and named in the journal, until ``Confiner.stop``; it dies with the
+daemon too (the helper's parent-death signal).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import contextlib
 import dataclasses
 import os
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from . import procfs
 from .errors import DeadlineExceeded, FailedPrecondition
-from .target import HeldTarget, confinement
+from .target import NAMESPACES, HeldTarget, confinement
 from .tracking import HIERARCHY, Probe, ProbeTracker, kill_cgroup
 
 # The confine helper's exit status when it failed before exec; 126/127 are a
@@ -39,6 +43,9 @@ CHILD_ENV = {
 OUTPUT_LIMIT = 1 << 20
 STDERR_LIMIT = 64 << 10
 _CHUNK = 64 << 10
+# How long a started program may take to be running as its caller wants.
+START_TIMEOUT_S = 10.0
+STOP_WAIT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +57,14 @@ class Completed:
     truncated: bool = False  # stdout passed OUTPUT_LIMIT: the program was stopped there
 
 
+@dataclasses.dataclass
+class Started:
+    """A program left running: its process and the task draining its output (stdout and stderr)."""
+
+    process: asyncio.subprocess.Process
+    output: asyncio.Future[tuple[bytes, bool]]
+
+
 class ChildProcesses:
     """Runs programs with a timeout and capped output; kills them all at shutdown."""
 
@@ -57,6 +72,7 @@ class ChildProcesses:
         self.tracker = tracker or ProbeTracker()
         self.output_limit = output_limit
         self._running: dict[asyncio.subprocess.Process, Probe | None] = {}
+        self._started: dict[str, Started] = {}  # by tracking cgroup path
 
     async def run(
         self, argv: Sequence[str], timeout_s: float, pass_fds: Sequence[int] = (), probe: Probe | None = None
@@ -95,6 +111,44 @@ class ChildProcesses:
         return Completed(list(argv), process.returncode or 0, stdout.decode(errors="replace"),
                          stderr.decode(errors="replace"), truncated)
 
+    async def start(
+        self, argv: Sequence[str], pass_fds: Sequence[int], cgroup: str, env: Mapping[str, str] | None = None
+    ) -> Started:
+        """Start ``argv`` and leave it running; ``cgroup`` is the tracking cgroup it joins and names it to ``stop``."""
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env={**CHILD_ENV, **(env or {})},
+            pass_fds=tuple(pass_fds),
+        )
+        # Drained for as long as it runs: a full pipe would stall the program.
+        output = asyncio.ensure_future(self._read(process.stdout, STDERR_LIMIT, None, None))
+        # Kept referenced: an asyncio subprocess transport that is collected kills its process.
+        started = self._started[cgroup] = Started(process, output)
+        return started
+
+    async def stop(self, cgroup: str) -> int:
+        """End a started program (SIGTERM, then SIGKILL to everything in its tracking cgroup ``cgroup``) and
+        remove the cgroup; how many processes it held when stopping began."""
+        members = len(_members(cgroup))
+        started = self._started.pop(cgroup, None)
+        if started is not None:
+            _terminate(started.process.pid, cgroup)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while _program_of(started.process.pid, cgroup) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        killed = self.tracker.discard(cgroup)
+        if started is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started.process.pid, signal.SIGKILL)
+            # Bounded: a process outside the cgroup holding the output pipe must not hang recovery.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(started.process.wait(), started.output), STOP_WAIT_S)
+        return max(members, killed)
+
     async def _read(
         self, stream: asyncio.StreamReader | None, limit: int, process: asyncio.subprocess.Process | None,
         probe: Probe | None,
@@ -123,6 +177,15 @@ class ChildProcesses:
     def kill_all(self) -> None:
         for process, probe in list(self._running.items()):
             self._kill(process, probe)
+        for cgroup, started in self._started.items():
+            _terminate(started.process.pid, cgroup)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while any(_program_of(s.process.pid, c) for c, s in self._started.items()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for cgroup, started in list(self._started.items()):
+            kill_cgroup(cgroup)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started.process.pid, signal.SIGKILL)
 
 
 class Confiner:
@@ -145,6 +208,99 @@ class Confiner:
             inputs.close()
             if probe is not None:
                 self.children.tracker.release(probe)
+
+    def new_cgroup(self) -> str:
+        """A tracking cgroup for a program to ``start`` later, kept until ``stop``: its path goes in the
+        journal before anything runs."""
+        probe = self.children.tracker.new_probe()
+        if probe is None:
+            raise FailedPrecondition(
+                "this fault leaves programs running, and the daemon cannot track them: it could not mount its "
+                "named cgroup v1 hierarchy (see the daemon's log at start)"
+            )
+        return probe.path
+
+    async def start(
+        self, target: HeldTarget, program: Sequence[str], cgroup: str, ready: Callable[[], bool], *,
+        namespaces: Sequence[str] = NAMESPACES, user: tuple[int, int] | None = None,
+        env: Mapping[str, str] | None = None, timeout_s: float = START_TIMEOUT_S,
+    ) -> str:
+        """Start ``program`` confined (see ``confinement`` for ``namespaces`` and ``user``) in the tracking
+        cgroup ``cgroup`` (from ``new_cgroup``) and leave it running until ``stop``. Returns ``cgroup`` once
+        ``ready()`` holds; raises FailedPrecondition with the program's output if it exits first or is not
+        ready within ``timeout_s`` (the caller stops ``cgroup`` then)."""
+        inputs = confinement(target, procfs.cgroup_mounts(), self._skip, namespaces, user)
+        try:
+            track = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            inputs.close()
+            raise FailedPrecondition(f"the tracking cgroup {cgroup} is gone: {err.strerror}") from None
+        argv = [self.helper, "--track-fd", str(track), *inputs.args, "--", *program]
+        try:
+            started = await self.children.start(argv, [*inputs.fds, track], cgroup, env)
+        finally:
+            inputs.close()
+            os.close(track)
+        exited = asyncio.ensure_future(started.process.wait())
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not ready():
+                if time.monotonic() > deadline:
+                    raise FailedPrecondition(f"{program[0]} did not start within {timeout_s:g}s in target "
+                                             f"{target.description}")
+                done, _ = await asyncio.wait({exited}, timeout=0.02)
+                if done:
+                    output, _ = await started.output
+                    raise _start_failure(Completed(argv, exited.result(), output.decode(errors="replace"), ""),
+                                         target.description)
+        finally:
+            exited.cancel()
+        return cgroup
+
+    async def stop(self, cgroup: str) -> int:
+        """Kill everything ``start`` left running in ``cgroup`` (or a daemon that is gone did) and remove the
+        cgroup; how many processes it held."""
+        try:
+            return await self.children.stop(cgroup)
+        except ValueError as err:  # a journaled path that is not a tracking cgroup: touch nothing
+            raise FailedPrecondition(str(err)) from None
+
+
+def _members(cgroup: str) -> set[int]:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            return {int(pid) for pid in f.read().split()}
+    except OSError:
+        return set()
+
+
+def _program_of(helper: int, cgroup: str) -> list[int]:
+    """The program the confine helper ``helper`` runs in ``cgroup``, while it runs (the helper's child).
+    Checked against the cgroup: once the helper is reaped, its PID may be another process's."""
+    try:
+        with open(f"/proc/{helper}/task/{helper}/children") as f:
+            children = [int(pid) for pid in f.read().split()]
+    except OSError:
+        return []
+    members = _members(cgroup)
+    return [pid for pid in children if pid in members]
+
+
+def _terminate(helper: int, cgroup: str) -> None:
+    """SIGTERM to the program the helper runs, so it ends its own children and the helper reaps it:
+    killed all at once, its children would be left to the target's init, which may never reap them."""
+    for pid in _program_of(helper, cgroup):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _start_failure(result: Completed, target: str) -> FailedPrecondition:
+    """Why a started program ended at once; its stdout holds stderr too."""
+    if result.returncode == EXIT_HELPER and result.stdout.startswith("confine:"):
+        return explain_failure(dataclasses.replace(result, stderr=result.stdout), target, "")
+    program = result.argv[result.argv.index("--") + 1]
+    return FailedPrecondition(f"{program} ended as it started in target {target} (exit {result.returncode}): "
+                              f"{result.stdout.strip()[-2000:]}")
 
 
 def explain_failure(result: Completed, target: str, needs: str) -> FailedPrecondition:

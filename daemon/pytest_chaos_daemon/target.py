@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
+from collections.abc import Sequence
 
 from . import procfs
 from .errors import FailedPrecondition, NotFound, PermissionDenied
@@ -54,6 +56,21 @@ class HeldTarget:
     def check_alive(self) -> None:
         if not self.alive():
             raise NotFound(f"target {self.description} (host pid {self.pid}) exited during the request")
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the held process through its pidfd, so a recycled PID is never signalled."""
+        try:
+            signal.pidfd_send_signal(self._pidfd, signum)
+        except ProcessLookupError:
+            raise NotFound(f"target {self.description} (host pid {self.pid}) has exited") from None
+        except PermissionError:
+            raise PermissionDenied(f"the daemon may not signal target {self.description} (host pid {self.pid})") from None
+
+    def exited(self) -> bool:
+        """Whether the held process has exited (a zombie counts): its pidfd turns readable then."""
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def confirm(self, pid: int) -> None:
         """Check ``pid``, the runtime's answer asked again now that the pidfd pins the process, is this one."""
@@ -107,20 +124,31 @@ class Confinement:
         self.fds.clear()
 
 
-def confinement(target: HeldTarget, mounts: list[procfs.CgroupMount], skip_hierarchies: frozenset[str]) -> Confinement:
+def confinement(
+    target: HeldTarget, mounts: list[procfs.CgroupMount], skip_hierarchies: frozenset[str],
+    namespaces: Sequence[str] = NAMESPACES, user: tuple[int, int] | None = None,
+) -> Confinement:
     """Open the target's namespaces, root and cgroups; read its credentials.
 
     ``skip_hierarchies``: cgroup hierarchies of the daemon's own (its tracking
-    hierarchy), never joined.
+    hierarchy), never joined. ``namespaces``: which of the target's to enter;
+    without "mnt" the target's root is not entered either, so the program
+    comes from the daemon's filesystem. ``user``: (uid, gid) to run as with no
+    capabilities at all, instead of the target's credentials.
     """
     result = Confinement([], [])
     try:
-        _open_namespaces(target, result)
-        root = _open(target, f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        result.fds.append(root)
-        result.args += ["--root-fd", str(root)]
+        _open_namespaces(target, result, namespaces)
+        if "mnt" in namespaces:
+            root = _open(target, f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            result.fds.append(root)
+            result.args += ["--root-fd", str(root)]
         _open_cgroups(target, mounts, skip_hierarchies, result)
-        _credentials(target, result)
+        if user is None:
+            _credentials(target, result)
+        else:
+            result.args += ["--uid", str(user[0]), "--gid", str(user[1]),
+                            "--cap-bnd", "0", "--cap-eff", "0", "--cap-inh", "0"]
         target.check_alive()
     except BaseException:
         result.close()
@@ -137,8 +165,8 @@ def _open(target: HeldTarget, path: str, flags: int) -> int:
         raise NotFound(f"target {target.description} (host pid {target.pid}) has exited") from None
 
 
-def _open_namespaces(target: HeldTarget, result: Confinement) -> None:
-    for name in NAMESPACES:
+def _open_namespaces(target: HeldTarget, result: Confinement, namespaces: Sequence[str]) -> None:
+    for name in [n for n in NAMESPACES if n in namespaces]:  # the helper's order, whatever the caller's
         fd = target.open_namespace(name)
         own = os.stat(f"/proc/self/ns/{name}")
         st = os.fstat(fd)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import itertools
 import logging
 import os
+import re
 import signal
 import time
 
@@ -30,6 +32,8 @@ from .logs import log
 HIERARCHY = "name=pytest-chaos-probes"
 DEFAULT_MOUNT_POINT = "/run/pytest-chaos/probes"
 KILL_ROUNDS = 200
+# A probe cgroup, relative to the mount point: d-<instance key>/p-<n>.
+_PROBE_PATH = re.compile(r"d-[0-9]+-[0-9]+-[0-9]+/p-[0-9]+")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -71,7 +75,11 @@ class ProbeTracker:
             if not name.startswith("d-") or procfs.instance_alive(name.removeprefix("d-")):
                 continue
             directory = os.path.join(self.mount_point, name)
-            for probe_dir in [os.path.join(directory, p) for p in os.listdir(directory)] + [directory]:
+            try:
+                probe_dirs = [os.path.join(directory, p) for p in os.listdir(directory)]
+            except FileNotFoundError:
+                continue  # another daemon starting at the same time swept it first
+            for probe_dir in probe_dirs + [directory]:
                 if os.path.isdir(probe_dir):
                     killed += kill_cgroup(probe_dir)
                     _rmdir(probe_dir)
@@ -94,6 +102,18 @@ class ProbeTracker:
         os.close(probe.dir_fd)
         _rmdir(probe.path)
         self._probes.pop(probe.path, None)
+
+    def discard(self, path: str) -> int:
+        """Kill what is left in the probe cgroup at ``path`` (this daemon's, or one a daemon that is gone
+        journaled) and remove it; return how many processes were signalled."""
+        if not _PROBE_PATH.fullmatch(os.path.relpath(os.path.normpath(path), self.mount_point)):
+            raise ValueError(f"{path!r} is not a probe cgroup under {self.mount_point}")
+        killed = kill_cgroup(path)
+        probe = self._probes.pop(path, None)
+        if probe is not None:
+            os.close(probe.dir_fd)
+        _rmdir(path)
+        return killed
 
     def kill_all(self) -> None:
         for probe in list(self._probes.values()):
@@ -122,8 +142,10 @@ def kill_cgroup(path: str) -> int:
         try:
             with open(os.path.join(path, "cgroup.procs")) as f:
                 pids = [int(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            break
+        except OSError as err:  # ENODEV: removed while read, by another daemon sweeping it too
+            if err.errno in (errno.ENOENT, errno.ENODEV):
+                break
+            raise
         if not pids:
             break
         for pid in pids:

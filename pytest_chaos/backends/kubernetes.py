@@ -110,6 +110,10 @@ class KubernetesBackend:
             raise ChaosError(f"Secret {self.daemon_namespace}/{CLIENT_TLS_SECRET} lacks {', '.join(sorted(missing))}")
         return ClientTls(cert=data["tls.crt"], key=data["tls.key"], ca=data["ca.crt"])
 
+    def delete_pod(self, namespace: str, name: str, grace_period_s: int) -> None:
+        """Delete a pod with this grace period (pod-kill); raises ChaosError when the API refuses."""
+        self._call(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_period_s)
+
     def close(self) -> None:
         for relay in self._relays:
             relay.close()

@@ -19,6 +19,7 @@ class AppliedKind:
     field = ""  # the ApplyRequest oneof field
     recoverable = True
     backends: tuple[str, ...] = ()
+    uses_daemon = True
     parameters: tuple[str, ...] = ()  # accepted parameter names
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,6 +34,7 @@ class AppliedKind:
         raise NotImplementedError
 
     def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
+        assert ctx.client is not None
         reply = ctx.client.apply(
             target.container_id, target.injection_id, {self.field: self.message(params)}, ctx.lease_s, ctx.owner,
             ctx.duration_s if self.recoverable else None,

@@ -15,11 +15,12 @@ from ..transport import DaemonClient
 class InjectContext:
     """What a kind may use to inject into one target."""
 
-    client: DaemonClient  # the daemon on the target's node
+    client: DaemonClient | None  # the daemon on the target's node; None for kinds that use none
     backend: Backend
     lease_s: float  # the daemon recovers the fault if not renewed within this
     duration_s: float | None  # the daemon recovers the fault this long after applying it
     owner: str  # who applied it, for the daemon's listings
+    targets: tuple[Target, ...] = ()  # every target of the experiment (pod-kill acts once per pod)
 
 
 class FaultKind(Protocol):
@@ -29,6 +30,8 @@ class FaultKind(Protocol):
     recoverable: bool
     # The backends that offer the kind; empty: every backend.
     backends: tuple[str, ...]
+    # Whether it works through the daemon on the target's node (pod-kill talks to the API server alone).
+    uses_daemon: bool
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Validated parameters; raises ChaosSpecError naming the bad one."""

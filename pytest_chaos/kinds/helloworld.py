@@ -24,6 +24,7 @@ class HelloWorld:
     name = "helloworld"
     recoverable = False
     backends: tuple[str, ...] = ()
+    uses_daemon = True
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(params) - {"source"})
@@ -36,6 +37,7 @@ class HelloWorld:
         return {"source": source}
 
     def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
+        assert ctx.client is not None
         reply = ctx.client.exec_hello_world(target.container_id, target.injection_id, SOURCES[params["source"]])
         target.pid = reply.status.pid
         target.output = reply.output

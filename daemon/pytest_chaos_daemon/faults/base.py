@@ -58,5 +58,6 @@ class Fault(Protocol):
         ...
 
     async def resume(self, ctx: FaultContext, record: Record) -> None:
-        """After a daemon restart, put back what ended with the old daemon (a process it ran); most kinds: nothing."""
+        """After a daemon restart, put back what ended with the old daemon (a process it ran); most kinds: nothing.
+        It may change ``record.plan`` (a new cgroup for what it started again): the daemon journals it then."""
         ...

@@ -144,14 +144,16 @@ async def _write_and_wait(path: str, value: str, wanted: str | None, events: str
     except OSError as err:
         raise FailedPrecondition(f"cannot write {value} to {path}: {err.strerror}") from None
     deadline = time.monotonic() + FREEZE_TIMEOUT_S
+    # v1 reports the state in the file written; v2 in cgroup.events.
+    report = path if wanted is not None else str(events)
     while time.monotonic() < deadline:
-        if wanted is not None:
-            with open(path) as f:
-                if f.read().strip() == wanted:
-                    return
-        elif events is not None:
-            with open(events) as f:
-                if f"frozen {frozen}" in f.read().split("\n"):
-                    return
+        try:
+            with open(report) as f:
+                state = f.read()
+        except OSError as err:  # the cgroup went away while it changed
+            raise FailedPrecondition(f"{report} vanished while changing: {err.strerror}") from None
+        reached = state.strip() == wanted if wanted is not None else f"frozen {frozen}" in state.split("\n")
+        if reached:
+            return
         await asyncio.sleep(0.005)
     raise FailedPrecondition(f"{path} did not reach {wanted or 'frozen ' + frozen} within {FREEZE_TIMEOUT_S:g}s")

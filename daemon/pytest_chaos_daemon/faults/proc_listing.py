@@ -7,17 +7,24 @@ the target's filesystem resolves inside that filesystem and never reaches a
 file of the node's; the result must be a procfs whose entry for the target's
 own pid is the target. User names come from the target's ``/etc/passwd``,
 opened the same way.
+
+``TargetProc`` is that opened /proc, shared by every kind that reads a
+target's processes (HelloWorld's ``source="proc"``, process-kill): it yields
+each process, and opens a process's directory, which pins that process as a
+pidfd does.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import time
+from collections.abc import Iterator
 
 from .. import procfs
-from ..errors import FailedPrecondition
+from ..errors import FailedPrecondition, NotFound
 from ..target import HeldTarget
 from .process_list import ProcessRow, parse_ps
 
@@ -60,38 +67,106 @@ def _filesystem_type(fd: int) -> int:
     return buf.f_type
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcEntry:
+    """One process of a target's pid namespace, as the target's own /proc shows it."""
+
+    pid: int  # inside the target's pid namespace
+    stat: procfs.Stat
+    user: str  # as the target names its uid
+    argv: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        """The command line as ``ps`` shows it; ``[comm]`` for a process without one (kernel-style)."""
+        return " ".join(self.argv) if self.argv else f"[{self.stat.comm}]"
+
+    @property
+    def name(self) -> str:
+        """The command name: the basename of argv[0], or comm for a process without a command line."""
+        return os.path.basename(self.argv[0]) if self.argv else self.stat.comm
+
+
+class TargetProc:
+    """The target's own /proc, opened safely below its root and checked to be its pid namespace's.
+
+    ``purpose`` names the feature in errors; ``hint`` follows the error for a
+    /proc of another pid namespace. Close it (or use it as a context manager).
+    """
+
+    def __init__(self, target: HeldTarget, purpose: str = "reading a target's /proc", hint: str = "") -> None:
+        try:
+            self._root = os.open(f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"target {target.description} (host pid {target.pid}) has exited") from None
+        try:
+            self.fd = _open_target_proc(target, self._root, purpose, hint)
+            self._uid_map = procfs.read_id_map(target.pid, "uid")
+        except BaseException:
+            self.close()
+            raise
+        self._names: dict[int, str] | None = None
+
+    def processes(self) -> Iterator[ProcEntry]:
+        """Every process listed, in PID order; those that exit while listed are left out."""
+        for pid in sorted(int(name) for name in os.listdir(self.fd) if name.isdigit()):
+            stat_text, status_text = read_at(self.fd, f"{pid}/stat"), read_at(self.fd, f"{pid}/status")
+            cmdline = read_at(self.fd, f"{pid}/cmdline")
+            if stat_text is None or status_text is None or cmdline is None:
+                continue  # exited while listing
+            host_uid = procfs.parse_status(status_text).uid  # as the daemon's user namespace sees it
+            argv = tuple(cmdline.rstrip("\0").split("\0")) if cmdline else ()
+            yield ProcEntry(pid, procfs.parse_stat(stat_text), self._user(host_uid), argv)
+
+    def open_process(self, pid: int) -> int:
+        """A directory fd of ``/proc/<pid>`` in this /proc: it refers to that process even after the
+        PID is reused, and ``signal.pidfd_send_signal`` takes it as a pidfd. Raises OSError."""
+        return os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+
+    def _user(self, host_uid: int) -> str:
+        if self._names is None:
+            self._names = _user_names(self._root)
+        uid = self._uid_map.inside(host_uid)
+        return self._names.get(uid, str(uid)) if uid is not None else str(host_uid)
+
+    def close(self) -> None:
+        for name in ("fd", "_root"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def __enter__(self) -> TargetProc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def list_processes(target: HeldTarget) -> tuple[str, list[ProcessRow]]:
     """``ps aux``-style text of the target's pid namespace, and its parsed rows."""
-    root = os.open(f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        proc = _open_target_proc(target, root)
-        try:
-            uid_map = procfs.read_id_map(target.pid, "uid")
-            lines = _render(proc, uid_map, _user_names(root))
-        finally:
-            os.close(proc)
-    finally:
-        os.close(root)
+    with TargetProc(target, "source='proc'", "; use source='ps'") as proc:
+        lines = _render(proc.processes())
     target.check_alive()
     output = "\n".join([HEADER, *lines]) + "\n"
     return output, parse_ps(output)
 
 
-def _open_target_proc(target: HeldTarget, root: int) -> int:
+def _open_target_proc(target: HeldTarget, root: int, purpose: str, hint: str) -> int:
     try:
         proc = open_in_root(root, "/proc", os.O_RDONLY | os.O_DIRECTORY)
     except OSError as err:
         if err.errno == errno.ENOSYS:
-            raise FailedPrecondition("source='proc' needs openat2 (Linux 5.6 or newer)") from None
+            raise FailedPrecondition(f"{purpose} needs openat2 (Linux 5.6 or newer)") from None
         raise FailedPrecondition(f"target {target.description} has no /proc to read ({err.strerror})") from None
     try:
         if _filesystem_type(proc) != PROC_SUPER_MAGIC:
             raise FailedPrecondition(f"target {target.description}: its /proc is not a procfs")
         inner_pid = procfs.read_status(target.pid).nspid[-1]
-        own_stat = _read_at(proc, f"{inner_pid}/stat")
+        own_stat = read_at(proc, f"{inner_pid}/stat")
         if own_stat is None or procfs.parse_stat(own_stat).start_ticks != target.stat.start_ticks:
             raise FailedPrecondition(
-                f"target {target.description}: its /proc is not mounted for its own pid namespace; use source='ps'"
+                f"target {target.description}: its /proc is not mounted for its own pid namespace{hint}"
             )
     except BaseException:
         os.close(proc)
@@ -99,7 +174,8 @@ def _open_target_proc(target: HeldTarget, root: int) -> int:
     return proc
 
 
-def _read_at(directory: int, path: str, limit: int = 1 << 20) -> str | None:
+def read_at(directory: int, path: str, limit: int = 1 << 20) -> str | None:
+    """The text of ``path`` below the directory fd, without following a final symlink; None if unreadable."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=directory)
     except OSError:
@@ -130,31 +206,22 @@ def _user_names(root: int) -> dict[int, str]:
     return names
 
 
-def _render(proc: int, uid_map: procfs.IdMap, names: dict[int, str]) -> list[str]:
+def _render(processes: Iterator[ProcEntry]) -> list[str]:
     uptime = float(open("/proc/uptime").read().split()[0])
     boot = time.time() - uptime
     mem_total_kb = _mem_total_kb()
-    pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
     lines = []
-    for pid in pids:
-        stat_text, status_text = _read_at(proc, f"{pid}/stat"), _read_at(proc, f"{pid}/status")
-        cmdline = _read_at(proc, f"{pid}/cmdline")
-        if stat_text is None or status_text is None or cmdline is None:
-            continue  # exited while listing
-        stat = procfs.parse_stat(stat_text)
-        host_uid = procfs.parse_status(status_text).uid  # as the daemon's user namespace sees it
-        uid = uid_map.inside(host_uid)
-        user = names.get(uid, str(uid)) if uid is not None else str(host_uid)
+    for entry in processes:
+        stat = entry.stat
         cpu_s = (stat.utime_ticks + stat.stime_ticks) / _CLK_TCK
         elapsed = max(uptime - stat.start_ticks / _CLK_TCK, 1e-9)
         rss_kb = stat.rss_pages * _PAGE_KB
-        command = " ".join(cmdline.rstrip("\0").split("\0")) if cmdline else f"[{stat.comm}]"
         lines.append(
-            f"{user:<10} {pid:>5} {100 * cpu_s / elapsed:4.1f} "
+            f"{entry.user:<10} {entry.pid:>5} {100 * cpu_s / elapsed:4.1f} "
             f"{100 * rss_kb / mem_total_kb if mem_total_kb else 0:4.1f} {stat.vsize // 1024:>6} {rss_kb:>5} "
             f"{_tty(stat.tty_nr):<8} {stat.state:<4} "
             f"{time.strftime('%H:%M', time.gmtime(boot + stat.start_ticks / _CLK_TCK))} "
-            f"{int(cpu_s) // 60:>3}:{int(cpu_s) % 60:02d} {command}"
+            f"{int(cpu_s) // 60:>3}:{int(cpu_s) % 60:02d} {entry.command}"
         )
     return lines
 

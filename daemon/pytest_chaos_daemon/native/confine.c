@@ -20,7 +20,9 @@
  *      stdio, and execs the program, found in the target's filesystem;
  *   5. the parent waits for it, then kills whatever else is left in the
  *      tracking cgroup (a background child, a double fork, a setsid), and
- *      exits with the program's status (128+N for signal N).
+ *      exits with the program's status (128+N for signal N). Told to stop
+ *      (SIGTERM, or the daemon's death), it stops the program the same way,
+ *      giving it a second to end its own children first.
  *
  * Exit status 125 means this program failed before exec (the reason is on
  * stderr, prefixed "confine:"); 126 and 127 mean the program could not be
@@ -50,6 +52,7 @@
 #define MAX_FDS 16
 #define MAX_GROUPS 256
 #define MAX_SWEEPS 200
+#define STOP_GRACE_MS 1000
 
 /* Namespaces in the order they are entered: the user namespace first, so the
  * others (owned by it) may be joined; the mount namespace last, since after it
@@ -307,6 +310,18 @@ static void sweep_tracking_cgroup(int track_fd) {
     }
 }
 
+/* SIGTERM first, so a program that starts workers (stress-ng) reaps them
+ * rather than leaving them to the target's init; SIGKILL after a grace. */
+static void stop_child(pid_t child) {
+    kill(child, SIGTERM);
+    for (int waited_ms = 0; waited_ms < STOP_GRACE_MS; waited_ms += 10) {
+        if (waitpid(child, NULL, WNOHANG) == child)
+            return;
+        usleep(10 * 1000);
+    }
+    kill(child, SIGKILL);
+}
+
 static void on_terminate(int signum) {
     (void)signum;
     terminate_requested = 1;
@@ -353,7 +368,7 @@ int main(int argc, char **argv) {
     int status = 0;
     for (;;) {
         if (terminate_requested) {
-            kill(child, SIGKILL);
+            stop_child(child);
             sweep_tracking_cgroup(o.track_fd);
             _exit(128 + SIGTERM);
         }

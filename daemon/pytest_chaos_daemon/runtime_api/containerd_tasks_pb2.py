@@ -22,27 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n6pytest_chaos_daemon/runtime_api/containerd_tasks.proto\x12\x1c\x63ontainerd.services.tasks.v1\"n\n\x07Process\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.containerd.services.tasks.v1.Status\"3\n\nGetRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"E\n\x0bGetResponse\x12\x36\n\x07process\x18\x01 \x01(\x0b\x32%.containerd.services.tasks.v1.Process\"\"\n\x10ListTasksRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"I\n\x11ListTasksResponse\x12\x34\n\x05tasks\x18\x01 \x03(\x0b\x32%.containerd.services.tasks.v1.Process*U\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0b\n\x07STOPPED\x10\x03\x12\n\n\x06PAUSED\x10\x04\x12\x0b\n\x07PAUSING\x10\x05\x32\xcc\x01\n\x05Tasks\x12Z\n\x03Get\x12(.containerd.services.tasks.v1.GetRequest\x1a).containerd.services.tasks.v1.GetResponse\x12g\n\x04List\x12..containerd.services.tasks.v1.ListTasksRequest\x1a/.containerd.services.tasks.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n6pytest_chaos_daemon/runtime_api/containerd_tasks.proto\x12\x1c\x63ontainerd.services.tasks.v1\x1a\x1bgoogle/protobuf/empty.proto\"n\n\x07Process\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.containerd.services.tasks.v1.Status\"3\n\nGetRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"E\n\x0bGetResponse\x12\x36\n\x07process\x18\x01 \x01(\x0b\x32%.containerd.services.tasks.v1.Process\"\"\n\x10ListTasksRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"I\n\x11ListTasksResponse\x12\x34\n\x05tasks\x18\x01 \x03(\x0b\x32%.containerd.services.tasks.v1.Process\"Q\n\x0bKillRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0e\n\x06signal\x18\x03 \x01(\r\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08*U\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0b\n\x07STOPPED\x10\x03\x12\n\n\x06PAUSED\x10\x04\x12\x0b\n\x07PAUSING\x10\x05\x32\x97\x02\n\x05Tasks\x12Z\n\x03Get\x12(.containerd.services.tasks.v1.GetRequest\x1a).containerd.services.tasks.v1.GetResponse\x12g\n\x04List\x12..containerd.services.tasks.v1.ListTasksRequest\x1a/.containerd.services.tasks.v1.ListTasksResponse\x12I\n\x04Kill\x12).containerd.services.tasks.v1.KillRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pytest_chaos_daemon.runtime_api.containerd_tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=435
-  _globals['_STATUS']._serialized_end=520
-  _globals['_PROCESS']._serialized_start=88
-  _globals['_PROCESS']._serialized_end=198
-  _globals['_GETREQUEST']._serialized_start=200
-  _globals['_GETREQUEST']._serialized_end=251
-  _globals['_GETRESPONSE']._serialized_start=253
-  _globals['_GETRESPONSE']._serialized_end=322
-  _globals['_LISTTASKSREQUEST']._serialized_start=324
-  _globals['_LISTTASKSREQUEST']._serialized_end=358
-  _globals['_LISTTASKSRESPONSE']._serialized_start=360
-  _globals['_LISTTASKSRESPONSE']._serialized_end=433
-  _globals['_TASKS']._serialized_start=523
-  _globals['_TASKS']._serialized_end=727
+  _globals['_STATUS']._serialized_start=547
+  _globals['_STATUS']._serialized_end=632
+  _globals['_PROCESS']._serialized_start=117
+  _globals['_PROCESS']._serialized_end=227
+  _globals['_GETREQUEST']._serialized_start=229
+  _globals['_GETREQUEST']._serialized_end=280
+  _globals['_GETRESPONSE']._serialized_start=282
+  _globals['_GETRESPONSE']._serialized_end=351
+  _globals['_LISTTASKSREQUEST']._serialized_start=353
+  _globals['_LISTTASKSREQUEST']._serialized_end=387
+  _globals['_LISTTASKSRESPONSE']._serialized_start=389
+  _globals['_LISTTASKSRESPONSE']._serialized_end=462
+  _globals['_KILLREQUEST']._serialized_start=464
+  _globals['_KILLREQUEST']._serialized_end=545
+  _globals['_TASKS']._serialized_start=635
+  _globals['_TASKS']._serialized_end=914
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from pytest_chaos_daemon.runtime_api import containerd_tasks_pb2 as pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,11 @@ class TasksStub:
                 request_serializer=pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.Kill = channel.unary_unary(
+                '/containerd.services.tasks.v1.Tasks/Kill',
+                request_serializer=pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.KillRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class TasksServicer:
@@ -61,6 +67,14 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Kill(self, request, context):
+        """Sends a signal to the task's init process, or with `all` to every
+        process of the task (container-kill).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +87,11 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.ListTasksRequest.FromString,
                     response_serializer=pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'Kill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Kill,
+                    request_deserializer=pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.KillRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +148,33 @@ class Tasks:
             '/containerd.services.tasks.v1.Tasks/List',
             pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.ListTasksRequest.SerializeToString,
             pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Kill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/containerd.services.tasks.v1.Tasks/Kill',
+            pytest__chaos__daemon_dot_runtime__api_dot_containerd__tasks__pb2.KillRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,12 +1,15 @@
-"""What every container runtime client offers: resolving a container to a host PID."""
+"""What every container runtime client offers: resolving a container to a host PID, and killing it."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from ..target import HeldTarget
 
 # Container ids and names as containerd, Docker and CRI-O accept them: a
 # conservative superset that still keeps '/', '?', '%', spaces and control
@@ -28,12 +31,24 @@ class ContainerRuntime(Protocol):
 
     prefix: str  # "containerd", "docker", "cri-o", "pid"
     endpoint: str  # what it talks to, for error messages
+    kill_mechanism: str  # how ``kill`` does it, for the user: "containerd task kill (SIGKILL)"
 
     def pid_of(self, ref: str) -> int:
         """The host PID of the running container ``ref`` (the id without prefix).
 
         Raises NotFound when there is no such container, FailedPrecondition
         when it is not running, Unavailable when the runtime cannot be reached.
+        """
+        ...
+
+    def kill(self, ref: str, target: HeldTarget) -> None:
+        """SIGKILL the running container ``ref``, whose process ``target`` holds.
+
+        Through the runtime where it has a kill call (containerd: every
+        process of the task; Docker: the container), otherwise through the
+        held pidfd. Raises NotFound when there is no such container (or it has
+        exited), FailedPrecondition when it is not running, Unavailable when
+        the runtime cannot be reached, PermissionDenied when the signal is refused.
         """
         ...
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,6 +18,9 @@ from ..runtime_api import (
     containerd_tasks_pb2_grpc as tasks_grpc,
 )
 from .base import RunningContainer, check_container_ref
+
+if TYPE_CHECKING:
+    from ..target import HeldTarget
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "k8s.io"
@@ -31,6 +36,7 @@ class ContainerdRuntime:
     """Resolves ``containerd://ID`` by looking ID up in the configured namespaces."""
 
     prefix = "containerd"
+    kill_mechanism = "containerd task kill (SIGKILL)"
 
     def __init__(
         self, socket_path: str = DEFAULT_SOCKET, namespaces: Sequence[str] = (DEFAULT_NAMESPACE,)
@@ -47,16 +53,25 @@ class ContainerdRuntime:
 
     def pid_of(self, ref: str) -> int:
         check_container_ref(self.prefix, ref)
-        for namespace in self.namespaces():
-            try:
-                self._call(self._containers.Get, containers_pb2.GetContainerRequest(id=ref), namespace)
-            except NotFound:
-                continue
-            return self._running_pid(ref, namespace)
-        raise NotFound(
-            f"container containerd://{ref} not found in containerd namespace(s) "
-            f"{', '.join(self.namespaces()) or '(none)'} at {self.endpoint}"
-        )
+        return self._running_pid(ref, self._namespace_of(ref))
+
+    def kill(self, ref: str, target: HeldTarget) -> None:
+        check_container_ref(self.prefix, ref)
+        namespace = self._namespace_of(ref)
+        target.check_alive()  # the task the daemon resolved is still the one running
+        request = tasks_pb2.KillRequest(container_id=ref, signal=int(signal.SIGKILL), all=True)
+        try:
+            self._call(self._tasks.Kill, request, namespace)
+        except NotFound:
+            raise FailedPrecondition(
+                f"container containerd://{ref} (namespace {namespace}) has no running task"
+            ) from None
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            raise FailedPrecondition(
+                f"containerd refused to kill containerd://{ref} (namespace {namespace}): {err.details()}"
+            ) from None
 
     def namespaces(self) -> list[str]:
         if ALL_NAMESPACES not in self._namespaces:
@@ -83,6 +98,18 @@ class ContainerdRuntime:
                         )
                     )
         return found
+
+    def _namespace_of(self, ref: str) -> str:
+        for namespace in self.namespaces():
+            try:
+                self._call(self._containers.Get, containers_pb2.GetContainerRequest(id=ref), namespace)
+            except NotFound:
+                continue
+            return namespace
+        raise NotFound(
+            f"container containerd://{ref} not found in containerd namespace(s) "
+            f"{', '.join(self.namespaces()) or '(none)'} at {self.endpoint}"
+        )
 
     def _running_pid(self, ref: str, namespace: str) -> int:
         try:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+from typing import TYPE_CHECKING
 
 import grpc
 
 from ..errors import FailedPrecondition, NotFound, Unavailable
 from ..runtime_api import cri_runtime_pb2 as cri_pb2, cri_runtime_pb2_grpc as cri_grpc
 from .base import check_container_ref
+
+if TYPE_CHECKING:
+    from ..target import HeldTarget
 
 DEFAULT_SOCKET = "/var/run/crio/crio.sock"
 CALL_TIMEOUT_S = 10.0
@@ -18,6 +23,9 @@ class CriRuntime:
     """Resolves ``cri-o://ID`` through the CRI RuntimeService."""
 
     prefix = "cri-o"
+    # The CRI has no kill call (StopContainer waits out a grace period): the
+    # container's init gets SIGKILL, which ends every process of its pid namespace.
+    kill_mechanism = "SIGKILL to the container's init process (pidfd)"
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET) -> None:
         self.endpoint = socket_path
@@ -53,3 +61,7 @@ class CriRuntime:
         if pid <= 0:
             raise FailedPrecondition(f"container cri-o://{ref} has no process")
         return pid
+
+    def kill(self, ref: str, target: HeldTarget) -> None:
+        check_container_ref(self.prefix, ref)
+        target.send_signal(signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Docker Engine: container inspect and listing over the engine's unix socket."""
+"""Docker Engine: container inspect, listing and kill over the engine's unix socket."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import http.client
 import json
 import socket
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FailedPrecondition, NotFound, Unavailable
 from .base import RunningContainer, check_container_ref
+
+if TYPE_CHECKING:
+    from ..target import HeldTarget
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 CALL_TIMEOUT_S = 10.0
@@ -31,6 +34,7 @@ class DockerRuntime:
     """Resolves ``docker://ID`` (an id, id prefix or name) through the Engine API."""
 
     prefix = "docker"
+    kill_mechanism = "Docker Engine kill (SIGKILL)"
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET) -> None:
         self.endpoint = socket_path
@@ -49,6 +53,17 @@ class DockerRuntime:
             )
         return pid
 
+    def kill(self, ref: str, target: HeldTarget) -> None:
+        check_container_ref(self.prefix, ref)
+        target.check_alive()  # the container the daemon resolved is still the one running
+        status, body = self._post(f"/containers/{ref}/kill", {"signal": "KILL"})
+        if status == 404:
+            raise NotFound(f"container docker://{ref} not found by the Docker Engine at {self.endpoint}")
+        if status == 409:  # not running
+            message = body.get("message", body) if isinstance(body, dict) else body
+            raise FailedPrecondition(f"container docker://{ref} cannot be killed: {message}")
+        self._check(status, body, expected=204)
+
     def list_running(self) -> list[RunningContainer]:
         # The listing holds only running containers by default, with names and labels.
         status, listing = self._get("/containers/json")
@@ -63,9 +78,15 @@ class DockerRuntime:
         ]
 
     def _get(self, path: str) -> tuple[int, Any]:
+        return self._request("GET", urllib.parse.quote(path))
+
+    def _post(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        return self._request("POST", f"{urllib.parse.quote(path)}?{urllib.parse.urlencode(query)}")
+
+    def _request(self, method: str, url: str) -> tuple[int, Any]:
         connection = _UnixHTTPConnection(self.endpoint, CALL_TIMEOUT_S)
         try:
-            connection.request("GET", urllib.parse.quote(path))
+            connection.request(method, url)
             response = connection.getresponse()
             raw = response.read()
         except OSError as err:
@@ -80,7 +101,7 @@ class DockerRuntime:
         except json.JSONDecodeError:
             return response.status, {"message": raw.decode(errors="replace")}
 
-    def _check(self, status: int, body: Any) -> None:
-        if status != 200:
+    def _check(self, status: int, body: Any, expected: int = 200) -> None:
+        if status != expected:
             message = body.get("message", body) if isinstance(body, dict) else body
             raise Unavailable(f"the Docker Engine at {self.endpoint} answered {status}: {message}")

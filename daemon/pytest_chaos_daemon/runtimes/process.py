@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from ..target import HeldTarget
 
 PID_MAX = 4194304  # the kernel's ceiling for pid_max on 64-bit
 
@@ -12,6 +17,7 @@ PID_MAX = 4194304  # the kernel's ceiling for pid_max on 64-bit
 class ProcessRuntime:
     prefix = "pid"
     endpoint = "/proc"
+    kill_mechanism = "SIGKILL to the process (pidfd)"
 
     def pid_of(self, ref: str) -> int:
         if not ref.isascii() or not ref.isdigit() or not 0 < int(ref) <= PID_MAX:
@@ -20,3 +26,6 @@ class ProcessRuntime:
         if not os.path.exists(f"/proc/{pid}"):
             raise NotFound(f"process pid://{pid} not found on this node")
         return pid
+
+    def kill(self, ref: str, target: HeldTarget) -> None:
+        target.send_signal(signal.SIGKILL)

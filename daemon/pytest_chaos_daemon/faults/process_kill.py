@@ -1,0 +1,150 @@
+"""process-kill: a signal to the processes inside the target that match a name or a pattern.
+
+As chaosd's process attack, within the target's pid namespace. The processes
+come from the target's own /proc (``proc_listing.TargetProc``, opened safely
+below its root), and each is signalled through a directory fd of its
+``/proc/<pid>`` there: that fd pins the process as a pidfd does, and its stat
+is checked against the listing, so a PID reused in between is never
+signalled. A process matches when its command name (the basename of argv[0],
+or comm for a process without a command line) equals ``process``, or when
+``process``, as a regular expression, is found in its command line.
+
+A target in the daemon's own pid namespace (a ``pid://`` process that has no
+namespace of its own) sees every process of the node: the node's init, the
+daemon and its ancestors, and kernel threads are never signalled. One-shot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from typing import Any
+
+from .. import procfs
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from ..journal import Record
+from ..target import HeldTarget
+from .base import FaultContext, Plan
+from .proc_listing import ProcEntry, TargetProc, read_at
+from .process_list import ProcessRow
+
+MAX_PROCESS_LEN = 256
+MAX_SIGNAL = 64
+# How much of the target's process list a no-match error shows.
+LISTED_IN_ERRORS = 30
+COMMAND_IN_ERRORS = 80
+
+
+class ProcessKill:
+    kind = "process-kill"
+    field = "process_kill"
+    recoverable = False
+
+    def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
+        message = request.process_kill
+        process = message.process
+        if not 1 <= len(process) <= MAX_PROCESS_LEN:
+            raise InvalidArgument(
+                f"process_kill.process must be 1 to {MAX_PROCESS_LEN} characters: a command name, "
+                "or a regular expression searched in each command line"
+            )
+        try:
+            re.compile(process)
+        except re.error as err:
+            raise InvalidArgument(
+                f"process_kill.process {process!r} is not a valid regular expression ({err}); "
+                "give a command name or a regular expression"
+            ) from None
+        if not 0 <= message.signal <= MAX_SIGNAL:
+            raise InvalidArgument(f"process_kill.signal must be 1 to {MAX_SIGNAL} (0 means SIGKILL); got {message.signal}")
+        return {"process": process, "signal": message.signal or int(signal.SIGKILL)}
+
+    async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
+        matched = await asyncio.to_thread(_matching, target, params["process"])
+        # The identities (pid, start time) are what apply signals, and what the journal shows.
+        undo = {"processes": [[e.pid, e.stat.start_ticks, e.user, e.command] for e in matched]}
+        return Plan(undo, f"{signal_name(params['signal'])} to the matching processes (pidfd)")
+
+    async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
+        signalled = await asyncio.to_thread(_signal_each, target, plan.undo["processes"], params["signal"])
+        if not signalled:
+            raise FailedPrecondition(
+                f"every process of target {target.description} matching {params['process']!r} "
+                "exited before it could be signalled"
+            )
+        return signalled
+
+    async def recover(self, ctx: FaultContext, record: Record) -> str:
+        return "one-shot: nothing to recover"
+
+    async def resume(self, ctx: FaultContext, record: Record) -> None:
+        """Nothing outlives the signal."""
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def matches(entry: ProcEntry, pattern: str) -> bool:
+    """The command name equals ``pattern``, or ``pattern`` is found in the command line."""
+    return entry.name == pattern or re.search(pattern, entry.command) is not None
+
+
+def _matching(target: HeldTarget, pattern: str) -> list[ProcEntry]:
+    protected = _protected(target)
+    with TargetProc(target, "process-kill") as proc:
+        listed = [e for e in proc.processes() if not e.stat.kernel_thread and e.pid not in protected]
+    target.check_alive()
+    matched = [e for e in listed if matches(e, pattern)]
+    if not matched:
+        shown = ", ".join(f"{e.pid} {e.command[:COMMAND_IN_ERRORS]}" for e in listed[:LISTED_IN_ERRORS])
+        more = f", and {len(listed) - LISTED_IN_ERRORS} more" if len(listed) > LISTED_IN_ERRORS else ""
+        raise FailedPrecondition(
+            f"target {target.description} has no process matching {pattern!r} (as a command name or a "
+            f"regular expression in the command line); its processes: {shown or 'none'}{more}"
+        )
+    return matched
+
+
+def _protected(target: HeldTarget) -> set[int]:
+    """PIDs never signalled: in the daemon's own pid namespace, its init, the daemon and its ancestors."""
+    try:
+        theirs, ours = os.stat(f"/proc/{target.pid}/ns/pid"), os.stat("/proc/self/ns/pid")
+    except FileNotFoundError:
+        target.check_alive()
+        raise
+    except PermissionError:
+        raise PermissionDenied(f"the daemon may not inspect target {target.description} (host pid {target.pid})") from None
+    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+        return set()  # a namespace below the daemon's holds none of these
+    return {1} | procfs.ancestors(os.getpid())
+
+
+def _signal_each(target: HeldTarget, processes: list[list[Any]], signum: int) -> list[ProcessRow]:
+    signalled = []
+    with TargetProc(target, "process-kill") as proc:
+        for pid, start_ticks, user, command in processes:
+            try:
+                fd = proc.open_process(pid)
+            except OSError:
+                continue  # exited since it was listed
+            try:
+                stat = read_at(fd, "stat")
+                if stat is None or procfs.parse_stat(stat).start_ticks != start_ticks:
+                    continue  # exited, and its PID went to another process
+                signal.pidfd_send_signal(fd, signum)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                raise PermissionDenied(f"the daemon may not signal process {pid} ({command[:COMMAND_IN_ERRORS]}) "
+                                       f"of target {target.description}") from None
+            finally:
+                os.close(fd)
+            signalled.append(ProcessRow(pid=pid, user=user, command=command))
+    return signalled

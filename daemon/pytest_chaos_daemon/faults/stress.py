@@ -1,0 +1,214 @@
+"""stress: stress-ng loads a target's CPU and memory until recovered, as Chaos Mesh's StressChaos.
+
+stress-ng is the daemon's own, never the target's (a target may have none, or
+a planted one). It runs through the confine helper in the target's cgroups,
+so what it uses counts against the target's CPU and memory limits, and in
+the target's pid namespace, so the target sees it; in no other namespace of
+the target's, so its binary and libraries come from the daemon's filesystem;
+as a uid no target uses, with no capabilities.
+
+Its processes live in a tracking cgroup of their own, made in ``plan`` and
+journaled before anything runs. ``recover`` kills everything in it, removes
+it, and checks in /proc that no stressor of the injection is left anywhere
+(each carries the plan's tag in its environment). Stressors die with the
+daemon (the helper's parent-death signal); ``resume`` starts them again, in a
+new cgroup, when a restarted daemon keeps the injection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import uuid
+from typing import Any
+
+from .. import procfs
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..journal import Record
+from ..target import HeldTarget
+from .base import FaultContext, Plan
+from .process_list import ProcessRow
+
+MAX_WORKERS = 8192
+# A uid and gid of the daemon's own, which no target runs as: a target process
+# with the stressors' uid could open /proc/<stressor>/root (the daemon's
+# filesystem) or ptrace them. (2**31 - 2: below the 32-bit user-namespace
+# ranges' usual tops, unused by distributions.)
+STRESSOR_ID = 2147483646
+STRESSOR_USER = (STRESSOR_ID, STRESSOR_ID)
+# Every stressor inherits it, so /proc tells an injection's stressors wherever they are.
+TAG_VARIABLE = "PYTEST_CHAOS_STRESS"
+# stress-ng refuses to start without a temporary directory it may write, even
+# for stressors that write nothing; the daemon's own /tmp, never the target's.
+TEMP_PATH = "/tmp"
+MECHANISM = f"stress-ng in the target's cgroups and pid namespace, as uid {STRESSOR_ID}"
+# stress-ng 0.15 reads "256M" but takes "256MB" for 256 bytes: sizes go to it in bytes.
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", re.IGNORECASE)
+_PERCENT = re.compile(r"(\d+)%")
+MIN_BYTES, MAX_BYTES = 4096, 256 << 40  # stress-ng's own bounds
+SIZE_FORMS = ("a size like '256MB', '1GB', '512KB' (B, KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: "
+              "powers of 1024) of at least 4KB, or a percentage of the node's available memory like '25%' "
+              "(1% to 100%)")
+
+
+def vm_bytes(size: str) -> str:
+    """stress-ng's ``--vm-bytes`` for ``size`` (in all, shared by the memory workers); raises ValueError."""
+    text = size.strip()
+    if match := _PERCENT.fullmatch(text):
+        if 1 <= int(match.group(1)) <= 100:
+            return f"{int(match.group(1))}%"
+    elif match := _SIZE.fullmatch(text):
+        count = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+        if MIN_BYTES <= count <= MAX_BYTES:
+            return str(count)
+    raise ValueError(f"must be {SIZE_FORMS}; got {size[:100]!r}")
+
+
+def stress_ng_arguments(params: dict[str, Any]) -> list[str]:
+    """stress-ng's arguments for validated ``params``; it runs until killed (--timeout 0)."""
+    args = ["--temp-path", TEMP_PATH, "--timeout", "0"]
+    if cpu := params.get("cpu"):
+        args += ["--cpu", str(cpu["workers"]), "--cpu-load", str(cpu["load"])]
+    if memory := params.get("memory"):
+        # --vm-keep: the memory stays mapped, rather than unmapped and mapped again in turns.
+        args += ["--vm", str(memory["workers"]), "--vm-bytes", vm_bytes(memory["size"]), "--vm-keep"]
+    return args
+
+
+class Stress:
+    kind = "stress"
+    field = "stress"
+    recoverable = True
+
+    def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
+        stress = request.stress
+        params: dict[str, Any] = {}
+        if stress.HasField("cpu"):
+            if stress.cpu.load > 100:
+                raise InvalidArgument(f"stress.cpu.load must be from 0 to 100 (percent of each worker's CPU); "
+                                      f"got {stress.cpu.load}")
+            params["cpu"] = {"workers": _workers(stress.cpu.workers, "cpu"), "load": stress.cpu.load}
+        if stress.HasField("memory"):
+            try:
+                vm_bytes(stress.memory.size)
+            except ValueError as err:
+                raise InvalidArgument(f"stress.memory.size {err}") from None
+            params["memory"] = {"workers": _workers(stress.memory.workers, "memory"), "size": stress.memory.size}
+        if not params:
+            raise InvalidArgument("stress needs at least one stressor: stress.cpu and/or stress.memory")
+        return params
+
+    async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
+        _stress_ng()
+        _check_temp_path()
+        return Plan({"cgroup": ctx.confiner.new_cgroup(), "tag": uuid.uuid4().hex}, MECHANISM)
+
+    async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
+        await _start(ctx, target, params, plan.undo)
+        return []
+
+    async def recover(self, ctx: FaultContext, record: Record) -> str:
+        cgroup, tag = record.plan["cgroup"], record.plan["tag"]
+        running = len(_stress_ng_in(cgroup))
+        await ctx.confiner.stop(cgroup)
+        # Checked from /proc, not taken from the kill: a recovery that missed them must not pass.
+        left = tagged_stressors(tag)
+        if left or os.path.isdir(cgroup):
+            raise FailedPrecondition(f"stress-ng is still running after recovery: host pids {left or '?'} "
+                                     f"(tracking cgroup {cgroup})")
+        if not running:
+            return "no stressor was running any more (it ended with its target, or with a daemon); none is left"
+        return f"stopped stress-ng ({running} processes); none is left"
+
+    async def resume(self, ctx: FaultContext, record: Record) -> None:
+        """Stressors died with the old daemon: start them again, in a new cgroup, if the target still runs."""
+        await ctx.confiner.stop(record.plan["cgroup"])  # whatever survived the old daemon
+        if not procfs.is_same_process(record.pid, record.start_ticks, record.boot_id):
+            return  # the target is gone, and its stressors with it: recovery will find nothing left
+        try:
+            with HeldTarget(record.pid, record.container_id) as target:
+                if target.stat.start_ticks != record.start_ticks:
+                    return
+                # The new path is in the plan before anything starts; Injections journals the changed plan.
+                record.plan = {**record.plan, "cgroup": ctx.confiner.new_cgroup()}
+                await _start(ctx, target, record.params, record.plan)
+        except NotFound:
+            return
+
+
+def _workers(workers: int, stressor: str) -> int:
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InvalidArgument(f"stress.{stressor}.workers must be from 1 to {MAX_WORKERS}; got {workers}")
+    return workers
+
+
+def _stress_ng() -> str:
+    binary = shutil.which("stress-ng")
+    if binary is None:
+        raise FailedPrecondition(
+            "stress needs stress-ng where the chaos daemon runs (it runs its own, never the target's): "
+            "install it there (Debian: apt-get install stress-ng; the image from daemon/Dockerfile has it)"
+        )
+    return binary
+
+
+def _check_temp_path() -> None:
+    try:
+        mode = os.stat(TEMP_PATH).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISDIR(mode) or mode & 0o1777 != 0o1777:
+        raise FailedPrecondition(f"stress-ng runs as uid {STRESSOR_ID} and needs a world-writable, sticky "
+                                 f"{TEMP_PATH} in the chaos daemon's filesystem")
+
+
+async def _start(ctx: FaultContext, target: HeldTarget, params: dict[str, Any], undo: dict[str, Any]) -> None:
+    cgroup = undo["cgroup"]
+
+    def ready() -> bool:  # stress-ng runs and has dispatched at least one worker
+        return len(_stress_ng_in(cgroup)) >= 2
+
+    await ctx.confiner.start(
+        target, [_stress_ng(), *stress_ng_arguments(params)], cgroup, ready,
+        namespaces=("pid",), user=STRESSOR_USER, env={TAG_VARIABLE: undo["tag"]},
+    )
+
+
+def _is_stress_ng(pid: int | str) -> bool:
+    # stress-ng names its workers "stress-ng-cpu", "stress-ng-vm", ...
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().startswith("stress-ng")
+    except OSError:
+        return False
+
+
+def _stress_ng_in(cgroup: str) -> list[int]:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            pids = [int(line) for line in f if line.strip()]
+    except OSError:
+        return []
+    return [pid for pid in pids if _is_stress_ng(pid)]
+
+
+def tagged_stressors(tag: str) -> list[int]:
+    """Host PIDs of live stress-ng processes started for the plan tagged ``tag``, wherever they are."""
+    marker = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not _is_stress_ng(entry):
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environment = f.read(1 << 16).split(b"\0")
+        except OSError:
+            continue
+        if marker in environment:  # a zombie's environment reads empty: it does not count
+            found.append(int(entry))
+    return found

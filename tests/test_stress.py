@@ -1,0 +1,345 @@
+"""stress on real containers, seen from outside the daemon: the container's own cgroup counters, /proc.
+
+A containerd container has cgroups of its own, so what stress-ng uses shows
+in them: v1 ``cpuacct.usage`` (CPU time, in nanoseconds) and
+``memory.usage_in_bytes``. Loads stay small (one worker, 64MB, seconds): the
+machines have two cores.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import time
+
+import grpc
+import pytest
+
+from conftest import wait_for
+from pytest_chaos_daemon.faults.stress import STRESSOR_ID
+from pytest_chaos.kinds.pod_kill import PodKill
+from pytest_chaos.errors import ChaosSpecError
+from pytest_chaos_daemon import procfs
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.tracking import HIERARCHY
+
+ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
+CPU = pb.Stress.Cpu(workers=1, load=100)
+MEMORY = pb.Stress.Memory(workers=1, size="64MB")
+MEMORY_RISE = 40 << 20  # of the 64MB stress-ng keeps mapped, at least this shows in the container's usage
+BUSY_S = 0.3  # CPU seconds per second one worker at full load adds, at least, on a busy two-core machine
+
+
+def stress_ng_processes(zombies: bool = True) -> list[int]:
+    """Every stress-ng process on this machine (stress-ng names its workers stress-ng-cpu, stress-ng-vm, ...)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if comm.startswith("stress-ng") and (zombies or not zombie):
+            found.append(int(entry))
+    return found
+
+
+def stress_ng_in(pid: int) -> list[int]:
+    """The live stress-ng processes in the pid namespace of ``pid`` (a target's)."""
+    namespace = procfs.namespace_id(f"/proc/{pid}/ns/pid")
+    found = []
+    for stressor in stress_ng_processes(zombies=False):
+        try:
+            if procfs.namespace_id(f"/proc/{stressor}/ns/pid") == namespace:
+                found.append(stressor)
+        except OSError:
+            continue
+    return found
+
+
+def cgroup_of(pid: int, controller: str) -> str:
+    """The directory of ``pid``'s cgroup for a v1 ``controller`` (or a named hierarchy), as this host mounts it."""
+    mounts = procfs.cgroup_mounts()
+    for membership in procfs.read_cgroups(pid):
+        if controller in membership.controllers:
+            directory = procfs.cgroup_dir(membership, mounts)
+            assert directory is not None, f"the {controller} cgroup of {pid} is not mounted here"
+            return directory
+    raise AssertionError(f"process {pid} has no {controller} cgroup")
+
+
+def read_number(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
+
+
+def cpu_seconds(pid: int, interval: float = 1.0) -> float:
+    """CPU time the cgroup of ``pid`` used over ``interval``, from the kernel's own counter."""
+    usage = os.path.join(cgroup_of(pid, "cpuacct"), "cpuacct.usage")
+    before = read_number(usage)
+    time.sleep(interval)
+    return (read_number(usage) - before) / 1e9
+
+
+def memory_usage(pid: int) -> int:
+    return read_number(os.path.join(cgroup_of(pid, "memory"), "memory.usage_in_bytes"))
+
+
+def host_pid(daemon, container_id: str) -> int:
+    reply = daemon.stub.ExecHelloWorldChaos(
+        pb.ExecHelloWorldRequest(container_id=container_id, source=pb.PROCESS_LIST_SOURCE_PROC), timeout=30)
+    return reply.status.pid
+
+
+def apply_stress(stub, container_id: str, injection_id: str, **stressors) -> pb.ApplyResponse:
+    request = pb.ApplyRequest(container_id=container_id, injection=pb.Injection(id=injection_id),
+                              stress=pb.Stress(**stressors))
+    return stub.Apply(request, timeout=60)
+
+
+def recover(stub, injection_id: str) -> pb.InjectionStatus:
+    [status] = stub.Recover(pb.RecoverRequest(injection_ids=[injection_id]), timeout=60).injections
+    return status
+
+
+def status_field(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith(f"{name}:"))
+
+
+@pytest.fixture
+def container(targets) -> str:
+    return f"containerd://{targets.containerd()}"
+
+
+def test_stress_loads_the_containers_own_cgroups_until_it_is_recovered(daemon, container):
+    pid = host_pid(daemon, container)
+    idle_cpu, idle_memory = cpu_seconds(pid), memory_usage(pid)
+
+    reply = apply_stress(daemon.stub, container, "stress-1", cpu=CPU, memory=MEMORY)
+
+    assert reply.status.state == ACTIVE and reply.status.pid == pid
+    assert reply.status.mechanism.startswith("stress-ng")
+    busy_cpu = cpu_seconds(pid)
+    assert busy_cpu > idle_cpu + BUSY_S, f"the container used {busy_cpu:.2f}s of CPU per second (idle: {idle_cpu:.2f}s)"
+    wait_for(lambda: memory_usage(pid) > idle_memory + MEMORY_RISE, "the container's memory usage to rise by 40MiB")
+
+    stressors = stress_ng_in(pid)
+    assert len(stressors) >= 3, "stress-ng with a CPU and a memory worker, in the target's pid namespace"
+    daemon_binary = shutil.which("stress-ng")
+    for stressor in stressors:
+        for controller in ("cpuacct", "memory", "pids"):
+            assert cgroup_of(stressor, controller) == cgroup_of(pid, controller), (stressor, controller)
+        assert procfs.namespace_id(f"/proc/{stressor}/ns/mnt") == procfs.namespace_id("/proc/self/ns/mnt")
+        assert os.path.samefile(f"/proc/{stressor}/exe", daemon_binary)  # the daemon's, not the target's
+        assert status_field(stressor, "Uid").split() == [str(STRESSOR_ID)] * 4  # a uid no target runs as
+        assert int(status_field(stressor, "CapEff"), 16) == 0 and int(status_field(stressor, "CapBnd"), 16) == 0
+        assert status_field(stressor, "NoNewPrivs") == "1"
+
+    status = recover(daemon.stub, "stress-1")
+
+    assert status.state == RECOVERED, status.detail
+    assert status.detail.startswith("stopped stress-ng"), status.detail
+    assert stress_ng_processes() == []  # zombies included: stress-ng reaped its workers, the daemon stress-ng
+    assert cpu_seconds(pid, 0.5) < BUSY_S / 2
+
+
+def test_stress_runs_the_daemons_stress_ng_in_a_container_that_has_none(daemon, targets, tmp_path):
+    # A busybox rootfs without applet links: no shell, no stress-ng, nothing but /bin/busybox.
+    rootfs = targets.distroless_rootfs(tmp_path / "distroless")
+    container = f"containerd://{targets.containerd('/bin/busybox', 'sleep', '3600', rootfs=rootfs)}"
+
+    reply = apply_stress(daemon.stub, container, "stress-distroless", cpu=pb.Stress.Cpu(workers=1, load=20))
+
+    assert reply.status.state == ACTIVE
+    assert stress_ng_in(reply.status.pid)
+    assert recover(daemon.stub, "stress-distroless").state == RECOVERED
+    assert stress_ng_processes() == []
+
+
+def test_without_stress_ng_the_daemon_says_to_install_it(start_daemon, targets):
+    daemon = start_daemon("--allow-pid-targets", wrapper=["env", "PATH=/nonexistent"])
+    pid = targets.process("sleep", "3600")
+
+    with pytest.raises(grpc.RpcError) as raised:
+        apply_stress(daemon.stub, f"pid://{pid}", "stress-missing", cpu=CPU)
+
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "install" in raised.value.details() and "stress-ng" in raised.value.details()
+    assert stress_ng_in(pid) == []
+
+
+@pytest.mark.parametrize("stress, field", [
+    (pb.Stress(), "at least one stressor"),
+    (pb.Stress(cpu=pb.Stress.Cpu(workers=0)), "stress.cpu.workers must be from 1 to 8192"),
+    (pb.Stress(cpu=pb.Stress.Cpu(workers=8193)), "stress.cpu.workers must be from 1 to 8192"),
+    (pb.Stress(cpu=pb.Stress.Cpu(workers=1, load=101)), "stress.cpu.load must be from 0 to 100"),
+    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="256")), "stress.memory.size must be a size like '256MB'"),
+    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="2KB")), "of at least 4KB"),
+    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="0%")), "'25%' (1% to 100%)"),
+])
+def test_bad_stressors_are_invalid_arguments_naming_the_field(daemon, stress, field):
+    with pytest.raises(grpc.RpcError) as raised:
+        daemon.stub.Apply(pb.ApplyRequest(container_id="pid://1", injection=pb.Injection(id="bad"), stress=stress),
+                          timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in raised.value.details()
+
+
+def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(start_daemon, targets, tmp_path):
+    state = str(tmp_path / "state")
+    container = f"containerd://{targets.containerd()}"
+    first = start_daemon("--containerd-namespace", "*", "--state-dir", state)
+    pid = apply_stress(first.stub, container, "stress-restart", cpu=pb.Stress.Cpu(workers=1, load=50)).status.pid
+    assert stress_ng_in(pid)
+
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    # The helper kills the program when the daemon dies; its workers, left to the container's init (a
+    # sleep that reaps nothing), may stay as zombies until the container ends.
+    wait_for(lambda: not stress_ng_in(pid), "stress-ng to die with the daemon")
+
+    second = start_daemon("--containerd-namespace", "*", "--state-dir", state)
+    wait_for(lambda: stress_ng_in(pid), "the restarted daemon to start stress-ng again")
+    stressors = stress_ng_in(pid)
+    [journaled] = [json.load(open(path)) for path in glob.glob(f"{state}/injections/*.json")]
+    assert journaled["state"] == "active"
+    for stressor in stressors:
+        assert cgroup_of(stressor, "cpuacct") == cgroup_of(pid, "cpuacct")
+        # The journal names the cgroup the new stressors are in: recovery will find them.
+        assert cgroup_of(stressor, HIERARCHY) == journaled["plan"]["cgroup"]
+
+    status = recover(second.stub, "stress-restart")
+
+    assert status.state == RECOVERED, status.detail
+    assert stress_ng_processes(zombies=False) == []
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_user=source)
+    return pytester.runpytest_subprocess("-p", "chaos", *args)
+
+
+# Reads a target's CPU time from its cgroup, in the user's test module.
+CPU_SECONDS = """
+import os
+import time
+
+from pytest_chaos_daemon import procfs
+
+
+def cpu_seconds(pid, interval=1.0):
+    [membership] = [m for m in procfs.read_cgroups(pid) if "cpuacct" in m.controllers]
+    usage = os.path.join(procfs.cgroup_dir(membership, procfs.cgroup_mounts()), "cpuacct.usage")
+    before = int(open(usage).read())
+    time.sleep(interval)
+    return (int(open(usage).read()) - before) / 1e9
+
+
+def stress_ng_running():
+    return [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/comm")
+            and open(f"/proc/{p}/comm").read().startswith("stress-ng")]
+"""
+
+
+def test_the_marker_stresses_the_container_during_the_test_and_recovers_it_after(pytester, targets):
+    container = targets.containerd()
+    result = run(pytester, CPU_SECONDS + f"""
+import pytest
+
+
+@pytest.mark.chaos("stress", selector={{"containers": ["{container}"]}}, mode="all",
+                   stressors={{"cpu": {{"workers": 1}}, "memory": {{"workers": 1, "size": "64MB"}}}})
+def test_app(chaos):
+    [experiment] = chaos.experiments
+    [target] = experiment.targets
+    assert experiment.outcome == "applied"
+    assert target.mechanism.startswith("stress-ng")
+    assert cpu_seconds(target.pid) > {BUSY_S}
+    assert stress_ng_running()
+""", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Captured chaos teardown*",
+                                 f"chaos stress mode=all: 1 target [[]containerd://{container}[]] recovered"])
+    assert stress_ng_processes() == []
+
+
+def test_a_duration_shorter_than_the_test_ends_the_stress_mid_test(pytester, targets):
+    container = targets.containerd()
+    result = run(pytester, CPU_SECONDS + f"""
+def test_app(chaos):
+    with chaos.apply("stress", selector={{"containers": ["{container}"]}}, mode="all", duration="1s",
+                     stressors={{"cpu": {{"workers": 1, "load": 50}}}}) as experiment:
+        assert stress_ng_running()
+        deadline = time.monotonic() + 15
+        while experiment.outcome == "applied" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert experiment.outcome == "expired", experiment.summary()
+        assert "its duration passed" in experiment.detail
+        assert stress_ng_running() == []
+        assert cpu_seconds(experiment.targets[0].pid, 0.5) < {BUSY_S / 2}
+""")
+    result.assert_outcomes(passed=1)
+    assert stress_ng_processes() == []
+
+
+@pytest.mark.parametrize("stressors, field, accepted", [
+    ("None", "stressors", "is required: cpu and/or memory"),
+    ("{}", "stressors", "must be a dict with cpu and/or memory"),
+    ('{"disk": {"workers": 1}}', "stressors.disk", "accepted: cpu, memory"),
+    ('{"cpu": {"workers": 0}}', "stressors.cpu.workers", "an integer from 1 to 8192"),
+    ('{"cpu": {"workers": True}}', "stressors.cpu.workers", "an integer from 1 to 8192"),
+    ('{"cpu": {"workers": 1, "load": 150}}', "stressors.cpu.load", "from 0 to 100"),
+    ('{"cpu": {"workers": 1, "threads": 2}}', "stressors.cpu.threads", "accepted: workers, load"),
+    ('{"memory": {"workers": 1}}', "stressors.memory.size", "is required*'256MB'"),
+    ('{"memory": {"workers": 1, "size": "lots"}}', "stressors.memory.size", "'256MB', '1GB', '512KB'*'25%'"),
+    ('{"memory": {"workers": 1, "size": "150%"}}', "stressors.memory.size", "(1% to 100%)"),
+    ('{"memory": {"size": "64MB"}}', "stressors.memory.workers", "an integer from 1 to 8192"),
+])
+def test_bad_stressors_are_a_usage_error_at_collection(pytester, stressors, field, accepted):
+    extra = "" if stressors == "None" else f", stressors={stressors}"
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("stress", selector={{"pids": [1]}}{extra})
+        def test_bad():
+            raise AssertionError("must not run")
+    """)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*test_user.py::test_bad: @pytest.mark.chaos {field}: *{accepted}*"])
+    assert "must not run" not in result.stdout.str()
+
+
+def test_the_local_backend_refuses_pod_kill_at_collection(pytester):
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.chaos("pod-kill", selector={"pids": [1]})
+        def test_bad():
+            raise AssertionError("must not run")
+    """)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_user.py::test_bad: @pytest.mark.chaos kind: 'pod-kill' works with the "
+                                 "kubernetes backend only (--chaos-backend=kubernetes); this run uses local*"])
+
+
+@pytest.mark.parametrize("params, expected", [({}, 0), ({"grace_period": 30}, 30)])
+def test_pod_kill_takes_a_grace_period_in_whole_seconds(params, expected):
+    assert PodKill().check_params(params) == {"grace_period": expected}
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"grace_period": -1}, "grace_period"), ({"grace_period": 1.5}, "grace_period"),
+    ({"grace_period": True}, "grace_period"), ({"force": True}, "force"),
+])
+def test_pod_kill_refuses_other_parameters(params, field):
+    with pytest.raises(ChaosSpecError) as raised:
+        PodKill().check_params(params)
+    assert raised.value.field == field
