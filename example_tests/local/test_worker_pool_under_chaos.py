@@ -78,3 +78,29 @@ def test_a_paused_worker_catches_up_after_recovery(queue, chaos):
             time.sleep(0.1)
         assert experiment.outcome == "expired"  # the duration ended it while the test ran
     assert len(queue.wait_drained("held", 5)) == 5
+
+
+@pytest.mark.chaos("stress", selector={"labels": WORKER}, mode="one",
+                   stressors={"cpu": {"workers": 1, "load": 100}, "memory": {"workers": 1, "size": "64MB"}})
+def test_queue_drains_while_a_worker_is_under_cpu_and_memory_stress(queue, chaos):
+    [stressed] = chaos.experiments[0].targets
+    assert stressed.mechanism.startswith("stress-ng")
+    queue.submit(20, "stressed")
+    assert len(queue.wait_drained("stressed", 20)) == 20
+
+
+@pytest.mark.chaos("process-kill", selector={"labels": WORKER}, mode="all", process="^sleep 0.05$")
+def test_workers_survive_losing_their_child_processes(queue, chaos):
+    # Each worker's loop sleeps in a child process; killing that child must not stop the worker.
+    assert all(t.processes for t in chaos.experiments[0].targets)  # a child was really killed in each
+    queue.submit(10, "orphaned")
+    assert len(queue.wait_drained("orphaned", 10)) == 10
+
+
+def test_queue_drains_when_a_worker_is_killed(queue, chaos):
+    # Last in this module: the killed worker stays down (it has no restart policy).
+    with chaos.apply("container-kill", selector={"labels": WORKER}, mode="one") as experiment:
+        [killed] = experiment.targets
+        queue.submit(20, "killed")
+        done_by = queue.wait_drained("killed", 20)
+    assert queue.workers[killed.container_id] not in done_by.values()
