@@ -27,6 +27,7 @@ class Target:
     name: str = ""  # container name where the runtime has one
     namespace: str | None = None  # Kubernetes fields; None outside Kubernetes
     pod: str | None = None
+    pod_uid: str | None = None  # the selected pod's, so a same-name replacement is never mistaken for it
     container: str | None = None
     node: str | None = None
     daemon: str = ""  # address of the daemon that applied the fault

@@ -19,11 +19,11 @@ import grpc
 import pytest
 
 from conftest import wait_for
-from pytest_chaos_daemon.faults.stress import STRESSOR_ID
-from pytest_chaos.kinds.pod_kill import PodKill
 from pytest_chaos.errors import ChaosSpecError
+from pytest_chaos.kinds.pod_kill import PodKill
 from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.faults.stress import STRESSOR_ID
 from pytest_chaos_daemon.tracking import HIERARCHY
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
@@ -343,3 +343,13 @@ def test_pod_kill_refuses_other_parameters(params, field):
     with pytest.raises(ChaosSpecError) as raised:
         PodKill().check_params(params)
     assert raised.value.field == field
+
+
+def test_a_cpu_stressor_without_a_load_runs_at_full_load(daemon, container):
+    apply_stress(daemon.stub, container, "stress-default-load", cpu=pb.Stress.Cpu(workers=1))
+    try:
+        pid = host_pid(daemon, container)
+        commands = [" ".join(procfs.read_cmdline(p)) for p in stress_ng_in(pid)]
+        assert commands and all("--cpu-load 100" in c for c in commands if "--cpu " in c), commands
+    finally:
+        recover(daemon.stub, "stress-default-load")

@@ -110,9 +110,13 @@ class KubernetesBackend:
             raise ChaosError(f"Secret {self.daemon_namespace}/{CLIENT_TLS_SECRET} lacks {', '.join(sorted(missing))}")
         return ClientTls(cert=data["tls.crt"], key=data["tls.key"], ca=data["ca.crt"])
 
-    def delete_pod(self, namespace: str, name: str, grace_period_s: int) -> None:
-        """Delete a pod with this grace period (pod-kill); raises ChaosError when the API refuses."""
-        self._call(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_period_s)
+    def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int) -> None:
+        """Delete the pod ``name`` if it is still the one selected (``uid``), with this grace period
+        (pod-kill); raises ChaosError when the API refuses, a replacement of the same name included."""
+        from kubernetes.client import V1DeleteOptions, V1Preconditions
+
+        options = V1DeleteOptions(grace_period_seconds=grace_period_s, preconditions=V1Preconditions(uid=uid or None))
+        self._call(self.core.delete_namespaced_pod, name, namespace, body=options)
 
     def close(self) -> None:
         for relay in self._relays:
@@ -248,6 +252,7 @@ def _containers(pod: Any, container_names: Sequence[str] | None) -> list[Target]
                     name=f"{pod.metadata.namespace}/{pod.metadata.name}/{name}",
                     namespace=pod.metadata.namespace,
                     pod=pod.metadata.name,
+                    pod_uid=pod.metadata.uid,
                     container=name,
                     node=pod.spec.node_name,
                 )

@@ -39,7 +39,9 @@ class PodKill:
         # The pod's first picked container deletes it; the others share its outcome.
         first = next((t for t in ctx.targets if (t.namespace, t.pod) == (target.namespace, target.pod)), target)
         if first is target:
-            cast(KubernetesBackend, ctx.backend).delete_pod(target.namespace or "", target.pod or "", grace_period)
+            cast(KubernetesBackend, ctx.backend).delete_pod(
+                target.namespace or "", target.pod or "", target.pod_uid or "", grace_period
+            )
             target.detail = f"deleted pod {pod} (grace period {grace_period}s)"
         else:
             target.detail = f"pod {pod} deleted once, with its container {first.container}"

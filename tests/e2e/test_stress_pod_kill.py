@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import wait_for
+from pytest_chaos.errors import ChaosError
 from pytest_chaos_daemon import procfs
 
 NAMESPACE = "chaos-e2e-stress"
@@ -176,3 +177,28 @@ def test_pod_kill_deletes_the_pod_once_and_its_statefulset_replaces_it(pytester,
     # The plugin alone deleted it: no daemon heard of its containers.
     logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=500")
     assert not any(container_id in logs for container_id in container_ids)
+
+
+def test_pod_kill_never_deletes_a_same_name_replacement_of_the_selected_pod(kube, pods):
+    backend = kube.backend()
+    try:
+        selector = backend.check_selector({"pods": {NAMESPACE: ["victim-0"]}}, None)
+        [[selected]] = backend.candidates(selector, None)
+        # The pod is replaced between selection and deletion (by hand here, by anything in life).
+        kube.kubectl("-n", NAMESPACE, "delete", "pod", "victim-0", "--wait=true")
+        wait_for(lambda: _ready_uid(kube, "victim-0") not in (None, selected.pod_uid), "a replacement", timeout=120)
+        replacement_uid = _ready_uid(kube, "victim-0")
+        with pytest.raises(ChaosError, match="409"):
+            backend.delete_pod(NAMESPACE, "victim-0", selected.pod_uid or "", 0)
+        assert _ready_uid(kube, "victim-0") == replacement_uid
+    finally:
+        backend.close()
+
+
+def _ready_uid(kube, name: str) -> str | None:
+    try:
+        now = pod(kube, name)
+    except RuntimeError:
+        return None
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in now["status"].get("conditions", []))
+    return now["metadata"]["uid"] if ready and not now["metadata"].get("deletionTimestamp") else None

@@ -61,3 +61,18 @@ class Fault(Protocol):
         """After a daemon restart, put back what ended with the old daemon (a process it ran); most kinds: nothing.
         It may change ``record.plan`` (a new cgroup for what it started again): the daemon journals it then."""
         ...
+
+
+class OneShot:
+    """What a one-shot kind shares: nothing stays in force, so nothing to recover or resume."""
+
+    recoverable = False
+
+    def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
+        return {}
+
+    async def recover(self, ctx: FaultContext, record: Record) -> str:
+        return "one-shot: nothing to recover"
+
+    async def resume(self, ctx: FaultContext, record: Record) -> None:
+        """Nothing outlives a one-shot fault."""

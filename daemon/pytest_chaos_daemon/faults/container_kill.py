@@ -14,11 +14,9 @@ import asyncio
 import signal
 from typing import Any
 
-from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import FailedPrecondition
-from ..journal import Record
 from ..target import HeldTarget
-from .base import FaultContext, Plan
+from .base import FaultContext, OneShot, Plan
 from .process_list import ProcessRow
 
 # SIGKILL ends a process at once unless it is frozen (cgroup v1 freezer) or
@@ -26,13 +24,9 @@ from .process_list import ProcessRow
 EXIT_TIMEOUT_S = 10.0
 
 
-class ContainerKill:
+class ContainerKill(OneShot):
     kind = "container-kill"
     field = "container_kill"
-    recoverable = False
-
-    def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
-        return {}
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         runtime, _ = ctx.runtimes.split(target.description)
@@ -44,12 +38,6 @@ class ContainerKill:
         await asyncio.to_thread(runtime.kill, ref, target)
         await _wait_for_exit(target)
         return []
-
-    async def recover(self, ctx: FaultContext, record: Record) -> str:
-        return "one-shot: nothing to recover"
-
-    async def resume(self, ctx: FaultContext, record: Record) -> None:
-        """Nothing outlives the kill."""
 
 
 async def _wait_for_exit(target: HeldTarget) -> None:

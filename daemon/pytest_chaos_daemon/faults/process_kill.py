@@ -25,9 +25,8 @@ from typing import Any
 from .. import procfs
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from ..journal import Record
 from ..target import HeldTarget
-from .base import FaultContext, Plan
+from .base import FaultContext, OneShot, Plan
 from .proc_listing import ProcEntry, TargetProc, read_at
 from .process_list import ProcessRow
 
@@ -38,10 +37,9 @@ LISTED_IN_ERRORS = 30
 COMMAND_IN_ERRORS = 80
 
 
-class ProcessKill:
+class ProcessKill(OneShot):
     kind = "process-kill"
     field = "process_kill"
-    recoverable = False
 
     def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
         message = request.process_kill
@@ -76,12 +74,6 @@ class ProcessKill:
                 "exited before it could be signalled"
             )
         return signalled
-
-    async def recover(self, ctx: FaultContext, record: Record) -> str:
-        return "one-shot: nothing to recover"
-
-    async def resume(self, ctx: FaultContext, record: Record) -> None:
-        """Nothing outlives the signal."""
 
 
 def signal_name(signum: int) -> str:

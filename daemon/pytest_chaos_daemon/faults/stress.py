@@ -89,10 +89,11 @@ class Stress:
         stress = request.stress
         params: dict[str, Any] = {}
         if stress.HasField("cpu"):
-            if stress.cpu.load > 100:
+            load = stress.cpu.load if stress.cpu.HasField("load") else 100  # Chaos Mesh's default
+            if load > 100:
                 raise InvalidArgument(f"stress.cpu.load must be from 0 to 100 (percent of each worker's CPU); "
-                                      f"got {stress.cpu.load}")
-            params["cpu"] = {"workers": _workers(stress.cpu.workers, "cpu"), "load": stress.cpu.load}
+                                      f"got {load}")
+            params["cpu"] = {"workers": _workers(stress.cpu.workers, "cpu"), "load": load}
         if stress.HasField("memory"):
             try:
                 vm_bytes(stress.memory.size)
