@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 import pytest
 
+from conftest import require
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
 pytest_plugins = ["pytester"]
@@ -78,5 +79,4 @@ def daemon(start_daemon: Callable[..., RunningDaemon]) -> RunningDaemon:
 
 @pytest.fixture(autouse=True)
 def _root_only() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("entering namespaces needs root")
+    require(os.geteuid() == 0, "root (entering namespaces needs it)")

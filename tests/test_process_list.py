@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from conftest import require
 from pytest_chaos_daemon.faults.process_list import parse_ps
 
 
@@ -23,8 +24,7 @@ def test_parses_procps_ps_aux():
 
 def test_parses_busybox_ps():
     busybox = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(busybox):
-        pytest.skip("busybox-static is not installed")
+    require(os.path.exists(busybox), "busybox-static")
     output = subprocess.check_output([busybox, "ps", "aux"], text=True, env=CHILD_ENV)
     rows = parse_ps(output)
     mine = next(row for row in rows if row.pid == os.getpid())

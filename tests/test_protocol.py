@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import re
 import subprocess
 import sys
 
-import pytest
+from conftest import require
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_committed_stubs_match_the_proto_files():
-    pytest.importorskip("grpc_tools", reason="needs the dev extra (grpcio-tools)")
+    require(importlib.util.find_spec("grpc_tools") is not None, "grpcio-tools (the dev extra)")
     result = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
