@@ -165,15 +165,8 @@ def test_pod_kill_deletes_the_pod_once_and_its_statefulset_replaces_it(pytester,
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*chaos pod-kill mode=all: 2 targets * recovered (one-shot, nothing to recover)"])
 
-    def replaced() -> bool:
-        try:
-            now = pod(kube, "victim-0")
-        except RuntimeError:
-            return False  # between the deletion and the replacement
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in now["status"].get("conditions", []))
-        return now["metadata"]["uid"] != before["metadata"]["uid"] and ready
-
-    wait_for(replaced, "the StatefulSet to replace victim-0 with a new pod", timeout=120)
+    wait_for(lambda: _ready_uid(kube, "victim-0") not in (None, before["metadata"]["uid"]),
+             "the StatefulSet to replace victim-0 with a new pod", timeout=120)
     # The plugin alone deleted it: no daemon heard of its containers.
     logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=500")
     assert not any(container_id in logs for container_id in container_ids)
@@ -196,6 +189,7 @@ def test_pod_kill_never_deletes_a_same_name_replacement_of_the_selected_pod(kube
 
 
 def _ready_uid(kube, name: str) -> str | None:
+    """The pod's UID once it is Ready and not being deleted; None otherwise (or between deletion and replacement)."""
     try:
         now = pod(kube, name)
     except RuntimeError:
