@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,7 +64,9 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) 
 
 
 def running(argument: str) -> list[int]:
-    """PIDs of live processes whose command line holds ``argument``."""
+    """PIDs of live processes whose command line holds ``argument`` as whole words: "sleep 4244" matches
+    ``sleep 4244`` but not a container id or shim argument that merely contains "4244"."""
+    pattern = re.compile(rf"(?<![\w.-]){re.escape(argument)}(?![\w.-])")
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -75,7 +78,7 @@ def running(argument: str) -> list[int]:
                 zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if argument in cmdline and not zombie:
+        if pattern.search(cmdline) and not zombie:
             found.append(int(entry))
     return found
 

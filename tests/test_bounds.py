@@ -54,7 +54,7 @@ def test_health_and_reflection_answer_while_every_slot_is_busy(start_daemon, tar
     slow = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4302\n")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         calls = [pool.submit(hello, daemon, slow, 8) for _ in range(3)]
-        wait_for(lambda: running("4302"), "the slow probe to start")
+        wait_for(lambda: running("sleep 4302"), "the slow probe to start")
         health = health_pb2_grpc.HealthStub(daemon.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         replies = reflection_pb2_grpc.ServerReflectionStub(daemon.channel).ServerReflectionInfo(
@@ -69,7 +69,7 @@ def test_waiting_for_a_busy_target_gives_up_at_the_deadline(daemon, targets, tmp
     slow = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4303\n")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(hello, daemon, slow, 10)
-        wait_for(lambda: running("4303"), "the first probe to start")
+        wait_for(lambda: running("sleep 4303"), "the first probe to start")
         with pytest.raises(grpc.RpcError) as info:
             hello(daemon, slow, timeout=1)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -82,7 +82,7 @@ def test_waiting_for_a_busy_target_gives_up_at_the_deadline(daemon, targets, tmp
 
     wait_for(gave_up, "the daemon to log that the second request gave up")
     # Had it waited on past its deadline, its probe would be running now.
-    assert gone("4303", timeout=5)
+    assert gone("sleep 4303", timeout=5)
 
 
 @pytest.fixture

@@ -32,14 +32,14 @@ def test_timeout_kills_a_child_that_left_the_process_group(start_daemon, targets
     with pytest.raises(grpc.RpcError) as info:
         hello(daemon, container_id)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert gone("4242") and gone("4243")
+    assert gone("sleep 4242") and gone("sleep 4243")
 
 
 def test_what_a_probe_leaves_running_is_killed_when_it_exits(daemon, targets, tmp_path):
     container_id = targets.containerd_with_sh(tmp_path, "/bin/busybox setsid /bin/busybox sleep 4244 &\n"
                                      "echo 'PID USER TIME COMMAND'\n")
     hello(daemon, container_id)
-    assert gone("4244")
+    assert gone("sleep 4244")
 
 
 def test_a_sigkilled_daemon_leaves_no_probe_running(start_daemon, targets, tmp_path):
@@ -47,11 +47,11 @@ def test_a_sigkilled_daemon_leaves_no_probe_running(start_daemon, targets, tmp_p
     container_id = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4245\n")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = pool.submit(hello, daemon, container_id)
-        wait_for(lambda: running("4245"), "the probe to start")
+        wait_for(lambda: running("sleep 4245"), "the probe to start")
         daemon.process.send_signal(signal.SIGKILL)
         with pytest.raises(grpc.RpcError):
             call.result(timeout=30)
-    assert gone("4245")
+    assert gone("sleep 4245")
 
 
 def test_daemon_shutdown_kills_running_probes(start_daemon, targets, tmp_path):
@@ -60,11 +60,11 @@ def test_daemon_shutdown_kills_running_probes(start_daemon, targets, tmp_path):
                                      "exec /bin/busybox sleep 4247\n")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = pool.submit(hello, daemon, container_id)
-        wait_for(lambda: running("4246") and running("4247"), "the probe to start")
+        wait_for(lambda: running("sleep 4246") and running("sleep 4247"), "the probe to start")
         daemon.process.terminate()
         with pytest.raises(grpc.RpcError):
             call.result(timeout=30)
-    assert gone("4246") and gone("4247")
+    assert gone("sleep 4246") and gone("sleep 4247")
 
 
 def test_next_start_kills_what_a_dead_daemon_left(start_daemon):
@@ -94,9 +94,9 @@ def test_a_live_daemons_probes_are_left_alone(start_daemon, targets, tmp_path):
     container_id = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4249\n")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = pool.submit(hello, first, container_id, 5)
-        wait_for(lambda: running("4249"), "the probe to start")
+        wait_for(lambda: running("sleep 4249"), "the probe to start")
         start_daemon()  # its sweep, done before it serves, spares live daemons
-        assert running("4249")
+        assert running("sleep 4249")
         with pytest.raises(grpc.RpcError):
             call.result(timeout=30)
-    assert gone("4249")
+    assert gone("sleep 4249")
