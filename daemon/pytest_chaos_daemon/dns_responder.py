@@ -1,0 +1,764 @@
+"""DNSChaos without touching the target's resolv.conf: a faulting DNS responder.
+
+Chaos Mesh points the target's ``/etc/resolv.conf`` at a patched CoreDNS and
+restores it from a backup afterwards; a restarted container loses the backup
+and keeps the chaos server. Here nothing in the target's filesystem changes:
+the daemon runs this program as root inside the target's network namespace
+and adds a port-53 REDIRECT there (``redirect_rule_specs``), so the target's
+queries, to whichever server, reach this responder on ``127.0.0.1:PORT``.
+
+For a query of type A or AAAA (class IN) whose name matches one of the
+patterns (every name when there is none), the responder answers itself:
+SERVFAIL (``--action error``) or one random address (``--action random``).
+Every other query is relayed unchanged to the upstream servers, from sockets
+carrying the firewall mark the REDIRECT rule skips, and the upstream's answer
+comes back unchanged. Over UDP and TCP alike.
+
+Run as ``python3 -m pytest_chaos_daemon.dns_responder --help``. It prints
+``ready`` once it listens and, on SIGTERM, one JSON line of counters.
+Importing the module has no side effects: the pattern, resolv.conf and
+command-line helpers are for the daemon too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import json
+import random
+import signal
+import socket
+import string
+import struct
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+__all__ = [
+    "check_pattern",
+    "main",
+    "parse_upstream",
+    "pattern_matches",
+    "redirect_rule_specs",
+    "resolv_conf_nameservers",
+    "responder_argv",
+]
+
+ACTIONS = ("error", "random")
+LISTEN_ADDRESS = "127.0.0.1"
+DNS_PORT = 53
+RANDOM_TTL = 5  # short, so caches forget the fake address soon after recovery
+DEFAULT_TIMEOUT_S = 2.0  # per upstream: two of them still fit glibc's 5 s per try
+
+TYPE_A = 1
+TYPE_AAAA = 28
+TYPE_IXFR = 251
+TYPE_AXFR = 252
+CLASS_IN = 1
+OPCODE_QUERY = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+
+FLAG_QR = 0x8000
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
+FLAG_CD = 0x0010
+
+MAX_NAME_OCTETS = 255  # RFC 1035 2.3.4, on the wire
+MAX_PATTERN_LENGTH = 253  # the longest name in text form, without the trailing dot
+MAX_PENDING = 512  # forwarded queries in flight; past it UDP queries are dropped (clients retry)
+MAX_TCP_CONNECTIONS = 256
+TCP_IDLE_TIMEOUT_S = 10.0
+
+SO_MARK = getattr(socket, "SO_MARK", 36)  # 36 on Linux
+_PATTERN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._?*")
+_PATTERN_FORM = (
+    "a pattern is a domain name such as 'example.com' (letters, digits, '-', '.' and '_'), "
+    "non-empty and at most 253 characters, where '?' stands for exactly one character and "
+    "'*', allowed only as the last character, for any rest ('example.*', 'api-?.example.com', '*')"
+)
+# DNS compares names case-insensitively in ASCII only (RFC 4343).
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_PLAIN_LABEL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
+
+
+# --- patterns -----------------------------------------------------------------------------------
+
+
+def check_pattern(pattern: str) -> str:
+    """The pattern in normal form (lower case, no trailing dot); ValueError saying what is wrong."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"DNS pattern {pattern!r} is not a string; {_PATTERN_FORM}")
+    # Checked before lowercasing: str.lower() maps some non-ASCII letters (the Kelvin sign) to ASCII.
+    bad = sorted({c for c in pattern if c not in _PATTERN_CHARACTERS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise ValueError(f"DNS pattern {pattern!r} contains {shown}, which is not allowed; {_PATTERN_FORM}")
+    normalised = pattern.translate(_ASCII_LOWER)
+    if normalised.endswith("."):
+        normalised = normalised[:-1]
+    if not normalised:
+        raise ValueError(f"DNS pattern {pattern!r} is empty; {_PATTERN_FORM}")
+    if len(normalised) > MAX_PATTERN_LENGTH:
+        raise ValueError(
+            f"DNS pattern {pattern[:40]!r}... is {len(normalised)} characters long, more than "
+            f"{MAX_PATTERN_LENGTH}; {_PATTERN_FORM}"
+        )
+    if "*" in normalised[:-1]:
+        raise ValueError(
+            f"DNS pattern {pattern!r} has '*' before its end: '*' is allowed only as the last character "
+            f"(for a prefix match), use '?' for one character; {_PATTERN_FORM}"
+        )
+    # An empty label can never be part of a name: a leading or doubled dot is a typo, not a match rule.
+    if ".." in normalised or normalised.startswith("."):
+        raise ValueError(f"DNS pattern {pattern!r} has an empty label (a leading or doubled '.'); {_PATTERN_FORM}")
+    return normalised
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Whether ``name`` matches ``pattern`` as Chaos Mesh's DNSChaos matches it.
+
+    Case-insensitive, a trailing dot ignored on both sides; ``?`` matches exactly one
+    character; a final ``*`` matches any, possibly empty, rest; otherwise the whole name
+    must match ("example.com" does not match "www.example.com").
+    """
+    return _matches_normalised(check_pattern(pattern), _normalise_name(name))
+
+
+def _normalise_name(name: str) -> str:
+    name = name.translate(_ASCII_LOWER)
+    return name[:-1] if name.endswith(".") else name
+
+
+def _matches_normalised(pattern: str, name: str) -> bool:
+    if pattern.endswith("*"):
+        fixed = pattern[:-1]
+        if len(name) < len(fixed):
+            return False
+        name = name[: len(fixed)]
+    else:
+        fixed = pattern
+        if len(name) != len(fixed):
+            return False
+    return all(p == "?" or p == c for p, c in zip(fixed, name))
+
+
+# --- helpers for the daemon ---------------------------------------------------------------------
+
+
+def resolv_conf_nameservers(text: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf, in order (IPv4 and IPv6 literals).
+
+    Comment lines (``#`` or ``;``), other keywords and values that are not IP literals are
+    ignored, as glibc ignores them. An IPv6 scope (``fe80::1%eth0``) is kept.
+    """
+    servers = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue  # comments start with '#' or ';', so they never read "nameserver"
+        try:
+            ipaddress.ip_address(fields[1])
+        except ValueError:
+            continue
+        servers.append(fields[1])
+    return servers
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT``, ``IPv6`` or ``[IPv6]:PORT`` as (address, port); ValueError otherwise."""
+    form = "expected IP[:PORT], e.g. 10.96.0.10, 10.96.0.10:53, fd00::10 or [fd00::10]:53"
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"upstream {text!r}: {form}")
+        port_text = rest[1:] if rest else ""
+        if rest and not port_text:
+            raise ValueError(f"upstream {text!r} has an empty port; {form}")
+    elif text.count(":") == 1:  # IPv4:PORT; a bare IPv6 address has more colons
+        host, port_text = text.split(":")
+        if not port_text:
+            raise ValueError(f"upstream {text!r} has an empty port; {form}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"upstream {text!r} is not an IP address; {form}") from None
+    port = DNS_PORT
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"upstream {text!r} has an invalid port; {form}")
+        port = int(port_text)
+    return host if "%" in host else str(address), port
+
+
+def responder_argv(port: int, mark: int, action: str, patterns: list[str], upstreams: list[str]) -> list[str]:
+    """The arguments after ``python3 -m pytest_chaos_daemon.dns_responder``; ValueError on bad input,
+    so the daemon refuses a request before it changes anything."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 1 and 65535")
+    _check_mark(mark)
+    if action not in ACTIONS:
+        raise ValueError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    if not upstreams:
+        raise ValueError("no upstream DNS server: non-matching queries would have nowhere to go")
+    argv = ["--port", str(port), "--mark", f"{mark:#x}", "--action", action]
+    # "--opt=value": a value starting with '-' must not read as an option.
+    argv += [f"--pattern={check_pattern(pattern)}" for pattern in patterns]
+    for upstream in upstreams:
+        parse_upstream(upstream)
+        argv.append(f"--upstream={upstream}")
+    return argv
+
+
+def redirect_rule_specs(port: int, mark: int) -> list[list[str]]:
+    """iptables rule specifications (after ``-t nat -A OUTPUT``) sending the namespace's port-53
+    queries, UDP and TCP, to the responder; the responder's own marked packets pass."""
+    _check_mark(mark)
+    return [
+        ["-p", protocol, "--dport", str(DNS_PORT), "-m", "mark", "!", "--mark", f"{mark:#x}/{mark:#x}",
+         "-j", "REDIRECT", "--to-ports", str(port)]
+        for protocol in ("udp", "tcp")
+    ]
+
+
+def _check_mark(mark: int) -> None:
+    if not 1 <= mark <= 0xFFFFFFFF:
+        raise ValueError(f"firewall mark {mark:#x} is not a non-zero 32-bit value")
+
+
+# --- DNS messages -------------------------------------------------------------------------------
+
+
+class MalformedMessage(ValueError):
+    """A message that cannot be a DNS query."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    id: int
+    flags: int
+    qdcount: int
+    ancount: int
+    nscount: int
+    arcount: int
+
+    SIZE = 12
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & FLAG_QR)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+    @classmethod
+    def decode(cls, message: bytes) -> Header:
+        if len(message) < cls.SIZE:
+            raise MalformedMessage(f"{len(message)} bytes, shorter than a DNS header")
+        return cls(*struct.unpack_from("!6H", message))
+
+    def encode(self) -> bytes:
+        return struct.pack("!6H", self.id, self.flags, self.qdcount, self.ancount, self.nscount, self.arcount)
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    labels: tuple[bytes, ...]  # as sent, case preserved
+    qtype: int
+    qclass: int
+
+    @property
+    def name(self) -> str:
+        """The name in text form with a trailing dot; bytes outside letters, digits, '-' and '_'
+        are escaped (\\DDD), so they can match a pattern only through '?' or '*'."""
+        return "".join(_label_text(label) + "." for label in self.labels) or "."
+
+    def encode(self) -> bytes:
+        return encode_name(self.labels) + struct.pack("!HH", self.qtype, self.qclass)
+
+
+def _label_text(label: bytes) -> str:
+    return "".join(chr(b) if chr(b) in _PLAIN_LABEL_CHARACTERS else f"\\{b:03d}" for b in label)
+
+
+def decode_name(message: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
+    """The labels of the name at ``offset`` and the offset just after it, following
+    compression pointers (RFC 1035 4.1.4); MalformedMessage on truncation, loops, bad labels."""
+    labels: list[bytes] = []
+    octets = 1
+    end = None  # where the name ends in the message: after the first pointer, if any
+    position = offset
+    while True:
+        if position >= len(message):
+            raise MalformedMessage("name runs past the end of the message")
+        length = message[position]
+        if length & 0xC0 == 0xC0:
+            if position + 1 >= len(message):
+                raise MalformedMessage("truncated compression pointer")
+            target = struct.unpack_from("!H", message, position)[0] & 0x3FFF
+            if end is None:
+                end = position + 2
+            # Only backwards, to before where this name started following it: no loops.
+            if target >= offset:
+                raise MalformedMessage("compression pointer does not point backwards")
+            offset = position = target
+            continue
+        if length & 0xC0:
+            raise MalformedMessage(f"unsupported label type {length >> 6:#b}")
+        position += 1
+        if length == 0:
+            break
+        if position + length > len(message):
+            raise MalformedMessage("label runs past the end of the message")
+        octets += length + 1
+        if octets > MAX_NAME_OCTETS:
+            raise MalformedMessage("name longer than 255 octets")
+        labels.append(message[position:position + length])
+        position += length
+    return tuple(labels), end if end is not None else position
+
+
+def encode_name(labels: Sequence[bytes]) -> bytes:
+    """A name without compression."""
+    out = bytearray()
+    for label in labels:
+        if not 0 < len(label) < 64:
+            raise ValueError(f"label of {len(label)} octets")
+        out.append(len(label))
+        out += label
+    out.append(0)
+    if len(out) > MAX_NAME_OCTETS:
+        raise ValueError("name longer than 255 octets")
+    return bytes(out)
+
+
+def decode_question(message: bytes, offset: int = Header.SIZE) -> Question:
+    labels, offset = decode_name(message, offset)
+    if offset + 4 > len(message):
+        raise MalformedMessage("question ends before its type and class")
+    qtype, qclass = struct.unpack_from("!HH", message, offset)
+    return Question(labels, qtype, qclass)
+
+
+def build_response(header: Header, question: Question | None, rcode: int, answers: Sequence[bytes] = ()) -> bytes:
+    """A reply to ``header``'s query: same id, opcode, RD and CD, with QR and RA set."""
+    flags = FLAG_QR | FLAG_RA | (header.flags & (0x7800 | FLAG_RD | FLAG_CD)) | rcode
+    reply = Header(header.id, flags, 1 if question else 0, len(answers), 0, 0).encode()
+    if question is not None:
+        reply += question.encode()
+    return reply + b"".join(answers)
+
+
+def address_record(qtype: int, address: bytes, ttl: int = RANDOM_TTL) -> bytes:
+    """An answer RR for the (only) question, its name a pointer to the question's at offset 12."""
+    return struct.pack("!HHHIH", 0xC000 | Header.SIZE, qtype, CLASS_IN, ttl, len(address)) + address
+
+
+def random_address(qtype: int, rng: random.Random) -> bytes:
+    """A random unicast address: IPv4 outside 0/8, 127/8 and 224.0.0.0 and above (multicast, reserved);
+    IPv6 from 2000::/3 (global unicast), so never loopback, unspecified or multicast."""
+    if qtype == TYPE_A:
+        first = rng.choice([n for n in range(1, 224) if n != 127])
+        return bytes([first, rng.randrange(256), rng.randrange(256), rng.randrange(1, 255)])
+    return bytes([rng.randrange(0x20, 0x40)]) + rng.randbytes(15)
+
+
+# --- the responder ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    port: int
+    mark: int
+    action: str
+    patterns: tuple[str, ...]  # normalised; empty means every name
+    upstreams: tuple[tuple[str, int], ...]
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+FORWARD = object()  # verdict: relay the query upstream
+
+
+class Responder:
+    """Decides per query, answers faults itself and relays the rest; counts what it did."""
+
+    def __init__(self, config: Config, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.counters = {"queries": 0, "faulted": 0, "forwarded": 0, "malformed": 0, "upstream_failures": 0}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending = 0  # forwarded UDP queries in flight
+        self._connections = 0
+
+    def matches(self, name: str) -> bool:
+        if not self.config.patterns:
+            return True
+        normalised = _normalise_name(name)
+        return any(_matches_normalised(pattern, normalised) for pattern in self.config.patterns)
+
+    def decide(self, message: bytes) -> bytes | object | None:
+        """The reply to send, FORWARD, or None to drop the message."""
+        self.counters["queries"] += 1
+        try:
+            header = Header.decode(message)
+        except MalformedMessage:
+            self.counters["malformed"] += 1
+            return None  # too short to reply to
+        if header.is_response:
+            self.counters["malformed"] += 1
+            return None  # never answer an answer: that could loop between two servers
+        if header.opcode != OPCODE_QUERY or header.qdcount != 1:
+            return FORWARD  # NOTIFY, UPDATE, cookie-only queries...: the upstream's business
+        try:
+            question = decode_question(message)
+        except MalformedMessage:
+            self.counters["malformed"] += 1
+            return build_response(header, None, RCODE_FORMERR)
+        if question.qtype not in (TYPE_A, TYPE_AAAA) or question.qclass != CLASS_IN:
+            return FORWARD
+        if not self.matches(question.name):
+            return FORWARD
+        self.counters["faulted"] += 1
+        if self.config.action == "error":
+            return build_response(header, question, RCODE_SERVFAIL)
+        answer = address_record(question.qtype, random_address(question.qtype, self.rng))
+        return build_response(header, question, 0, [answer])
+
+    def _upstream_failed(self, message: bytes) -> bytes | None:
+        # As a forwarding resolver does: SERVFAIL, so the client moves on at once.
+        self.counters["upstream_failures"] += 1
+        try:
+            header = Header.decode(message)
+            question = decode_question(message) if header.qdcount == 1 else None
+        except MalformedMessage:
+            return None
+        return build_response(header, question, RCODE_SERVFAIL)
+
+    def _marked_socket(self, family: int, kind: int) -> socket.socket:
+        sock = socket.socket(family, kind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.config.mark)  # skips the REDIRECT
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # UDP ------------------------------------------------------------------------------------
+
+    def on_datagram(self, message: bytes, client: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
+        verdict = self.decide(message)
+        if isinstance(verdict, bytes):
+            transport.sendto(verdict, client)
+        elif verdict is FORWARD:
+            if self._pending >= MAX_PENDING:
+                return  # overloaded: the client retransmits, as after a lost datagram
+            self._pending += 1
+            self._spawn(self._relay_udp(message, client, transport))
+
+    async def _relay_udp(self, message: bytes, client: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
+        try:
+            reply = await self._forward_udp(message)
+        finally:
+            self._pending -= 1
+        if reply is None:
+            reply = self._upstream_failed(message)
+        else:
+            self.counters["forwarded"] += 1
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, client)
+
+    async def _forward_udp(self, message: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.config.upstreams:
+            try:
+                family = _family(host)
+                with self._marked_socket(family, socket.SOCK_DGRAM) as sock:
+                    # Connected: the kernel drops datagrams from anyone but the upstream.
+                    await loop.sock_connect(sock, (host, port))
+                    await loop.sock_sendall(sock, message)
+                    deadline = loop.time() + self.config.timeout_s
+                    while True:
+                        reply = await asyncio.wait_for(loop.sock_recv(sock, 65535), deadline - loop.time())
+                        if reply[:2] == message[:2]:  # the same id: the answer to this query
+                            return reply
+            except (OSError, TimeoutError):
+                continue  # refused, unreachable or silent: the next upstream
+        return None
+
+    # TCP ------------------------------------------------------------------------------------
+
+    async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.current_task()
+        if connection is not None:
+            self._tasks.add(connection)
+        answering: set[asyncio.Task[None]] = set()
+        self._connections += 1
+        try:
+            if self._connections > MAX_TCP_CONNECTIONS:
+                return  # overloaded: the client sees the connection close and retries
+            while True:
+                try:
+                    message = await asyncio.wait_for(_read_message(reader), TCP_IDLE_TIMEOUT_S)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                    break
+                if message is None:
+                    break
+                # Each query on its own: a slow upstream answer does not hold up the next (RFC 7766 6.2.1.1).
+                task = asyncio.get_running_loop().create_task(self._answer_tcp(message, writer))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+            if answering:  # the client may half-close right after its query: answer it still
+                await asyncio.wait(answering, timeout=self.config.timeout_s * len(self.config.upstreams) + 1)
+        except asyncio.CancelledError:
+            pass  # shutting down; ending normally keeps asyncio from logging the cancelled handler
+        finally:
+            for task in answering:
+                task.cancel()
+            writer.close()
+            self._connections -= 1
+            if connection is not None:
+                self._tasks.discard(connection)
+
+    async def _answer_tcp(self, message: bytes, writer: asyncio.StreamWriter) -> None:
+        def send(reply: bytes) -> None:
+            if not writer.is_closing():
+                writer.write(struct.pack("!H", len(reply)) + reply)
+
+        verdict = self.decide(message)
+        if isinstance(verdict, bytes):
+            send(verdict)
+        elif verdict is FORWARD:
+            if not await self._forward_tcp(message, send):
+                reply = self._upstream_failed(message)
+                if reply is not None:
+                    send(reply)
+        else:
+            writer.close()  # nothing sensible to say: end the connection
+        try:
+            await writer.drain()
+        except OSError:
+            pass
+
+    async def _forward_tcp(self, message: bytes, send: Callable[[bytes], None]) -> bool:
+        """Relay over TCP; a zone transfer's answer spans several messages, all relayed."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.timeout_s
+        transfer = _qtype(message) in (TYPE_AXFR, TYPE_IXFR)
+        for host, port in self.config.upstreams:
+            relayed = False
+            writer = None
+            try:
+                sock = self._marked_socket(_family(host), socket.SOCK_STREAM)
+                try:
+                    await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+                except BaseException:
+                    sock.close()
+                    raise
+                reader, writer = await asyncio.open_connection(sock=sock)
+                writer.write(struct.pack("!H", len(message)) + message)
+                await asyncio.wait_for(writer.drain(), timeout)
+                while True:
+                    reply = await asyncio.wait_for(_read_message(reader), timeout)
+                    if reply is None:
+                        break
+                    send(reply)
+                    if not relayed:  # counted now: a transfer's end may come much later
+                        relayed = True
+                        self.counters["forwarded"] += 1
+                    if not transfer:
+                        break
+                if relayed:
+                    return True
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                if relayed:
+                    return True  # a transfer that went quiet or was cut: what came is relayed
+            finally:
+                if writer is not None:
+                    writer.close()
+        return False
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+
+
+async def _read_message(reader: asyncio.StreamReader) -> bytes | None:
+    """One length-prefixed message; None at a clean end of stream."""
+    try:
+        prefix = await reader.readexactly(2)
+    except asyncio.IncompleteReadError as error:
+        if not error.partial:
+            return None
+        raise
+    (length,) = struct.unpack("!H", prefix)
+    if length == 0:
+        return None
+    return await reader.readexactly(length)
+
+
+def _qtype(message: bytes) -> int | None:
+    try:
+        return decode_question(message).qtype
+    except MalformedMessage:
+        return None
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.responder.on_datagram(data, addr, self.transport)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: that client went away, nothing to do
+
+
+async def serve(config: Config, ready: Callable[[], None] = lambda: print("ready", flush=True)) -> dict[str, int]:
+    """Serve until SIGTERM or SIGINT; the counters."""
+    loop = asyncio.get_running_loop()
+    responder = Responder(config)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _UdpProtocol(responder), local_addr=(LISTEN_ADDRESS, config.port))
+    try:
+        server = await asyncio.start_server(responder.serve_tcp, LISTEN_ADDRESS, config.port, reuse_address=True)
+    except BaseException:
+        transport.close()
+        raise
+    try:
+        ready()
+        await stop.wait()
+    finally:
+        transport.close()
+        server.close()
+        await responder.close()
+        await server.wait_closed()
+    return responder.counters
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _mark(text: str) -> int:
+    try:
+        mark = int(text, 16)
+        _check_mark(mark)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-zero 32-bit hexadecimal mark, e.g. 0x2000") from None
+    return mark
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port between 1 and 65535")
+    return int(text)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 60")
+    return value
+
+
+def _checked(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def wrapped(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m pytest_chaos_daemon.dns_responder",
+        description=(
+            "DNSChaos responder. Run as root in the target's network namespace, next to an iptables "
+            "nat OUTPUT REDIRECT of port 53 (UDP and TCP) to --port that skips packets marked --mark. "
+            "A/AAAA queries for matching names get the fault; everything else is relayed unchanged to "
+            "the upstream servers. Prints 'ready' once listening; on SIGTERM, one JSON line of counters."
+        ),
+    )
+    parser.add_argument("--port", type=_port, required=True,
+                        help="port on 127.0.0.1 to listen on, UDP and TCP: the REDIRECT's --to-ports")
+    parser.add_argument("--mark", type=_mark, required=True,
+                        help="firewall mark (hexadecimal, e.g. 0x2000) set on the sockets that forward queries "
+                             "upstream; the REDIRECT rule must skip packets carrying it (-m mark ! --mark M/M)")
+    parser.add_argument("--action", choices=ACTIONS, required=True,
+                        help="error: answer matching A/AAAA queries SERVFAIL; random: answer them with one "
+                             f"random address (TTL {RANDOM_TTL} s)")
+    parser.add_argument("--pattern", dest="patterns", type=_checked(check_pattern), action="extend", nargs="+",
+                        default=[], metavar="PATTERN",
+                        help="name pattern to fault, repeatable; case-insensitive, trailing dot ignored, '?' is "
+                             "one character, '*' only as the last character is any rest; the whole name must "
+                             "match. None: every name")
+    parser.add_argument("--upstream", dest="upstreams", type=_checked(parse_upstream), action="extend", nargs="+",
+                        required=True, metavar="IP[:PORT]",
+                        help="DNS server for every other query, repeatable (IPv6 with a port: [IP]:PORT); "
+                             "tried in order, each for --timeout")
+    parser.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help=f"how long to wait for each upstream before trying the next (default "
+                             f"{DEFAULT_TIMEOUT_S})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Config(
+        port=args.port, mark=args.mark, action=args.action, patterns=tuple(dict.fromkeys(args.patterns)),
+        upstreams=tuple(args.upstreams), timeout_s=args.timeout,
+    )
+    if (LISTEN_ADDRESS, config.port) in config.upstreams:
+        print(f"error: upstream {LISTEN_ADDRESS}:{config.port} is the responder itself", file=sys.stderr)
+        return 2
+    # Without the mark, forwarded queries would come back through the REDIRECT: refuse to start.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, SO_MARK, config.mark)
+    except OSError as error:
+        print(f"error: cannot set the firewall mark (SO_MARK needs CAP_NET_ADMIN): {error}", file=sys.stderr)
+        return 1
+    try:
+        counters = asyncio.run(serve(config))
+    except OSError as error:
+        print(f"error: cannot serve on {LISTEN_ADDRESS}:{config.port}: {error}", file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(counters), flush=True)
+    except OSError:
+        pass  # whoever started us is gone: nobody to tell
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
