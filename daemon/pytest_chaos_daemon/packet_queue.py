@@ -1,0 +1,673 @@
+"""Netem's loss, delay, reorder, duplicate and corrupt, for kernels without netem.
+
+The daemon runs this program inside a target's network namespace (as root, with
+CAP_NET_ADMIN) and adds an iptables rule that sends the traffic to its queue::
+
+    iptables -t mangle -A POSTROUTING -o eth0 -m mark ! --mark 0x10000/0x10000 \\
+        -j NFQUEUE --queue-num 7 --queue-bypass
+    python3 -m pytest_chaos_daemon.packet_queue --queue 7 --mark-bit 0x10000 --delay-ms 100
+
+It binds the queue over nfnetlink_queue (an AF_NETLINK socket, NETLINK_NETFILTER)
+and gives every packet its verdict: NF_DROP for a lost packet, otherwise
+NF_REPEAT with the mark bit OR-ed in, once the packet's delay is over. The
+repeat runs the hook's table again: the rule above skips the packet (its bit is
+set) while the rules of other injections in the same chain, each with a bit of
+its own, still see it; that is how two faults on the same traffic compose.
+
+Lines on stdout: ``ready`` once the queue is bound and configured; on SIGTERM
+(or SIGINT) every held packet gets its verdict at once, the queue is unbound
+and one JSON line of counters follows, then exit status 0. Errors go to stderr
+with exit status 1 (2 for bad options).
+
+What the kernel gives: without NFQA_CFG_F_GSO it segments GSO packets before
+queueing them, so every packet is at most the device's MTU; with a copy of the
+packet it also completes CHECKSUM_PARTIAL checksums first, so a flipped bit
+leaves a checksum the receiver rejects. A packet longer than the copy range
+(65531 bytes; only on devices with such an MTU, e.g. lo) arrives truncated: it
+is delayed or dropped like any other, but neither duplicated nor corrupted.
+
+Hooks: ``egress`` (mangle POSTROUTING or OUTPUT) and ``ingress`` (mangle
+PREROUTING). Everything works on both. A duplicate is sent through a raw
+socket: on egress it leaves through the same device as the original; on
+ingress its destination is a local address, so it is delivered through ``lo``
+(its source address stays the peer's; rules matching ``-i eth0`` do not see it).
+
+If the program dies, the kernel drops the packets it held and later packets
+pass the rule untouched (``--queue-bypass``); when the program cannot keep up,
+NFQA_CFG_F_FAIL_OPEN accepts what does not fit in the queue or the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import heapq
+import json
+import math
+import os
+import random
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+__all__ = ["HOOKS", "bound_queues", "main", "queue_argv"]
+
+HOOKS = ("egress", "ingress")
+
+# include/uapi/linux/netlink.h, netfilter/nfnetlink.h, netfilter/nfnetlink_queue.h
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
+SO_RCVBUFFORCE = 33
+SO_MARK = 36
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+NFNETLINK_V0 = 0
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
+NFQNL_MSG_VERDICT = NFNL_SUBSYS_QUEUE << 8 | 1
+NFQNL_MSG_CONFIG = NFNL_SUBSYS_QUEUE << 8 | 2
+NFQNL_CFG_CMD_BIND = 1
+NFQNL_CFG_CMD_UNBIND = 2
+NFQNL_COPY_META = 1
+NFQNL_COPY_PACKET = 2
+NFQA_CFG_CMD = 1
+NFQA_CFG_PARAMS = 2
+NFQA_CFG_QUEUE_MAXLEN = 3
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 0x1
+NFQA_PACKET_HDR = 1
+NFQA_VERDICT_HDR = 2
+NFQA_MARK = 3
+NFQA_PAYLOAD = 10
+NFQA_CAP_LEN = 13
+NF_DROP = 0
+NF_REPEAT = 4
+# Hooks (NF_INET_*) that belong to each --hook; FORWARD packets may be queued from either side.
+HOOK_NUMBERS = {"ingress": {0, 1, 2}, "egress": {2, 3, 4}}
+
+COPY_RANGE = 65535  # the kernel caps it at 65531 (0xffff less an attribute header)
+QUEUE_MAXLEN = 16384
+RCVBUF = 16 << 20  # packets queued while we are busy wait here, not in fail-open
+RECV_SIZE = 1 << 17  # one packet message: up to 64 KiB of packet plus attributes
+RECV_BURST = 256  # packets read before due verdicts get their turn again
+SEND_CHUNK = 32 << 10  # verdicts sent together in one datagram, up to this size
+ACK_TIMEOUT_S = 5.0
+
+_NLMSGHDR = struct.Struct("=IHHII")  # host order, as every netlink header
+_NLATTR = struct.Struct("=HH")
+_NFGENMSG = struct.Struct("!BBH")  # res_id (the queue number) in network order
+_BE32 = struct.Struct("!I")
+_PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook
+_VERDICT = struct.Struct("!II4sI")  # verdict, id, the mark attribute's header, mark
+
+
+class QueueError(Exception):
+    """Binding or configuring the queue failed."""
+
+
+# --- options -----------------------------------------------------------------
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage: accepted values are 0 to 100")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative: accepted values are milliseconds >= 0")
+    return value
+
+
+def _queue_number(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: accepted values are 0 to 65535") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: accepted values are 0 to 65535")
+    return value
+
+
+def _mark_bit(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an integer: accepted values are one bit of the 32-bit mark, e.g. 0x10000") from None
+    if value <= 0 or value >= 1 << 32 or value & (value - 1):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a single bit: accepted values are powers of two from 0x1 to 0x80000000")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m pytest_chaos_daemon.packet_queue",
+        description=(
+            "Emulate netem's loss, delay, reorder, duplicate and corrupt on packets an iptables NFQUEUE rule "
+            "sends to an nfnetlink queue. Run as root inside the network namespace of the rule. Prints 'ready' "
+            "once the queue is bound; on SIGTERM releases every held packet, unbinds and prints a JSON line of "
+            "counters."),
+        epilog=(
+            "The rule must skip packets carrying the mark bit and should bypass the queue when no program is "
+            "bound, e.g.: iptables -t mangle -A POSTROUTING -o eth0 -m mark ! --mark 0x10000/0x10000 "
+            "-j NFQUEUE --queue-num 7 --queue-bypass"),
+    )
+    parser.add_argument("--queue", type=_queue_number, required=True, metavar="N",
+                        help="the nfnetlink queue number to bind, 0 to 65535 (the rule's --queue-num)")
+    parser.add_argument("--mark-bit", type=_mark_bit, required=True, metavar="BIT",
+                        help="one bit of the packet mark, e.g. 0x10000. Every packet let through leaves with its "
+                             "mark OR-ed with this bit (verdict NF_REPEAT), so the rule that queued it skips it "
+                             "and the rules of other injections in the same chain still see it; copies made by "
+                             "--duplicate carry it too")
+    parser.add_argument("--hook", choices=HOOKS, default="egress",
+                        help="where the rule queues packets: egress (mangle POSTROUTING or OUTPUT, the default) or "
+                             "ingress (mangle PREROUTING). On ingress a duplicate reaches the local socket "
+                             "through lo")
+    parser.add_argument("--loss", type=_percent, default=0.0, metavar="PCT",
+                        help="drop each packet with this probability, in percent (0 to 100)")
+    parser.add_argument("--delay-ms", type=_milliseconds, default=0.0, metavar="MS",
+                        help="hold each packet this many milliseconds (>= 0) before letting it through")
+    parser.add_argument("--jitter-ms", type=_milliseconds, default=0.0, metavar="MS",
+                        help="add a uniform random offset in [-MS, +MS] to each packet's delay, never going "
+                             "below 0 (MS >= 0); packets may overtake each other, as with netem")
+    parser.add_argument("--reorder", type=_percent, default=0.0, metavar="PCT",
+                        help="with --delay-ms: this percent of packets (0 to 100) go through at once, undelayed, "
+                             "overtaking held ones (netem's 'reorder PCT' without a gap)")
+    parser.add_argument("--duplicate", type=_percent, default=0.0, metavar="PCT",
+                        help="with this probability, in percent (0 to 100), also send a copy of the packet, as "
+                             "received, through a raw socket when the packet is let through")
+    parser.add_argument("--corrupt", type=_percent, default=0.0, metavar="PCT",
+                        help="with this probability, in percent (0 to 100), flip one random bit past the IP "
+                             "header, so the receiver drops the packet on its checksum")
+    parser.add_argument("--seed", type=_seed, default=None, metavar="N",
+                        help="seed the random generator, for repeatable runs")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.reorder and not options.delay_ms:
+        parser.error(f"argument --reorder: {options.reorder:g} needs --delay-ms above 0: only delayed packets "
+                     "can be overtaken")
+    return options
+
+
+def _format_number(value: float) -> str:
+    text = repr(float(value))
+    return text.removesuffix(".0")
+
+
+def queue_argv(queue: int, mark_bit: int, *, hook: str, loss: float = 0, delay_ms: float = 0,
+               jitter_ms: float = 0, reorder: float = 0, duplicate: float = 0, corrupt: float = 0) -> list[str]:
+    """The arguments after ``python3 -m pytest_chaos_daemon.packet_queue`` for these settings.
+
+    Checks them as the program would, raising ValueError, so a bad value fails in
+    the caller instead of in a program started inside a target.
+    """
+    if isinstance(queue, bool) or not isinstance(queue, int):
+        raise ValueError(f"--queue: {queue!r} is not an integer: accepted values are 0 to 65535")
+    if isinstance(mark_bit, bool) or not isinstance(mark_bit, int):
+        raise ValueError(f"--mark-bit: {mark_bit!r} is not an integer: accepted values are one bit, e.g. 0x10000")
+    if hook not in HOOKS:
+        raise ValueError(f"--hook: {hook!r} is not one of {', '.join(HOOKS)}")
+    argv = ["--queue", str(queue), "--mark-bit", hex(mark_bit), "--hook", hook]
+    checked = [("--queue", argv[1], _queue_number), ("--mark-bit", argv[3], _mark_bit)]
+    for option, value, check in (("--loss", loss, _percent), ("--delay-ms", delay_ms, _milliseconds),
+                                 ("--jitter-ms", jitter_ms, _milliseconds), ("--reorder", reorder, _percent),
+                                 ("--duplicate", duplicate, _percent), ("--corrupt", corrupt, _percent)):
+        if value:
+            text = _format_number(value)
+            argv += [option, text]
+            checked.append((option, text, check))
+    for option, text, check in checked:
+        try:
+            check(text)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"{option}: {error}") from None
+    if reorder and not delay_ms:
+        raise ValueError("--reorder: needs --delay-ms above 0")
+    return argv
+
+
+def bound_queues(net_dir: str = "/proc/self/net") -> set[int]:
+    """Queue numbers bound in the network namespace ``net_dir`` belongs to.
+
+    Reads ``<net_dir>/netfilter/nfnetlink_queue`` (one line per bound queue, its
+    number first); no file means the module is not loaded, so no queue is bound.
+    """
+    try:
+        with open(os.path.join(net_dir, "netfilter", "nfnetlink_queue")) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return set()
+    return {int(line.split()[0]) for line in lines if line.strip()}
+
+
+# --- netlink -----------------------------------------------------------------
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = _NLATTR.size + len(payload)
+    return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _nfq_message(msg_type: int, flags: int, seq: int, queue: int, attrs: bytes) -> bytes:
+    body = _NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue) + attrs
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def _messages(data: memoryview) -> Iterator[tuple[int, int, memoryview]]:
+    """(type, seq, body) of each netlink message in one datagram."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _portid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            break
+        yield kind, seq, data[offset + _NLMSGHDR.size:offset + length]
+        offset += (length + 3) & ~3
+
+
+def _attrs(data: memoryview) -> dict[int, memoryview]:
+    found = {}
+    offset = 0
+    while offset + _NLATTR.size <= len(data):
+        length, kind = _NLATTR.unpack_from(data, offset)
+        if length < _NLATTR.size or offset + length > len(data):
+            break
+        found[kind & NLA_TYPE_MASK] = data[offset + _NLATTR.size:offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def _error_code(body: memoryview) -> int:
+    """The (negative) errno of an NLMSG_ERROR message; 0 is an acknowledgement."""
+    return struct.unpack_from("=i", body)[0]
+
+
+class Held:
+    """A packet waiting for its verdict."""
+
+    __slots__ = ("due", "order", "packet_id", "mark", "payload", "copy")
+
+    def __init__(self, due: float, order: int, packet_id: int, mark: int, payload: bytes | None,
+                 copy: bytes | None) -> None:
+        self.due = due
+        self.order = order  # equal due times keep arrival order
+        self.packet_id = packet_id
+        self.mark = mark
+        self.payload = payload  # modified packet to hand back, or None
+        self.copy = copy  # duplicate to send at release, or None
+
+    def __lt__(self, other: Held) -> bool:
+        return (self.due, self.order) < (other.due, other.order)
+
+
+class PacketQueue:
+    """One bound queue and the faults applied to its packets."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.queue = options.queue
+        self.bit = options.mark_bit
+        self.random = random.Random(options.seed)
+        self.copy_mode = NFQNL_COPY_PACKET if (options.duplicate or options.corrupt) else NFQNL_COPY_META
+        self.counters = {"seen": 0, "dropped": 0, "delayed": 0, "reordered": 0, "duplicated": 0,
+                         "corrupted": 0,
+                         # Beyond netem's counters: packets copied short of their length and the longest
+                         # packet (both with packet copies only: metadata-only copies carry no length),
+                         # verdicts or duplicates that failed, the most a held packet was released late.
+                         "truncated": 0, "largest": 0, "errors": 0, "late_ms": 0.0}
+        self.held: list[Held] = []
+        self.order = 0
+        self.seq = 0
+        self.outgoing: list[bytes] = []
+        self.outgoing_size = 0
+        self.raw: dict[int, socket.socket] = {}
+        self.raw_marks: dict[int, int] = {}
+        self.errors_reported = 0
+        self.hooks = set(HOOK_NUMBERS[options.hook])  # expected, or already reported
+        self.passthrough = False  # when stopping: every packet goes through at once, untouched
+        self.buffer = bytearray(RECV_SIZE)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.sock.bind((0, 0))
+            with contextlib.suppress(OSError):  # without CAP_NET_ADMIN the default stays: fail-open covers it
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            # Overruns are handled by fail-open in the kernel; an ENOBUFS error here would tell us nothing.
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+            mark_header = _NLATTR.pack(_NLATTR.size + 4, NFQA_MARK)
+            self._verdict_prefix = _NLMSGHDR.pack(40, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, 0) + _NFGENMSG.pack(
+                socket.AF_UNSPEC, NFNETLINK_V0, self.queue) + _NLATTR.pack(12, NFQA_VERDICT_HDR)
+            self._mark_header = mark_header
+        except BaseException:
+            self.sock.close()
+            raise
+
+    # configuration
+
+    def _config(self, attrs: bytes) -> None:
+        """Send one config message and wait for its acknowledgement, handling packets meanwhile."""
+        self.seq += 1
+        seq = self.seq
+        self.sock.setblocking(True)
+        self.sock.send(_nfq_message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, self.queue, attrs))
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueueError(f"queue {self.queue}: no answer from the kernel")
+                self.sock.settimeout(remaining)
+                size = self.sock.recv_into(self.buffer)
+                for kind, reply_seq, body in _messages(memoryview(self.buffer)[:size]):
+                    if kind == NLMSG_ERROR and reply_seq == seq:
+                        code = _error_code(body)
+                        if code:
+                            raise QueueError(self._config_error(-code))
+                        return
+                    self._handle(kind, reply_seq, body)
+                self._flush()
+        finally:
+            self.sock.setblocking(False)
+
+    def _config_error(self, errno: int) -> str:
+        reason = os.strerror(errno)
+        if errno == 16:  # EBUSY
+            return f"queue {self.queue} is already bound by another program in this network namespace"
+        if errno == 1:  # EPERM: another socket owns the queue, or we lack the capability
+            if self.queue in bound_queues():
+                return f"queue {self.queue} is already bound by another program in this network namespace"
+            return f"binding queue {self.queue}: {reason} (CAP_NET_ADMIN in this network namespace is needed)"
+        return f"configuring queue {self.queue}: {reason}"
+
+    def bind(self) -> None:
+        # One message: the queue exists for only microseconds before it has its copy mode and flags
+        # (without a copy mode the kernel drops what it queues).
+        self._config(
+            _attr(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_BIND, 0, socket.AF_UNSPEC))
+            + _attr(NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, self.copy_mode))
+            + _attr(NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(QUEUE_MAXLEN))
+            + _attr(NFQA_CFG_MASK, _BE32.pack(NFQA_CFG_F_FAIL_OPEN))
+            + _attr(NFQA_CFG_FLAGS, _BE32.pack(NFQA_CFG_F_FAIL_OPEN)))
+
+    def unbind(self) -> None:
+        self._config(_attr(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_UNBIND, 0, socket.AF_UNSPEC)))
+
+    # packets
+
+    def _handle(self, kind: int, seq: int, body: memoryview) -> None:
+        if kind == NFQNL_MSG_PACKET:
+            self._packet(_attrs(body[_NFGENMSG.size:]))
+        elif kind == NLMSG_ERROR:
+            code = _error_code(body)
+            if code:
+                self._error(f"the kernel refused a verdict: {os.strerror(-code)}")
+
+    def _packet(self, attrs: dict[int, memoryview]) -> None:
+        header = attrs.get(NFQA_PACKET_HDR)
+        if header is None:
+            return
+        packet_id, _protocol, hook = _PACKET_HDR.unpack_from(header)
+        if hook not in self.hooks:
+            # A rule in the wrong chain: the faults still apply, but the daemon should hear of it.
+            self.hooks.add(hook)
+            self._error(f"packet from netfilter hook {hook}, not on {self.options.hook}: check the rule's chain")
+        mark = _BE32.unpack_from(attrs[NFQA_MARK])[0] if NFQA_MARK in attrs else 0
+        payload = attrs.get(NFQA_PAYLOAD)
+        copied = len(payload) if payload is not None else 0
+        # CAP_LEN (the packet's length) comes only with a packet copy shorter than the packet.
+        length = _BE32.unpack_from(attrs[NFQA_CAP_LEN])[0] if NFQA_CAP_LEN in attrs else copied
+        counters = self.counters
+        counters["seen"] += 1
+        if length > counters["largest"]:
+            counters["largest"] = length
+        if self.passthrough:
+            self._verdict(packet_id, NF_REPEAT, mark | self.bit, None)
+            return
+        options = self.options
+        draw = self.random.random
+        if options.loss and draw() * 100 < options.loss:
+            counters["dropped"] += 1
+            self._verdict(packet_id, NF_DROP, mark, None)
+            return
+        whole = payload is not None and copied == length
+        if payload is not None and not whole:
+            counters["truncated"] += 1
+        copy = None
+        if options.duplicate and draw() * 100 < options.duplicate and whole:
+            copy = bytes(payload)
+        changed = None
+        if options.corrupt and draw() * 100 < options.corrupt and whole:
+            changed = _flip_bit(payload, self.random)
+            if changed is not None:
+                counters["corrupted"] += 1
+        delay = options.delay_ms
+        if options.jitter_ms:
+            delay = max(0.0, delay + self.random.uniform(-options.jitter_ms, options.jitter_ms))
+        if options.reorder and draw() * 100 < options.reorder:
+            counters["reordered"] += 1
+            delay = 0.0
+        if delay > 0:
+            counters["delayed"] += 1
+            self.order += 1
+            heapq.heappush(self.held, Held(time.monotonic() + delay / 1000, self.order, packet_id, mark,
+                                           changed, copy))
+            return
+        self._release(packet_id, mark, changed, copy)
+
+    def _release(self, packet_id: int, mark: int, payload: bytes | None, copy: bytes | None) -> None:
+        if copy is not None:
+            self._duplicate(copy, mark | self.bit)
+        self._verdict(packet_id, NF_REPEAT, mark | self.bit, payload)
+
+    def _verdict(self, packet_id: int, verdict: int, mark: int, payload: bytes | None) -> None:
+        if payload is None:
+            message = self._verdict_prefix + _VERDICT.pack(verdict, packet_id, self._mark_header, mark)
+        else:
+            message = _nfq_message(
+                NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, self.queue,
+                _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+                + _attr(NFQA_MARK, _BE32.pack(mark)) + _attr(NFQA_PAYLOAD, payload))
+        if self.outgoing_size + len(message) > SEND_CHUNK:
+            self._flush()
+        self.outgoing.append(message)
+        self.outgoing_size += len(message)
+
+    def _flush(self) -> None:
+        """Send the verdicts gathered so far, several netlink messages to a datagram."""
+        if not self.outgoing:
+            return
+        data = b"".join(self.outgoing)
+        self.outgoing.clear()
+        self.outgoing_size = 0
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            # The kernel handles netlink requests as they are sent; should it ever push back, wait.
+            self.sock.setblocking(True)
+            try:
+                self.sock.send(data)
+            finally:
+                self.sock.setblocking(False)
+        except OSError as error:
+            self._error(f"sending verdicts: {error}")
+
+    def _duplicate(self, packet: bytes, mark: int) -> None:
+        version = packet[0] >> 4
+        try:
+            if version == 4:
+                family, destination = socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packet[16:20]), 0)
+            elif version == 6:
+                family, destination = socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packet[24:40]), 0)
+            else:
+                return
+            raw = self.raw.get(family)
+            if raw is None:
+                # IPPROTO_RAW: the packet carries its own IP header (IP_HDRINCL implied).
+                raw = self.raw[family] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            if self.raw_marks.get(family) != mark:
+                raw.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)  # the copy skips our rule
+                self.raw_marks[family] = mark
+            raw.sendto(packet, destination)
+        except OSError as error:
+            self._error(f"sending a duplicate: {error}")
+            return
+        self.counters["duplicated"] += 1
+
+    def _error(self, message: str) -> None:
+        self.counters["errors"] += 1
+        if self.errors_reported < 10:  # a stuck error must not flood the daemon's log
+            self.errors_reported += 1
+            print(f"packet_queue: {message}", file=sys.stderr, flush=True)
+
+    # the event loop
+
+    def _release_due(self) -> float | None:
+        """Give held packets whose time has come their verdict; seconds until the next one is due."""
+        held = self.held
+        while held:
+            now = time.monotonic()
+            first = held[0]
+            if first.due > now:
+                return first.due - now
+            heapq.heappop(held)
+            late = (now - first.due) * 1000
+            if late > self.counters["late_ms"]:
+                self.counters["late_ms"] = round(late, 3)
+            self._release(first.packet_id, first.mark, first.payload, first.copy)
+        return None
+
+    def _read(self) -> bool:
+        """Handle the packets waiting on the socket, up to a burst; whether any were read."""
+        view = memoryview(self.buffer)
+        for count in range(RECV_BURST):
+            try:
+                size = self.sock.recv_into(self.buffer)
+            except BlockingIOError:
+                return count > 0
+            for kind, seq, body in _messages(view[:size]):
+                self._handle(kind, seq, body)
+        return True
+
+    def run(self, wakeup: socket.socket) -> None:
+        """Serve the queue until a signal arrives on ``wakeup``."""
+        self.sock.setblocking(False)
+        # select() takes microseconds; epoll rounds its timeout up to whole milliseconds.
+        selector = selectors.SelectSelector()
+        selector.register(self.sock, selectors.EVENT_READ, "queue")
+        selector.register(wakeup, selectors.EVENT_READ, "signal")
+        try:
+            while True:
+                timeout = self._release_due()
+                self._flush()
+                for key, _events in selector.select(timeout):
+                    if key.data == "signal":
+                        return
+                    self._read()
+                    self._flush()
+        finally:
+            selector.close()
+
+    def stop(self) -> None:
+        """Let every packet through at once, then unbind: nothing held is lost."""
+        self.passthrough = True
+        # A zero-length queue with fail-open accepts new packets without queueing them.
+        with contextlib.suppress(QueueError, OSError):
+            self._config(_attr(NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(0)))
+        while self.held:
+            held = heapq.heappop(self.held)
+            self._release(held.packet_id, held.mark, held.payload, held.copy)
+        self._flush()
+        while self._read():  # packets queued before the queue closed
+            self._flush()
+        self._flush()
+        self.unbind()
+
+    def close(self) -> None:
+        self.sock.close()
+        for raw in self.raw.values():
+            raw.close()
+
+
+def _flip_bit(payload: memoryview, rng: random.Random) -> bytes | None:
+    """The packet with one random bit flipped past its IP header; None if nothing follows the header."""
+    version = payload[0] >> 4 if len(payload) else 0
+    if version == 4:
+        header = (payload[0] & 0x0F) * 4
+    elif version == 6:
+        header = 40
+    else:
+        header = 0
+    if len(payload) <= header:
+        return None
+    changed = bytearray(payload)
+    changed[rng.randrange(header, len(changed))] ^= 1 << rng.randrange(8)
+    return bytes(changed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    # Signals only wake the loop; the work happens between packets, never inside a handler.
+    wakeup, wakeup_writer = socket.socketpair()
+    wakeup.setblocking(False)
+    wakeup_writer.setblocking(False)
+    signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    try:
+        queue = PacketQueue(options)
+    except OSError as error:
+        print(f"packet_queue: cannot open a netfilter netlink socket: {error}", file=sys.stderr)
+        return 1
+    # Held packets make many long-lived objects; the collector's passes over them would delay releases,
+    # and nothing here makes reference cycles.
+    gc.disable()
+    try:
+        queue.bind()
+        print("ready", flush=True)
+        queue.run(wakeup)
+        queue.stop()
+    except (QueueError, OSError) as error:
+        print(f"packet_queue: {error}", file=sys.stderr)
+        return 1
+    finally:
+        queue.close()
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(queue.counters), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
