@@ -30,6 +30,7 @@ class Target:
     pod_uid: str | None = None  # the selected pod's, so a same-name replacement is never mistaken for it
     container: str | None = None
     node: str | None = None
+    address: str | None = None  # the pod's IP, where the backend knows it (network faults' peers)
     daemon: str = ""  # address of the daemon that applied the fault
     injection_id: str = ""
     state: str = "pending"  # applied, recovered, expired (the daemon recovered it), failed
@@ -68,6 +69,7 @@ class Experiment:
 
     spec: ExperimentSpec
     targets: list[Target] = dataclasses.field(default_factory=list)
+    peers: list[Target] = dataclasses.field(default_factory=list)  # what a network fault's ``target`` selected
     # pending, applied (in force), recovered (in teardown), expired (recovered by
     # the daemon: its duration or lease ran out), failed (with ``detail``).
     # Updated while the test runs, so a test can wait for a duration to pass.
@@ -100,5 +102,10 @@ class Experiment:
         ids = ", ".join(t.container_id for t in self.targets)
         line = f"chaos {self.spec.describe()}: {n} target{'s' if n != 1 else ''}"
         line += f" [{ids}]" if ids else ""
+        if self.peers:
+            line += f" with {len(self.peers)} peer{'s' if len(self.peers) != 1 else ''} " \
+                    f"[{', '.join(p.address or p.container_id for p in self.peers)}]"
         line += f" {self.outcome}"
-        return f"{line} ({self.detail})" if self.detail else line
+        line = f"{line} ({self.detail})" if self.detail else line
+        mechanisms = sorted({t.mechanism for t in self.targets if t.mechanism})
+        return f"{line}; mechanism: {', '.join(mechanisms)}" if mechanisms else line

@@ -64,7 +64,9 @@ class ChaosSession:
                     f"mode {spec.mode!r} with value {spec.value:g} picked none of {len(candidates)} "
                     f"candidates (seed {self.seed}): no target is selected"
                 )
-            self._inject_all(experiment, f"{self._owner} {test_id}".strip())
+            peers = self._peers(spec, random.Random(f"{self.seed}:{test_id}:{index}:target"))
+            experiment.peers = peers
+            self._inject_all(experiment, f"{self._owner} {test_id}".strip(), peers)
         except ChaosError as err:
             experiment.outcome, experiment.detail = "failed", str(err)
             raise
@@ -101,7 +103,18 @@ class ChaosSession:
         self._clients.clear()
         self.backend.close()
 
-    def _inject_all(self, experiment: Experiment, owner: str) -> None:
+    def _peers(self, spec: ExperimentSpec, rng: random.Random) -> list[Target]:
+        """What a network fault's ``target`` selects, picked by its own mode (Chaos Mesh's second selector)."""
+        selection = spec.params.get("target")
+        if selection is None:
+            return []
+        candidates = self.backend.candidates(selection["selector"], None)
+        peers = [peer for unit in choose(candidates, selection["mode"], selection["value"], rng) for peer in unit]
+        if not peers:
+            raise ChaosError(f"the fault's target {selection['selector']!r} selects no peer ({self.backend.describe()})")
+        return peers
+
+    def _inject_all(self, experiment: Experiment, owner: str, peers: Sequence[Target] = ()) -> None:
         kind = KINDS[experiment.kind]
         for target in experiment.targets:
             target.injection_id = uuid.uuid4().hex
@@ -110,7 +123,8 @@ class ChaosSession:
 
         def inject(target: Target) -> None:
             ctx = InjectContext(self.client(target.daemon) if kind.uses_daemon else None, self.backend,
-                                self.leases.lease_s, experiment.spec.duration, owner, tuple(experiment.targets))
+                                self.leases.lease_s, experiment.spec.duration, owner, tuple(experiment.targets),
+                                tuple(peers))
             kind.inject(ctx, target, experiment.spec.params)
 
         errors = self._each_target(experiment.targets, inject)

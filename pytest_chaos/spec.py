@@ -43,9 +43,34 @@ def build_spec(backend: Backend, args: Sequence[Any], kwargs: Mapping[str, Any])
         ):
             raise ChaosSpecError("container_names", f"must be a list of container names; got {container_names!r}")
         container_names = tuple(container_names)
+    if getattr(kind, "peer_selection", False) and "target" in kwargs:
+        kwargs["target"] = check_peer_selection(backend, kwargs["target"])
     params = kind.check_params(kwargs)
     checked_selector = backend.check_selector(selector, container_names)
     return ExperimentSpec(kind_name, checked_selector, mode, value, duration, container_names, params)
+
+
+PEER_SELECTION_KEYS = ("selector", "mode", "value")
+
+
+def check_peer_selection(backend: Backend, target: object) -> dict[str, Any]:
+    """A network fault's ``target``: a second selection, as Chaos Mesh's ``{selector, mode, value}``."""
+    if not isinstance(target, Mapping) or "selector" not in target:
+        raise ChaosSpecError("target", f"must be a dict with a selector (and optionally mode and value), like "
+                                       f"{{'selector': {{...}}, 'mode': 'all'}}; got {target!r}")
+    unknown = sorted(map(str, set(target) - set(PEER_SELECTION_KEYS)))
+    if unknown:
+        raise ChaosSpecError(f"target.{unknown[0]}", f"unknown field; accepted: {', '.join(PEER_SELECTION_KEYS)}")
+    selector = target["selector"]
+    if not isinstance(selector, Mapping):
+        raise ChaosSpecError("target.selector", f"must be a dict; got {type(selector).__name__}")
+    mode = target.get("mode", "all")
+    try:
+        value = check_mode(mode, target.get("value"))
+        checked = backend.check_selector(selector, None)
+    except ChaosSpecError as err:
+        raise ChaosSpecError(f"target.{err.field}", err.message) from None
+    return {"selector": checked, "mode": mode, "value": value}
 
 
 def check_duration(duration: object) -> float | None:

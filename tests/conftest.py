@@ -13,6 +13,7 @@ import pytest
 
 from conftest import require
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from tests.network_bed import NetworkBed
 
 pytest_plugins = ["pytester"]
 
@@ -80,3 +81,17 @@ def daemon(start_daemon: Callable[..., RunningDaemon]) -> RunningDaemon:
 @pytest.fixture(autouse=True)
 def _root_only() -> None:
     require(os.geteuid() == 0, "root (entering namespaces needs it)")
+
+
+@pytest.fixture
+def network_bed() -> Iterator[NetworkBed]:
+    """A bridge of its own with targets that talk to each other (tests/network_bed.py); removed after the test."""
+    with NetworkBed() as bed:
+        yield bed
+
+
+@pytest.fixture(scope="module")
+def module_network_bed() -> Iterator[NetworkBed]:
+    """A network bed for a module: its targets exist before a chaos marker's selector is resolved."""
+    with NetworkBed() as bed:
+        yield bed

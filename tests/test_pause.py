@@ -82,8 +82,8 @@ def test_the_marker_pauses_the_target_during_the_test_and_recovers_it_after(pyte
 
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        f"chaos container-pause mode=all: 1 target [[]{counting.container_id}[]] applied",
-        f"*test_app: chaos container-pause mode=all: 1 target [[]{counting.container_id}[]] recovered",
+        f"chaos container-pause mode=all: 1 target [[]{counting.container_id}[]] applied*",
+        f"*test_app: chaos container-pause mode=all: 1 target [[]{counting.container_id}[]] recovered*",
     ])
     assert counting.thawed()
     counting.wait_advancing()

@@ -267,7 +267,7 @@ def test_app(chaos):
 """, "-rA")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*Captured chaos teardown*",
-                                 f"chaos stress mode=all: 1 target [[]containerd://{container}[]] recovered"])
+                                 f"chaos stress mode=all: 1 target [[]containerd://{container}[]] recovered*"])
     assert stress_ng_processes() == []
 
 

@@ -75,14 +75,16 @@ class ChildProcesses:
         self._started: dict[str, Started] = {}  # by tracking cgroup path
 
     async def run(
-        self, argv: Sequence[str], timeout_s: float, pass_fds: Sequence[int] = (), probe: Probe | None = None
+        self, argv: Sequence[str], timeout_s: float, pass_fds: Sequence[int] = (), probe: Probe | None = None,
+        stdin: str | None = None,
     ) -> Completed:
-        """Run ``argv``; ``probe`` is the tracking cgroup the program joins (the confine helper does)."""
+        """Run ``argv`` (fed ``stdin``, if given); ``probe`` is the tracking cgroup the program joins (the
+        confine helper does)."""
         # A session of its own: without a tracking cgroup, the process group
         # is what a timeout kills.
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -91,6 +93,11 @@ class ChildProcesses:
         )
         self._running[process] = probe
         try:
+            if stdin is not None:
+                assert process.stdin is not None
+                process.stdin.write(stdin.encode())
+                await asyncio.wait_for(process.stdin.drain(), timeout_s)
+                process.stdin.close()
             (stdout, truncated), (stderr, _) = await asyncio.wait_for(
                 asyncio.gather(
                     self._read(process.stdout, self.output_limit, process, probe),
@@ -231,15 +238,35 @@ class Confiner:
         ready within ``timeout_s`` (the caller stops ``cgroup`` then)."""
         inputs = confinement(target, procfs.cgroup_mounts(), self._skip, namespaces, user)
         try:
-            track = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as err:
-            inputs.close()
-            raise FailedPrecondition(f"the tracking cgroup {cgroup} is gone: {err.strerror}") from None
-        argv = [self.helper, "--track-fd", str(track), *inputs.args, "--", *program]
-        try:
-            started = await self.children.start(argv, [*inputs.fds, track], cgroup, env)
+            return await self._start(inputs.args, inputs.fds, program, cgroup, ready, env, timeout_s,
+                                     target.description)
         finally:
             inputs.close()
+
+    async def start_in_netns(
+        self, netns_fd: int, program: Sequence[str], cgroup: str, ready: Callable[[], bool], where: str,
+        env: Mapping[str, str] | None = None, timeout_s: float = START_TIMEOUT_S,
+    ) -> str:
+        """Start one of the daemon's own programs as root, with the daemon's capabilities, in the network
+        namespace ``netns_fd`` and in no other namespace or cgroup of a target's (a network fault's packet
+        queue or DNS responder); otherwise as ``start``."""
+        own = procfs.read_status(os.getpid())
+        args = ["--ns-fd", f"net:{netns_fd}", "--uid", "0", "--gid", "0",
+                "--cap-bnd", f"{own.cap_bnd:x}", "--cap-eff", f"{own.cap_eff & own.cap_prm:x}", "--cap-inh", "0"]
+        return await self._start(args, [netns_fd], program, cgroup, ready, env, timeout_s, where)
+
+    async def _start(
+        self, confine_args: Sequence[str], fds: Sequence[int], program: Sequence[str], cgroup: str,
+        ready: Callable[[], bool], env: Mapping[str, str] | None, timeout_s: float, where: str,
+    ) -> str:
+        try:
+            track = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise FailedPrecondition(f"the tracking cgroup {cgroup} is gone: {err.strerror}") from None
+        argv = [self.helper, "--track-fd", str(track), *confine_args, "--", *program]
+        try:
+            started = await self.children.start(argv, [*fds, track], cgroup, env)
+        finally:
             os.close(track)
         exited = asyncio.ensure_future(started.process.wait())
         deadline = time.monotonic() + timeout_s
@@ -247,12 +274,12 @@ class Confiner:
             while not ready():
                 if time.monotonic() > deadline:
                     raise FailedPrecondition(f"{program[0]} did not start within {timeout_s:g}s in target "
-                                             f"{target.description}")
+                                             f"{where}")
                 done, _ = await asyncio.wait({exited}, timeout=0.02)
                 if done:
                     output, _ = await started.output
                     raise _start_failure(Completed(argv, exited.result(), output.decode(errors="replace"), ""),
-                                         target.description)
+                                         where)
         finally:
             exited.cancel()
         return cgroup

@@ -255,6 +255,7 @@ def _containers(pod: Any, container_names: Sequence[str] | None) -> list[Target]
                     pod_uid=pod.metadata.uid,
                     container=name,
                     node=pod.spec.node_name,
+                    address=pod.status.pod_ip,
                 )
             )
     return targets

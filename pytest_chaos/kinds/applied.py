@@ -33,10 +33,14 @@ class AppliedKind:
         """The kind's ApplyRequest field."""
         raise NotImplementedError
 
+    def build(self, ctx: InjectContext, params: Mapping[str, Any]) -> Message:
+        """The message for one injection; kinds that need the experiment's context (its peers) override it."""
+        return self.message(params)
+
     def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
         assert ctx.client is not None
         reply = ctx.client.apply(
-            target.container_id, target.injection_id, {self.field: self.message(params)}, ctx.lease_s, ctx.owner,
+            target.container_id, target.injection_id, {self.field: self.build(ctx, params)}, ctx.lease_s, ctx.owner,
             ctx.duration_s if self.recoverable else None,
         )
         target.pid = reply.status.pid

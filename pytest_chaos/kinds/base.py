@@ -21,6 +21,7 @@ class InjectContext:
     duration_s: float | None  # the daemon recovers the fault this long after applying it
     owner: str  # who applied it, for the daemon's listings
     targets: tuple[Target, ...] = ()  # every target of the experiment (pod-kill acts once per pod)
+    peers: tuple[Target, ...] = ()  # what the experiment's ``target`` selected (network kinds)
 
 
 class FaultKind(Protocol):

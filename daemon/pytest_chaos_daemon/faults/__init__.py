@@ -9,10 +9,18 @@ from __future__ import annotations
 from .base import Fault, FaultContext, Plan
 from .container_kill import ContainerKill
 from .container_pause import ContainerPause
+from .dns import Dns
+from .network_bandwidth import NetworkBandwidth
+from .network_emulation import NetworkEmulation
+from .network_partition import NetworkPartition
 from .process_kill import ProcessKill
 from .stress import Stress
 
-FAULTS: dict[str, Fault] = {fault.kind: fault for fault in (ContainerKill(), ContainerPause(), ProcessKill(), Stress())}
+NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
+                          for name in ("loss", "delay", "duplicate", "corrupt"))
+FAULTS: dict[str, Fault] = {fault.kind: fault for fault in (
+    ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(), *NETWORK_EMULATION,
+    NetworkBandwidth(), Dns())}
 # The ApplyRequest field that names each kind.
 BY_FIELD: dict[str, Fault] = {fault.field: fault for fault in FAULTS.values()}
 

@@ -110,8 +110,117 @@ class Stress(_message.Message):
     memory: Stress.Memory
     def __init__(self, cpu: _Optional[_Union[Stress.Cpu, _Mapping]] = ..., memory: _Optional[_Union[Stress.Memory, _Mapping]] = ...) -> None: ...
 
+class NetworkScope(_message.Message):
+    __slots__ = ("device", "direction", "peers", "peer_container_ids")
+    class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        DIRECTION_TO: _ClassVar[NetworkScope.Direction]
+        DIRECTION_FROM: _ClassVar[NetworkScope.Direction]
+        DIRECTION_BOTH: _ClassVar[NetworkScope.Direction]
+    DIRECTION_TO: NetworkScope.Direction
+    DIRECTION_FROM: NetworkScope.Direction
+    DIRECTION_BOTH: NetworkScope.Direction
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    PEER_CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    direction: NetworkScope.Direction
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    peer_container_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device: _Optional[str] = ..., direction: _Optional[_Union[NetworkScope.Direction, str]] = ..., peers: _Optional[_Iterable[str]] = ..., peer_container_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NetworkPartition(_message.Message):
+    __slots__ = ("scope",)
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ...) -> None: ...
+
+class NetworkLoss(_message.Message):
+    __slots__ = ("scope", "loss", "correlation")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    loss: float
+    correlation: float
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., loss: _Optional[float] = ..., correlation: _Optional[float] = ...) -> None: ...
+
+class NetworkDelay(_message.Message):
+    __slots__ = ("scope", "latency", "jitter", "correlation", "reorder")
+    class Reorder(_message.Message):
+        __slots__ = ("reorder", "correlation", "gap")
+        REORDER_FIELD_NUMBER: _ClassVar[int]
+        CORRELATION_FIELD_NUMBER: _ClassVar[int]
+        GAP_FIELD_NUMBER: _ClassVar[int]
+        reorder: float
+        correlation: float
+        gap: int
+        def __init__(self, reorder: _Optional[float] = ..., correlation: _Optional[float] = ..., gap: _Optional[int] = ...) -> None: ...
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    REORDER_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    latency: _duration_pb2.Duration
+    jitter: _duration_pb2.Duration
+    correlation: float
+    reorder: NetworkDelay.Reorder
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., correlation: _Optional[float] = ..., reorder: _Optional[_Union[NetworkDelay.Reorder, _Mapping]] = ...) -> None: ...
+
+class NetworkDuplicate(_message.Message):
+    __slots__ = ("scope", "duplicate", "correlation")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    duplicate: float
+    correlation: float
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., duplicate: _Optional[float] = ..., correlation: _Optional[float] = ...) -> None: ...
+
+class NetworkCorrupt(_message.Message):
+    __slots__ = ("scope", "corrupt", "correlation")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    corrupt: float
+    correlation: float
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., corrupt: _Optional[float] = ..., correlation: _Optional[float] = ...) -> None: ...
+
+class NetworkBandwidth(_message.Message):
+    __slots__ = ("scope", "rate", "limit", "buffer", "peakrate", "minburst")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    PEAKRATE_FIELD_NUMBER: _ClassVar[int]
+    MINBURST_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    rate: int
+    limit: int
+    buffer: int
+    peakrate: int
+    minburst: int
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., rate: _Optional[int] = ..., limit: _Optional[int] = ..., buffer: _Optional[int] = ..., peakrate: _Optional[int] = ..., minburst: _Optional[int] = ...) -> None: ...
+
+class Dns(_message.Message):
+    __slots__ = ("action", "patterns")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_ERROR: _ClassVar[Dns.Action]
+        ACTION_RANDOM: _ClassVar[Dns.Action]
+    ACTION_ERROR: Dns.Action
+    ACTION_RANDOM: Dns.Action
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    action: Dns.Action
+    patterns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, action: _Optional[_Union[Dns.Action, str]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +228,13 @@ class ApplyRequest(_message.Message):
     CONTAINER_PAUSE_FIELD_NUMBER: _ClassVar[int]
     PROCESS_KILL_FIELD_NUMBER: _ClassVar[int]
     STRESS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_LOSS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_DELAY_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
     duration: _duration_pb2.Duration
@@ -126,7 +242,14 @@ class ApplyRequest(_message.Message):
     container_pause: ContainerPause
     process_kill: ProcessKill
     stress: Stress
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ...) -> None: ...
+    network_partition: NetworkPartition
+    network_loss: NetworkLoss
+    network_delay: NetworkDelay
+    network_duplicate: NetworkDuplicate
+    network_corrupt: NetworkCorrupt
+    network_bandwidth: NetworkBandwidth
+    dns: Dns
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes")

@@ -1,0 +1,54 @@
+"""Recovery every network fault shares: find the namespace again, remove what carries the fault's tag, stop
+the programs it left running, and check from outside that nothing of it is left."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import FailedPrecondition
+from ..journal import Record
+from . import network_rules as rules
+from .base import FaultContext
+
+
+class NetworkFault:
+    """Base of the network kinds: ``plan`` journals ``netns`` (the namespace's inode), ``tag`` and, for kinds
+    that leave programs running, their tracking ``cgroups``."""
+
+    kind = ""
+    field = ""
+    recoverable = True
+
+    async def recover(self, ctx: FaultContext, record: Record) -> str:
+        plan = record.plan
+        namespace = rules.recorded_namespace(record)
+        if namespace is None:
+            stopped = await self._stop_programs(ctx, plan)
+            return ("the network namespace is gone, and every rule of the fault with it: counted as recovered"
+                    + (f"; stopped its {stopped} process(es)" if stopped else ""))
+        with namespace:
+            async with rules.namespace_lock(namespace.inode):
+                removed = await rules.remove_rules(ctx, namespace, plan["tag"])
+                removed += await self.remove_more(ctx, namespace, plan)
+                stopped = await self._stop_programs(ctx, plan)
+                left = await rules.rules_left(ctx, namespace, plan["tag"]) + await self.more_left(ctx, namespace, plan)
+        if left:
+            raise FailedPrecondition(f"{self.kind} is still in the target's network namespace after recovery: "
+                                     + "; ".join(left[:5]))
+        if not removed:
+            return "none of the fault's rules was in the network namespace any more (removed by someone else?)"
+        return f"removed {removed} rule(s), chain(s) or qdisc(s)" + (f", stopped {stopped} process(es)" if stopped else "") \
+            + "; none is left"
+
+    async def remove_more(self, ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) -> int:
+        """Kinds with more than iptables rules (tc, devices) remove it here; how many things they removed."""
+        return 0
+
+    async def more_left(self, ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) -> list[str]:
+        return []
+
+    async def _stop_programs(self, ctx: FaultContext, plan: dict[str, Any]) -> int:
+        stopped = 0
+        for cgroup in plan.get("cgroups", []):
+            stopped += await ctx.confiner.stop(cgroup)
+        return stopped

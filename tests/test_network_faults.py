@@ -1,0 +1,335 @@
+"""Network faults on the local backend, measured with real traffic between real targets on a bridge.
+
+Each test applies a fault through the plugin's session (selection, peers,
+transport) to a daemon of its own, measures its effect from outside the
+daemon with the bed's traffic tools (tests/network_bed.py), recovers, and
+compares the target's namespace with a snapshot from before: no chain, rule,
+qdisc, device or queue of ours may be left. Statistical checks use intervals
+computed from the requested rate, never a tolerance picked to pass.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import statistics
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from conftest import running, wait_for
+from pytest_chaos.backends.local import LocalBackend
+from pytest_chaos.session import ChaosSession
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from tests.network_bed import (
+    NetworkBed,
+    snapshot,
+    tcp_connects,
+    tcp_listener,
+    tcp_throughput,
+    udp_echo_server,
+    udp_probe,
+    udp_receiver,
+    udp_send,
+    udp_snmp,
+)
+
+PORT = 7100
+# z for a two-sided 99% interval.
+Z99 = 2.576
+
+
+def measured(what: str, value: float, requested: str) -> None:
+    """Printed for the record (``-rP`` shows it): what the traffic saw against what was asked."""
+    print(f"\n{what}: measured {value:.4g}, requested {requested}")
+
+
+def binomial_interval(n: int, p: float) -> tuple[float, float]:
+    """Where the count of successes of ``n`` trials at ``p`` falls 99% of the time (normal approximation)."""
+    spread = Z99 * math.sqrt(n * p * (1 - p))
+    return n * p - spread, n * p + spread
+
+
+@pytest.fixture
+def daemon(start_daemon):
+    return start_daemon("--allow-pid-targets", "--containerd-namespace", "*")
+
+
+@pytest.fixture
+def session(daemon):
+    backend = LocalBackend(lambda: daemon.address, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock")
+    chaos = ChaosSession(backend, seed=1)
+    yield chaos
+    chaos.close()
+
+
+def apply(session: ChaosSession, kind: str, source, **params):
+    spec = session.spec((kind,), {"selector": source.selector, "mode": "all", **params})
+    return session.apply(spec)
+
+
+def peers(*targets) -> dict:
+    return {"selector": {"pids": [t.pid for t in targets]}, "mode": "all"}
+
+
+@pytest.fixture
+def trio(network_bed: NetworkBed):
+    """Three processes on one bridge: the target, the peer the fault names, and a bystander."""
+    return network_bed.process(name="target"), network_bed.process(name="peer"), network_bed.process(name="other")
+
+
+def test_partition_to_cuts_the_connections_the_target_opens_to_the_peer_only(session, trio):
+    target, peer, other = trio
+    for t in trio:
+        tcp_listener(t, PORT)
+    before = snapshot(target)
+    experiment = apply(session, "network-partition", target, target=peers(peer))
+    assert experiment.targets[0].mechanism == "iptables DROP in the target's network namespace"
+    assert not tcp_connects(target, peer.ip, PORT, timeout_s=1)
+    assert tcp_connects(target, other.ip, PORT)  # another peer
+    assert tcp_connects(peer, target.ip, PORT)  # the reverse direction
+    session.recover(experiment)
+    assert experiment.outcome == "recovered", experiment.summary()
+    assert tcp_connects(target, peer.ip, PORT)
+    assert snapshot(target) == before
+
+
+def test_partition_from_and_both(session, trio):
+    target, peer, other = trio
+    for t in trio:
+        tcp_listener(t, PORT)
+    before = snapshot(target)
+    experiment = apply(session, "network-partition", target, target=peers(peer), direction="from")
+    assert not tcp_connects(peer, target.ip, PORT, timeout_s=1)
+    assert tcp_connects(target, peer.ip, PORT)
+    assert tcp_connects(other, target.ip, PORT)
+    session.recover(experiment)
+    experiment = apply(session, "network-partition", target, target=peers(peer), direction="both")
+    assert not tcp_connects(peer, target.ip, PORT, timeout_s=1)
+    assert not tcp_connects(target, peer.ip, PORT, timeout_s=1)
+    assert tcp_connects(target, other.ip, PORT)
+    session.recover(experiment)
+    assert snapshot(target) == before
+
+
+def test_partition_of_an_external_target_cidr(session, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    tcp_listener(peer, PORT)
+    experiment = apply(session, "network-partition", target, external_targets=[f"{peer.ip}/32"])
+    assert not tcp_connects(target, peer.ip, PORT, timeout_s=1)
+    session.recover(experiment)
+    assert tcp_connects(target, peer.ip, PORT)
+
+
+def test_loss_30_percent_over_1000_packets_is_within_a_binomial_interval(session, trio):
+    target, peer, other = trio
+    receiver, bystander = udp_receiver(peer, PORT), udp_receiver(other, PORT)
+    before = snapshot(target)
+    experiment = apply(session, "network-loss", target, target=peers(peer), loss="30")
+    sent = udp_send(target, peer.ip, PORT, 1000)
+    assert sent == 1000  # dropped later by the queue: sendto never fails, as with netem
+    udp_send(target, other.ip, PORT, 200)
+    counts, others = receiver.result(), bystander.result()
+    low, high = binomial_interval(1000, 0.7)
+    measured("network-loss 30% over 1000 UDP datagrams: loss", 1 - counts.received / 1000, "0.30")
+    assert low <= counts.received <= high, f"{counts.received} of 1000 arrived; expected {low:.0f} to {high:.0f}"
+    assert others.received == 200  # only towards the selected peer
+    session.recover(experiment)
+    assert snapshot(target) == before
+
+
+def test_delay_100ms_with_jitter_raises_the_round_trip_to_the_peer_only(session, trio):
+    target, peer, other = trio
+    udp_echo_server(peer, PORT)
+    udp_echo_server(other, PORT)
+    baseline = udp_probe(target, peer.ip, PORT, count=40).median_rtt_ms
+    before = snapshot(target)
+    experiment = apply(session, "network-delay", target, target=peers(peer), latency="100ms", jitter="10ms")
+    delayed = udp_probe(target, peer.ip, PORT, count=60, interval_s=0.02)
+    elsewhere = udp_probe(target, other.ip, PORT, count=20).median_rtt_ms
+    rise = statistics.median(delayed.rtts_ms) - baseline
+    measured(f"network-delay 100ms jitter 10ms: round-trip rise in ms (baseline {baseline:.2f} ms, "
+             f"min {min(delayed.rtts_ms) - baseline:.1f}, max {max(delayed.rtts_ms) - baseline:.1f})", rise, "100")
+    # The median of uniform jitter is the latency; the queue's own scheduling adds under a few ms.
+    assert 95 <= rise <= 110, f"round trip rose by {rise:.1f} ms"
+    assert 85 <= min(delayed.rtts_ms) - baseline and max(delayed.rtts_ms) - baseline <= 130
+    assert elsewhere < 20
+    session.recover(experiment)
+    assert udp_probe(target, peer.ip, PORT, count=20).median_rtt_ms < 20
+    assert snapshot(target) == before
+
+
+def test_reorder_sends_a_share_at_once(session, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    udp_echo_server(peer, PORT)
+    experiment = apply(session, "network-delay", target, latency="50ms", reorder={"reorder": "50", "gap": 0})
+    result = udp_probe(target, peer.ip, PORT, count=200, interval_s=0.005)
+    fast = sum(rtt < 25 for rtt in result.rtts_ms)
+    measured(f"network-delay 50ms reorder 50%: share sent at once ({result.out_of_order} out of order)",
+             fast / result.received, "0.50")
+    low, high = binomial_interval(result.received, 0.5)
+    assert low <= fast <= high
+    assert result.out_of_order > 0
+    session.recover(experiment)
+
+
+def test_duplicate_50_percent(session, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    receiver = udp_receiver(peer, PORT)
+    before = snapshot(target)
+    experiment = apply(session, "network-duplicate", target, duplicate="50")
+    udp_send(target, peer.ip, PORT, 1000)
+    counts = receiver.result()
+    low, high = binomial_interval(1000, 0.5)
+    measured("network-duplicate 50% over 1000 UDP datagrams: duplicate share", counts.duplicates / 1000, "0.50")
+    assert counts.received == 1000
+    assert low <= counts.duplicates <= high, f"{counts.duplicates} duplicates; expected {low:.0f} to {high:.0f}"
+    session.recover(experiment)
+    assert snapshot(target) == before
+
+
+def test_corrupt_40_percent_is_dropped_by_the_receiver_on_its_checksum(session, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    receiver = udp_receiver(peer, PORT)
+    errors_before = udp_snmp(peer)["InCsumErrors"]
+    before = snapshot(target)
+    experiment = apply(session, "network-corrupt", target, corrupt="40")
+    udp_send(target, peer.ip, PORT, 1000)
+    counts = receiver.result()
+    checksum_errors = udp_snmp(peer)["InCsumErrors"] - errors_before
+    low, high = binomial_interval(1000, 0.6)
+    measured(f"network-corrupt 40% over 1000 UDP datagrams: share dropped ({checksum_errors} checksum errors)",
+             1 - counts.received / 1000, "0.40")
+    assert low <= counts.received <= high, f"{counts.received} of 1000 arrived intact"
+    # A flipped bit in the UDP header's ports or length can miss the socket instead of failing the sum.
+    assert 0.9 * (1000 - counts.received) <= checksum_errors <= 1000 - counts.received
+    session.recover(experiment)
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("direction", ["to", "from"])
+def test_bandwidth_1mbps_holds_a_bulk_transfer_to_the_rate(session, network_bed, direction):
+    target, peer = network_bed.process(), network_bed.process()
+    before = snapshot(target)
+    experiment = apply(session, "network-bandwidth", target, rate="1mbps", target=peers(peer), direction=direction)
+    source, sink = (target, peer) if direction == "to" else (peer, target)
+    measured_rate = tcp_throughput(source, sink.ip, PORT, seconds=4)
+    rate_bits = (1 << 20) * 8  # Chaos Mesh's 1mbps: a MiB per second
+    measured(f"network-bandwidth 1mbps {direction}: TCP goodput in Mbit/s", measured_bits := measured_rate / 1e6,
+             f"{rate_bits / 1e6:.3f}")
+    assert 0.85 * rate_bits <= measured_rate <= 1.15 * rate_bits, f"{measured_bits:.2f} Mbit/s"
+    session.recover(experiment)
+    assert tcp_throughput(source, sink.ip, PORT + 1, seconds=1) > 5 * rate_bits
+    assert snapshot(target) == before
+
+
+def test_two_faults_on_the_same_traffic_compose_and_recover_apart(session, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    udp_echo_server(peer, PORT)
+    before = snapshot(target)
+    delay = apply(session, "network-delay", target, latency="50ms", target=peers(peer))
+    loss = apply(session, "network-loss", target, loss="50", target=peers(peer))
+    both = udp_probe(target, peer.ip, PORT, count=300, interval_s=0.005)
+    low, high = binomial_interval(300, 0.5)
+    assert low <= both.received <= high
+    assert statistics.median(both.rtts_ms) >= 45
+    session.recover(loss)
+    only_delay = udp_probe(target, peer.ip, PORT, count=40)
+    assert only_delay.received == 40 and statistics.median(only_delay.rtts_ms) >= 45
+    session.recover(delay)
+    assert snapshot(target) == before
+
+
+def test_a_containerd_target_with_a_containerd_peer(session, network_bed):
+    target, peer = network_bed.containerd(), network_bed.containerd()
+    tcp_listener(peer, PORT)
+    experiment = apply(session, "network-partition", target, target={"selector": peer.selector})
+    assert experiment.peers[0].container_id == peer.container_id
+    assert not tcp_connects(target, peer.ip, PORT, timeout_s=1)
+    session.recover(experiment)
+    assert tcp_connects(target, peer.ip, PORT)
+
+
+def test_a_host_network_target_is_refused(session, targets):
+    pid = targets.process("sleep", "4701")  # mount and pid namespaces of its own, the host's network
+    with pytest.raises(Exception, match="node's own network namespace"):
+        apply(session, "network-loss", type("T", (), {"selector": {"pids": [pid]}})(), loss="10")
+
+
+def test_a_lease_that_runs_out_recovers_the_fault_with_no_runner(daemon, network_bed):
+    """What a SIGKILLed runner leaves: an injection nobody renews."""
+    target, peer = network_bed.process(), network_bed.process()
+    udp_echo_server(peer, PORT)
+    before = snapshot(target)
+    request = pb.ApplyRequest(container_id=target.container_id, injection=pb.Injection(id="orphan-delay"),
+                              network_delay=pb.NetworkDelay(latency={"nanos": 80_000_000}))
+    request.injection.lease.FromSeconds(2)
+    daemon.stub.Apply(request, timeout=30)
+    assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms >= 75
+    deadline = time.monotonic() + 15
+    while snapshot(target) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert snapshot(target) == before
+    assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
+
+
+def test_a_restarted_daemon_serves_the_queue_again_and_recovers(start_daemon, network_bed, tmp_path):
+    state = str(tmp_path / "state")
+    first = start_daemon("--allow-pid-targets", "--state-dir", state)
+    target, peer = network_bed.process(), network_bed.process()
+    udp_echo_server(peer, PORT)
+    before = snapshot(target)
+    request = pb.ApplyRequest(container_id=target.container_id, injection=pb.Injection(id="kept-delay"),
+                              network_delay=pb.NetworkDelay(latency={"nanos": 80_000_000}))
+    request.injection.lease.FromSeconds(120)
+    first.stub.Apply(request, timeout=30)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    # The queue's program died with it: --queue-bypass lets traffic through undelayed meanwhile.
+    assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
+    second = start_daemon("--allow-pid-targets", "--state-dir", state)
+    deadline = time.monotonic() + 15
+    while udp_probe(target, peer.ip, PORT, count=3).median_rtt_ms < 75 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms >= 75
+    [status] = second.stub.Recover(pb.RecoverRequest(injection_ids=["kept-delay"]), timeout=30).injections
+    assert status.state == pb.InjectionStatus.RECOVERED, status.detail
+    assert snapshot(target) == before
+
+
+def test_a_gone_namespace_counts_as_recovered_and_says_so(daemon):
+    # A namespace only its process holds (no bind mount, unlike the bed's): it goes with the process.
+    process = subprocess.Popen(["unshare", "--net", "sleep", "4702"])
+    wait_for(lambda: running("sleep 4702"), "the process to start")
+    request = pb.ApplyRequest(container_id=f"pid://{process.pid}", injection=pb.Injection(id="gone"),
+                              network_partition=pb.NetworkPartition(scope=pb.NetworkScope(device="lo")))
+    try:
+        daemon.stub.Apply(request, timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    [status] = daemon.stub.Recover(pb.RecoverRequest(injection_ids=["gone"]), timeout=30).injections
+    assert status.state == pb.InjectionStatus.RECOVERED
+    assert "namespace is gone" in status.detail
+
+
+@pytest.mark.parametrize("fault, message", [
+    (dict(network_loss=pb.NetworkLoss(loss=101)), "loss must be a percentage from 0 to 100"),
+    (dict(network_loss=pb.NetworkLoss(loss=10, correlation=5)), "no netem qdisc"),
+    (dict(network_delay=pb.NetworkDelay()), "latency is required"),
+    (dict(network_delay=pb.NetworkDelay(latency={"seconds": 61})), "latency must be from 0 to 60s"),
+    (dict(network_bandwidth=pb.NetworkBandwidth(rate=0)), "rate must be from 1 byte/s"),
+    (dict(network_partition=pb.NetworkPartition(scope=pb.NetworkScope(peers=["fe80::1"]))), "only IPv4 peers"),
+    (dict(network_partition=pb.NetworkPartition(scope=pb.NetworkScope(device="eth0; reboot"))), "interface name"),
+    (dict(network_loss=pb.NetworkLoss(loss=1, scope=pb.NetworkScope(direction=pb.NetworkScope.DIRECTION_FROM))),
+     "needs peers"),
+    (dict(dns=pb.Dns(patterns=["a*b"])), "dns: patterns"),
+])
+def test_the_daemon_refuses_bad_network_requests(daemon, fault, message):
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Apply(pb.ApplyRequest(container_id="pid://1", injection=pb.Injection(id="bad"), **fault),
+                          timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
