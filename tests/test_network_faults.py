@@ -10,10 +10,12 @@ computed from the requested rate, never a tolerance picked to pass.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import statistics
 import subprocess
+import sys
 import time
 
 import grpc
@@ -333,3 +335,108 @@ def test_the_daemon_refuses_bad_network_requests(daemon, fault, message):
                           timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
+
+
+# DNS: a test-owned server on the bed (fixed answers for any name) and queries sent from inside the target's
+# network namespace, as its resolver would send them.
+DNS_SERVER = r'''
+import socket, struct, sys
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    query, peer = udp.recvfrom(4096)
+    end = 12
+    while query[end]:
+        end += query[end] + 1
+    qtype = struct.unpack_from("!H", query, end + 1)[0]
+    question = query[12:end + 5]
+    answers = b""
+    if qtype == 1:
+        answers = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton("10.9.9.9")
+    header = struct.pack("!6H", struct.unpack_from("!H", query)[0], 0x8180, 1, 1 if answers else 0, 0, 0)
+    udp.sendto(header + question + answers, peer)
+'''
+
+DNS_QUERY = r'''
+import json, random, socket, struct, sys
+server, name, qtype = sys.argv[1], sys.argv[2], int(sys.argv[3])
+query_id = random.randrange(65536)
+question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", qtype, 1)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+sock.sendto(struct.pack("!6H", query_id, 0x0100, 1, 0, 0, 0) + question, (server, 53))
+reply = sock.recv(4096)
+rcode, answers = struct.unpack_from("!H", reply, 2)[0] & 0xF, struct.unpack_from("!H", reply, 6)[0]
+addresses, offset = [], 12 + len(question)
+for _ in range(answers):
+    offset += 2 if reply[offset] & 0xC0 else reply.index(b"\0", offset) + 1 - offset
+    rtype, _, _, length = struct.unpack_from("!HHIH", reply, offset)
+    if rtype == 1:
+        addresses.append(socket.inet_ntoa(reply[offset + 10:offset + 10 + length]))
+    offset += 10 + length
+print(json.dumps({"rcode": rcode, "addresses": addresses}))
+'''
+
+
+def dns_query(source, server: str, name: str, qtype: int = 1) -> dict:
+    result = source.run(sys.executable, "-c", DNS_QUERY, server, name, str(qtype), check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("action", ["error", "random"])
+def test_dns_fails_or_randomises_matching_names_and_forwards_the_rest(session, network_bed, action):
+    server = network_bed.process()
+    serving = subprocess.Popen(["nsenter", f"--net={server.netns_path}", sys.executable, "-c", DNS_SERVER, server.ip],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert serving.stdout.readline().strip() == "ready"
+        target = network_bed.process(resolv_conf=f"nameserver {server.ip}\n")
+        assert dns_query(target, server.ip, "db.example.com") == {"rcode": 0, "addresses": ["10.9.9.9"]}
+        before = snapshot(target)
+        experiment = apply(session, "dns", target, action=action, patterns=["db.example.*", "cache-?.example.com"])
+        for name in ("db.example.com", "db.example.org", "cache-1.example.com"):
+            answer = dns_query(target, server.ip, name)
+            if action == "error":
+                assert answer == {"rcode": 2, "addresses": []}, name  # SERVFAIL
+            else:
+                assert answer["rcode"] == 0 and len(answer["addresses"]) == 1 and answer["addresses"] != ["10.9.9.9"]
+        # Other names, and other types of a matching name, reach the target's own nameserver.
+        assert dns_query(target, server.ip, "web.example.com") == {"rcode": 0, "addresses": ["10.9.9.9"]}
+        assert dns_query(target, server.ip, "cache-10.example.com")["addresses"] == ["10.9.9.9"]
+        assert dns_query(target, server.ip, "db.example.com", qtype=16)["rcode"] == 0  # TXT: forwarded
+        session.recover(experiment)
+        assert experiment.outcome == "recovered", experiment.summary()
+        assert dns_query(target, server.ip, "db.example.com") == {"rcode": 0, "addresses": ["10.9.9.9"]}
+        assert snapshot(target) == before
+    finally:
+        serving.kill()
+        serving.wait()
+
+
+def test_the_marker_applies_a_partition_and_the_report_names_peers_and_mechanism(pytester, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    tcp_listener(peer, PORT)
+    before = snapshot(target)
+    pytester.makepyfile(test_user=f"""
+        import subprocess, sys
+        import pytest
+
+        CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], {PORT}), timeout=1)"
+
+        def connects():
+            return subprocess.run(["nsenter", "--net={target.netns_path}", sys.executable, "-c", CONNECT,
+                                   "{peer.ip}"], capture_output=True).returncode == 0
+
+        @pytest.mark.chaos("network-partition", selector={target.selector!r},
+                           target={{"selector": {peer.selector!r}}})
+        def test_cut_off(chaos):
+            assert not connects()
+    """)
+    result = pytester.runpytest_subprocess("-p", "chaos", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*chaos network-partition mode=one: 1 target [[]{target.container_id}[]] with 1 peer "
+                                 f"[[]{peer.container_id}[]] recovered*mechanism: iptables DROP in the target's "
+                                 f"network namespace"])
+    assert snapshot(target) == before
+    assert tcp_connects(target, peer.ip, PORT)
