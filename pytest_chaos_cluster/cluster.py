@@ -119,6 +119,7 @@ def up(layout: settings.Layout, *, repo: Path, daemon_image: bool, timeout: floa
     pki.write_admin_kubeconfig_embedded(layout.admin_kubeconfig, layout.pki, components.APISERVER_URL)
     sandbox_image = ensure_running(inst, layout, restart_containerd)
     network.write_cni_config()
+    network.prepare_netns_dir()
     images.ensure_base_images(inst, layout, pause, sandbox_image)
 
     errors: list[BaseException] = []

@@ -62,6 +62,22 @@ def write_cni_config() -> Path:
     return settings.CNI_CONF_FILE
 
 
+NETNS_DIR = "/run/netns"
+
+
+def prepare_netns_dir() -> None:
+    """Make /run/netns a shared mount of its own before any pod exists, as ``ip netns add`` does the first
+    time it runs on a machine. Done later (by anyone on the node), that bind mount would hide the pods'
+    namespace mounts made before it, and their removal would fail with "device or resource busy": the
+    pods would hang in Terminating."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    with open("/proc/self/mountinfo") as f:
+        mounted = any(line.split()[4] == NETNS_DIR for line in f)
+    if not mounted and not any(name.startswith("cni-") for name in os.listdir(NETNS_DIR)):  # no pod yet
+        run(["mount", "--bind", NETNS_DIR, NETNS_DIR])
+        run(["mount", "--make-shared", NETNS_DIR])
+
+
 def node_ip() -> str:
     """The IPv4 address of the default-route interface (first global one otherwise)."""
     routes = json.loads(run(["ip", "-4", "-j", "route", "show", "default"]).stdout or "[]")

@@ -60,6 +60,7 @@ PREFIX = "pcb-"
 DEFAULT_ARGV = ("sleep", "3600")
 # Serialises choosing a subnet and taking it, between beds of concurrent test runs.
 LOCK_PATH = "/run/lock/pytest-chaos-network-bed.lock"
+NETNS_DIR = "/run/pytest-chaos-netns"
 READY_TIMEOUT_S = 10.0
 
 
@@ -73,7 +74,7 @@ class NetTarget:
     netns_path: str
     selector: dict[str, Any] | None  # for @pytest.mark.chaos(selector=...); None for the host
     name: str = ""
-    netns: str = ""  # the bed's named namespace, under /var/run/netns
+    netns: str = ""  # the bed's name for the namespace, a file under NETNS_DIR
     bed: NetworkBed | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def run(self, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -247,7 +248,7 @@ class NetworkBed:
         argv = argv or DEFAULT_ARGV
         netns, ip = self._new_namespace()
         # The network is ready before argv starts: nsenter joins the bed's namespace, then unshare forks.
-        command = ["nsenter", f"--net=/var/run/netns/{netns}",
+        command = ["nsenter", f"--net={netns_path(netns)}",
                    "unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
         if resolv_conf is not None:
             path = os.path.join(self._workdir, f"{netns}.resolv.conf")
@@ -290,7 +291,7 @@ class NetworkBed:
         container_id = unique_name()
         self._containers.append(container_id)  # before running: a failed start still leaves a container
         run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin",
-            "--with-ns", f"network:/var/run/netns/{netns}", *_label_args(labels), "--rootfs", root,
+            "--with-ns", f"network:{netns_path(netns)}", *_label_args(labels), "--rootfs", root,
             container_id, *(argv or DEFAULT_ARGV))
         tasks = run("ctr", "-n", CONTAINERD_NAMESPACE, "tasks", "ls").stdout.splitlines()
         pid = int(next(line.split()[1] for line in tasks[1:] if line.split()[0] == container_id))
@@ -334,7 +335,7 @@ class NetworkBed:
         for link in self._links:
             attempt(f"delete link {link}", _delete_link, link)
         for netns in self._netns:
-            attempt(f"delete netns {netns}", run, "ip", "netns", "delete", netns)
+            attempt(f"delete netns {netns}", remove_namespace, netns)
         for iptables, rule in self._forward_rules:
             attempt(f"delete {iptables} rule", run, iptables, "-w", "-D", *rule)
         if self.bridge:
@@ -381,8 +382,8 @@ class NetworkBed:
             run("ip", "link", "set", self.bridge, "up")
 
     def _accept_bridged_traffic(self) -> None:
-        """With br_netfilter on, bridged packets cross the host's FORWARD chain, where Docker's
-        policy is DROP: accept this bridge's own traffic there, and nothing else."""
+        """With br_netfilter on, bridged packets cross the host's FORWARD chain, whose policy Docker
+        sets to DROP: when it may drop, accept this bridge's own traffic there, and nothing else."""
         if _read("/proc/sys/net/bridge/bridge-nf-call-iptables") != "1":
             return
         for iptables in _iptables_commands():
@@ -404,17 +405,20 @@ class NetworkBed:
         netns = f"{self.bridge}-{index}"
         ip = str(self.subnet.network_address + index + 1)
         self._netns.append(netns)
-        run("ip", "netns", "add", netns)
-        run("nsenter", f"--net=/var/run/netns/{netns}", "sysctl", "-q", "-w",
+        path = new_namespace(netns)
+        run("nsenter", f"--net={path}", "sysctl", "-q", "-w",
             "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
         self._links.append(netns)  # the host end of the veth has the namespace's name
-        run("ip", "link", "add", netns, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        # Made inside, its other end moved out: the host may have an eth0 of its own.
+        run("nsenter", f"--net={path}", "ip", "link", "add", "eth0", "type", "veth", "peer", "name", netns,
+            "netns", str(os.getpid()))
         _disable_ipv6(netns)
         run("ip", "link", "set", netns, "master", self.bridge, "up")
         batch = (f"addr add {ip}/{self.subnet.prefixlen} dev eth0\n"
                  "link set lo up\nlink set eth0 up\n"
                  f"route add default via {self.gateway}\n")
-        result = subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, capture_output=True, text=True)
+        result = subprocess.run(["nsenter", f"--net={path}", "ip", "-batch", "-"], input=batch, capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise RuntimeError(f"configuring {netns} failed: {result.stderr.strip()}")
         return netns, ip
@@ -619,7 +623,32 @@ def _link_names() -> list[str]:
 
 
 def _netns_names() -> list[str]:
-    return [line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.strip()]
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def new_namespace(name: str) -> str:
+    """A network namespace kept by a bind mount on a file of ours, not under /run/netns: ``ip netns add``
+    bind-mounts /run/netns over itself once, which hides the mounts of the namespaces the container
+    runtime made before, so it can no longer remove them (a pod being deleted then hangs)."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    path = netns_path(name)
+    open(path, "w").close()
+    run("unshare", f"--net={path}", "true")
+    return path
+
+
+def remove_namespace(name: str) -> None:
+    path = netns_path(name)
+    run("umount", path, check=False)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _delete_link(name: str) -> None:
