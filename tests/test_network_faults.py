@@ -10,8 +10,6 @@ computed from the requested rate, never a tolerance picked to pass.
 
 from __future__ import annotations
 
-import json
-import math
 import signal
 import statistics
 import subprocess
@@ -26,7 +24,11 @@ from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.session import ChaosSession
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from tests.network_bed import (
+    DNS_SERVER,
     NetworkBed,
+    binomial_interval,
+    dns_query,
+    measured,
     snapshot,
     tcp_connects,
     tcp_listener,
@@ -39,19 +41,6 @@ from tests.network_bed import (
 )
 
 PORT = 7100
-# z for a two-sided 99% interval.
-Z99 = 2.576
-
-
-def measured(what: str, value: float, requested: str) -> None:
-    """Printed for the record (``-rP`` shows it): what the traffic saw against what was asked."""
-    print(f"\n{what}: measured {value:.4g}, requested {requested}")
-
-
-def binomial_interval(n: int, p: float) -> tuple[float, float]:
-    """Where the count of successes of ``n`` trials at ``p`` falls 99% of the time (normal approximation)."""
-    spread = Z99 * math.sqrt(n * p * (1 - p))
-    return n * p - spread, n * p + spread
 
 
 @pytest.fixture
@@ -335,53 +324,6 @@ def test_the_daemon_refuses_bad_network_requests(daemon, fault, message):
                           timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
-
-
-# DNS: a test-owned server on the bed (fixed answers for any name) and queries sent from inside the target's
-# network namespace, as its resolver would send them.
-DNS_SERVER = r'''
-import socket, struct, sys
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind((sys.argv[1], 53))
-print("ready", flush=True)
-while True:
-    query, peer = udp.recvfrom(4096)
-    end = 12
-    while query[end]:
-        end += query[end] + 1
-    qtype = struct.unpack_from("!H", query, end + 1)[0]
-    question = query[12:end + 5]
-    answers = b""
-    if qtype == 1:
-        answers = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton("10.9.9.9")
-    header = struct.pack("!6H", struct.unpack_from("!H", query)[0], 0x8180, 1, 1 if answers else 0, 0, 0)
-    udp.sendto(header + question + answers, peer)
-'''
-
-DNS_QUERY = r'''
-import json, random, socket, struct, sys
-server, name, qtype = sys.argv[1], sys.argv[2], int(sys.argv[3])
-query_id = random.randrange(65536)
-question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", qtype, 1)
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.settimeout(3)
-sock.sendto(struct.pack("!6H", query_id, 0x0100, 1, 0, 0, 0) + question, (server, 53))
-reply = sock.recv(4096)
-rcode, answers = struct.unpack_from("!H", reply, 2)[0] & 0xF, struct.unpack_from("!H", reply, 6)[0]
-addresses, offset = [], 12 + len(question)
-for _ in range(answers):
-    offset += 2 if reply[offset] & 0xC0 else reply.index(b"\0", offset) + 1 - offset
-    rtype, _, _, length = struct.unpack_from("!HHIH", reply, offset)
-    if rtype == 1:
-        addresses.append(socket.inet_ntoa(reply[offset + 10:offset + 10 + length]))
-    offset += 10 + length
-print(json.dumps({"rcode": rcode, "addresses": addresses}))
-'''
-
-
-def dns_query(source, server: str, name: str, qtype: int = 1) -> dict:
-    result = source.run(sys.executable, "-c", DNS_QUERY, server, name, str(qtype), check=True)
-    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("action", ["error", "random"])

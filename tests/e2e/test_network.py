@@ -1,0 +1,215 @@
+"""Network faults between real pods, through the DaemonSet's daemon, measured from outside it.
+
+Traffic is sent and served by host Python entered into the pods' network
+namespaces only (the bed's tools, tests/network_bed.py), so the measurement
+does not depend on the daemon's word, nor on what the busybox image offers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run, wait_for
+from pytest_chaos.session import ChaosSession
+from tests.network_bed import (
+    DNS_SERVER,
+    Background,
+    NetTarget,
+    binomial_interval,
+    dns_query,
+    measured,
+    snapshot,
+    tcp_connects,
+    udp_probe,
+    UdpReceiver,
+    udp_send,
+)
+
+NAMESPACE = "chaos-e2e-net"
+PORT = 7200
+MANIFEST = """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: chaos-e2e-net
+---
+""" + "---\n".join(f"""
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: chaos-e2e-net
+  labels: {{app: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - {{name: main, image: localhost/pytest-chaos/busybox:1, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
+""" for name in ("net-a", "net-b", "net-c"))
+
+
+def selector(name: str) -> dict:
+    return {"namespaces": [NAMESPACE], "labelSelectors": {"app": name}}
+
+
+def pod_target(kube, name: str) -> NetTarget:
+    pod = json.loads(kube.kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "json"))
+    container_id = pod["status"]["containerStatuses"][0]["containerID"]
+    pid = int(run("crictl", "inspect", "-o", "go-template", "--template", "{{.info.pid}}",
+                  container_id.split("://", 1)[1]).stdout.strip())
+    return NetTarget(container_id, pid, pod["status"]["podIP"], f"/proc/{pid}/ns/net", selector(name), name=name)
+
+
+@pytest.fixture(scope="module")
+def pods(kube, tmp_path_factory):
+    manifest = tmp_path_factory.mktemp("network") / "pods.yaml"
+    manifest.write_text(MANIFEST)
+    kube.kubectl("apply", "-f", str(manifest))
+    kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
+    kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")
+    yield {name: pod_target(kube, name) for name in ("net-a", "net-b", "net-c")}
+    kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
+
+
+@pytest.fixture
+def session(kube):
+    chaos = ChaosSession(kube.backend(), seed=1)
+    yield chaos
+    chaos.close()
+
+
+@pytest.fixture
+def servers():
+    """Traffic servers started in pods' namespaces, stopped after the test."""
+    started: list[Background] = []
+
+    def start(target: NetTarget, tool: str, kind: type[Background] = Background) -> Background:
+        server = kind(target, tool, ip=target.ip, port=PORT)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def apply(session: ChaosSession, kind: str, source: NetTarget, **params):
+    spec = session.spec((kind,), {"selector": source.selector, "mode": "all", **params})
+    return session.apply(spec)
+
+
+def test_partition_between_pods_cuts_only_the_chosen_direction_and_peer(session, pods, servers):
+    a, b, c = pods["net-a"], pods["net-b"], pods["net-c"]
+    for pod in (a, b, c):
+        servers(pod, "listen")
+    before = snapshot(a)
+    experiment = apply(session, "network-partition", a, target={"selector": b.selector})
+    assert experiment.peers[0].address == b.ip
+    assert not tcp_connects(a, b.ip, PORT, timeout_s=1)
+    assert tcp_connects(a, c.ip, PORT)
+    assert tcp_connects(b, a.ip, PORT)
+    session.recover(experiment)
+    assert experiment.outcome == "recovered", experiment.summary()
+    assert tcp_connects(a, b.ip, PORT)
+    assert snapshot(a) == before
+
+
+def test_delay_between_pods_raises_the_round_trip_to_the_peer_only(session, pods, servers):
+    a, b, c = pods["net-a"], pods["net-b"], pods["net-c"]
+    servers(b, "echo")
+    servers(c, "echo")
+    baseline = udp_probe(a, b.ip, PORT, count=30).median_rtt_ms
+    before = snapshot(a)
+    experiment = apply(session, "network-delay", a, latency="100ms", target={"selector": b.selector})
+    rise = statistics.median(udp_probe(a, b.ip, PORT, count=40, interval_s=0.02).rtts_ms) - baseline
+    measured(f"cluster network-delay 100ms pod to pod: round-trip rise in ms (baseline {baseline:.2f} ms)", rise, "100")
+    assert 95 <= rise <= 110
+    assert udp_probe(a, c.ip, PORT, count=20).median_rtt_ms < 20
+    session.recover(experiment)
+    assert snapshot(a) == before
+
+
+def test_loss_between_pods_within_a_binomial_interval(session, pods, servers):
+    a, b = pods["net-a"], pods["net-b"]
+    receiver = servers(b, "receive", UdpReceiver)
+    before = snapshot(a)
+    experiment = apply(session, "network-loss", a, loss="30", target={"selector": b.selector})
+    udp_send(a, b.ip, PORT, 1000)
+    counts = receiver.result()
+    low, high = binomial_interval(1000, 0.7)
+    measured("cluster network-loss 30% pod to pod over 1000 datagrams: loss", 1 - counts.received / 1000, "0.30")
+    assert low <= counts.received <= high
+    session.recover(experiment)
+    assert snapshot(a) == before
+
+
+def test_rules_are_removed_after_the_target_container_restarted_in_its_pod(session, kube, pods, servers):
+    """The pod's network namespace outlives its container (the sandbox holds it): recovery finds it there."""
+    a, b = pods["net-a"], pods["net-b"]
+    servers(b, "listen")
+    before = snapshot(a)
+    experiment = apply(session, "network-partition", a, target={"selector": b.selector})
+    old_pid = a.pid
+    subprocess.run(["kill", "-9", str(old_pid)], check=True)
+    restarted = wait_for(lambda: _restarted(kube, "net-a", old_pid), "net-a's container to restart", timeout=60)
+    assert not tcp_connects(restarted, b.ip, PORT, timeout_s=1)  # the rules outlived the container
+    session.recover(experiment)
+    assert experiment.outcome == "recovered", experiment.summary()
+    assert tcp_connects(restarted, b.ip, PORT)
+    assert snapshot(restarted) == before
+    pods["net-a"] = restarted
+
+
+def _restarted(kube, name: str, old_pid: int) -> NetTarget | None:
+    try:
+        target = pod_target(kube, name)
+    except (KeyError, RuntimeError, ValueError):
+        return None
+    return target if target.pid not in (0, old_pid) else None
+
+
+def test_dns_between_pods(session, kube, pods, tmp_path):
+    server = pods["net-c"]
+    serving = subprocess.Popen(["nsenter", f"--net={server.netns_path}", sys.executable, "-c", DNS_SERVER, server.ip],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert serving.stdout.readline().strip() == "ready"
+        manifest = tmp_path / "client.yaml"
+        manifest.write_text(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: dns-client, namespace: {NAMESPACE}, labels: {{app: dns-client}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig: {{nameservers: ["{server.ip}"]}}
+  containers:
+    - {{name: main, image: localhost/pytest-chaos/busybox:1, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
+""")
+        kube.kubectl("apply", "-f", str(manifest))
+        kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/dns-client", "--timeout=120s")
+        client = pod_target(kube, "dns-client")
+        assert dns_query(client, server.ip, "db.example.com")["addresses"] == ["10.9.9.9"]
+        before = snapshot(client)
+        experiment = apply(session, "dns", client, action="error", patterns=["db.example.com"])
+        assert dns_query(client, server.ip, "db.example.com") == {"rcode": 2, "addresses": []}
+        assert dns_query(client, server.ip, "web.example.com")["addresses"] == ["10.9.9.9"]
+        # The pod's own lookup path: busybox nslookup reads the resolv.conf the kubelet wrote.
+        looked_up = subprocess.run([*kube_exec(kube, "dns-client"), "nslookup", "db.example.com"],
+                                   capture_output=True, text=True, timeout=60)
+        assert "10.9.9.9" not in looked_up.stdout
+        session.recover(experiment)
+        assert dns_query(client, server.ip, "db.example.com")["addresses"] == ["10.9.9.9"]
+        assert snapshot(client) == before
+    finally:
+        serving.kill()
+        serving.wait()
+
+
+def kube_exec(kube, pod: str) -> list[str]:
+    return [kube.kubectl_path, f"--kubeconfig={kube.kubeconfig}", "-n", NAMESPACE, "exec", pod, "--"]
+
