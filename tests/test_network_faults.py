@@ -382,3 +382,39 @@ def test_the_marker_applies_a_partition_and_the_report_names_peers_and_mechanism
                                  f"network namespace"])
     assert snapshot(target) == before
     assert tcp_connects(target, peer.ip, PORT)
+
+
+RUNNER_KILLED_TEST = """
+import time
+import pytest
+
+@pytest.mark.chaos("network-delay", selector={target!r}, latency="80ms", target={{"selector": {peer!r}}})
+@pytest.mark.chaos("network-partition", selector={target!r}, external_targets=["{other}"])
+def test_app(chaos):
+    print("APPLIED", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_sigkilled_runner_leaves_no_rule_queue_or_program_behind(pytester, network_bed):
+    target, peer, other = network_bed.process(), network_bed.process(), network_bed.process()
+    udp_echo_server(peer, PORT)
+    before = snapshot(target)
+    pytester.makepyfile(test_user=RUNNER_KILLED_TEST.format(target=target.selector, peer=peer.selector,
+                                                            other=other.ip))
+    output = pytester.path / "pytest.out"
+    with open(output, "wb") as out:
+        runner = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "chaos", "-s", "test_user.py"],
+                                  cwd=pytester.path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"APPLIED" in output.read_bytes() or runner.poll() is not None, "the faults to apply", 60)
+        assert runner.poll() is None, output.read_text()
+        assert udp_probe(target, peer.ip, PORT, count=5).median_rtt_ms >= 75
+        runner.kill()
+        runner.wait()
+        # The runner's own daemon saw it die and recovered both on its way out.
+        wait_for(lambda: snapshot(target) == before, "the target's namespace to be as before", 15)
+    finally:
+        runner.kill()
+        runner.wait()
+    assert udp_probe(target, peer.ip, PORT, count=5).median_rtt_ms < 20
