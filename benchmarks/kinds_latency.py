@@ -30,6 +30,7 @@ from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
+from timing import apply_and_recover
 from pytest_chaos_cluster.settings import Layout
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -45,23 +46,14 @@ KINDS = {
 }
 
 
-def timed(session: ChaosSession, kind: str, selector: dict, params: dict) -> tuple[float, float]:
-    spec = session.spec((kind,), {"selector": selector, "mode": "all", **params})
-    start = time.perf_counter()
-    experiment = session.apply(spec)
-    applied = time.perf_counter()
-    session.recover(experiment)
-    return applied - start, time.perf_counter() - applied
-
-
 def measure(session: ChaosSession, selector: dict, rounds: int, settle: Callable[[], None]) -> dict[str, tuple[float, float]]:
     samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
     for kind, params in KINDS.items():  # warm-up
-        timed(session, kind, selector, params)
+        apply_and_recover(session, kind, selector, params)
         settle()
     for _ in range(rounds):
         for kind, params in KINDS.items():
-            samples[kind].append(timed(session, kind, selector, params))
+            samples[kind].append(apply_and_recover(session, kind, selector, params))
             settle()
     return {kind: (statistics.median(a for a, _ in s), statistics.median(r for _, r in s)) for kind, s in samples.items()}
 
@@ -99,11 +91,11 @@ def main() -> int:
         rows["cluster"] = measure(cluster, {"pods": {NAMESPACE: ["loop"]}}, args.rounds, lambda: time.sleep(0.05))
         kill_local = [targets.containerd("sh", "-c", LOOP) for _ in range(args.kill_targets)]
         rows["local"]["container-kill"] = statistics.median(
-            timed(local, "container-kill", {"containers": [c]}, {})[0] for c in kill_local)
+            apply_and_recover(local, "container-kill", {"containers": [c]}, {})[0] for c in kill_local)
         rows["cluster"]["container-kill"] = statistics.median(
-            timed(cluster, "container-kill", {"pods": {NAMESPACE: [f"kill-{i}"]}}, {})[0] for i in range(args.kill_targets))
+            apply_and_recover(cluster, "container-kill", {"pods": {NAMESPACE: [f"kill-{i}"]}}, {})[0] for i in range(args.kill_targets))
         rows["cluster"]["pod-kill"] = statistics.median(
-            timed(cluster, "pod-kill", {"pods": {NAMESPACE: [f"gone-{i}"]}}, {})[0] for i in range(args.kill_targets))
+            apply_and_recover(cluster, "pod-kill", {"pods": {NAMESPACE: [f"gone-{i}"]}}, {})[0] for i in range(args.kill_targets))
     finally:
         local.close()
         cluster.close()

@@ -17,13 +17,13 @@ import argparse
 import pathlib
 import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from pytest_chaos.backends.local import LocalBackend  # noqa: E402
 from pytest_chaos.embedded import EmbeddedDaemon  # noqa: E402
 from pytest_chaos.session import ChaosSession  # noqa: E402
+from timing import apply_and_recover  # noqa: E402
 from tests.network_bed import NetworkBed, tcp_throughput  # noqa: E402
 
 THROUGHPUT_PORT = 7300
@@ -42,15 +42,6 @@ def kinds(peer: dict) -> dict[str, dict]:
     }
 
 
-def timed(session: ChaosSession, kind: str, selector: dict, params: dict) -> tuple[float, float]:
-    spec = session.spec((kind,), {"selector": selector, "mode": "all", **params})
-    start = time.perf_counter()
-    experiment = session.apply(spec)
-    applied = time.perf_counter()
-    session.recover(experiment)
-    return applied - start, time.perf_counter() - applied
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -67,11 +58,11 @@ def main() -> int:
         samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in table}
         try:
             for kind, params in table.items():  # warm-up
-                timed(session, kind, target.selector, params)
+                apply_and_recover(session, kind, target.selector, params)
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1}/{args.rounds}", file=sys.stderr)
                 for kind, params in table.items():
-                    samples[kind].append(timed(session, kind, target.selector, params))
+                    samples[kind].append(apply_and_recover(session, kind, target.selector, params))
             throughput = {"none": tcp_throughput(target, peer.ip, THROUGHPUT_PORT, seconds=args.seconds)}
             for direction in ("to", "from"):
                 spec = session.spec(("network-delay",), {"selector": target.selector, "mode": "all",

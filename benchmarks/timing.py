@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def interleaved_medians(actions: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -22,3 +23,13 @@ def interleaved_medians(actions: Mapping[str, Callable[[], object]], rounds: int
             action()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def apply_and_recover(session: Any, kind: str, selector: dict, params: dict) -> tuple[float, float]:
+    """Seconds to apply ``kind`` through the plugin's session (``mode="all"``), then to recover it."""
+    spec = session.spec((kind,), {"selector": selector, "mode": "all", **params})
+    start = time.perf_counter()
+    experiment = session.apply(spec)
+    applied = time.perf_counter()
+    session.recover(experiment)
+    return applied - start, time.perf_counter() - applied

@@ -192,3 +192,31 @@ def resolve_external_targets(targets: Sequence[str]) -> list[str]:
             networks = [f"{info[4][0]}/32" for info in infos]
         resolved += [n for n in networks if n not in resolved]
     return resolved
+
+
+class PercentKind(NetworkKind):
+    """A kind whose one parameter is the share of packets it acts on (``percent_field``), as netem's loss,
+    duplicate and corrupt, with a correlation Chaos Mesh writes beside it."""
+
+    percent_field = ""
+    what = ""  # "dropped", ...
+
+    @property
+    def own(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.percent_field, "correlation")
+
+    def check_own(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        field = self.percent_field
+        if field not in params:
+            raise ChaosSpecError(field, f"is required: the percentage of packets {self.what}, like '10'")
+        no_correlation(params)
+        return {field: percent(params[field], field), "correlation": 0.0}
+
+    def network_message(self, params: Mapping[str, Any], scope: pb.NetworkScope) -> Message:
+        message = getattr(pb, self.message_type)(scope=scope)
+        setattr(message, self.percent_field, params[self.percent_field])
+        return message
+
+    @property
+    def message_type(self) -> str:
+        return "Network" + self.percent_field.capitalize()

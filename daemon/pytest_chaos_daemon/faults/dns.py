@@ -82,15 +82,10 @@ class Dns(NetworkFault):
         return left
 
     async def resume(self, ctx: FaultContext, record: Record) -> None:
-        """The responder died with the old daemon (the redirect stayed: lookups failed meanwhile): start it again."""
-        for cgroup in record.plan["cgroups"]:
-            await ctx.confiner.stop(cgroup)
-        namespace = rules.recorded_namespace(record)
-        if namespace is None:
-            return
-        with namespace:
-            record.plan = {**record.plan, "cgroups": [ctx.confiner.new_cgroup()]}
-            await _start_responder(ctx, namespace, record.params, record.plan, record.container_id)
+        """The responder died with the old daemon (the redirect stayed: lookups failed meanwhile): start it
+        again."""
+        await self.restart_programs(ctx, record, lambda namespace, plan: _start_responder(
+            ctx, namespace, record.params, plan, record.container_id))
 
 
 def _nameservers(target: HeldTarget) -> list[str]:

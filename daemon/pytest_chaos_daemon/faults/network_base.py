@@ -3,6 +3,7 @@ the programs it left running, and check from outside that nothing of it is left.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import FailedPrecondition
@@ -52,3 +53,15 @@ class NetworkFault:
         for cgroup in plan.get("cgroups", []):
             stopped += await ctx.confiner.stop(cgroup)
         return stopped
+
+    async def restart_programs(self, ctx: FaultContext, record: Record,
+                               start: Callable[[rules.Namespace, dict[str, Any]], Awaitable[None]]) -> None:
+        """After a daemon restart: the fault's programs died with the old daemon (its rules stayed); start
+        them again, in new tracking cgroups journaled through ``record.plan``, while the namespace is there."""
+        await self._stop_programs(ctx, record.plan)  # whatever survived the old daemon
+        namespace = rules.recorded_namespace(record)
+        if namespace is None:
+            return
+        with namespace:
+            record.plan = {**record.plan, "cgroups": [ctx.confiner.new_cgroup() for _ in record.plan["cgroups"]]}
+            await start(namespace, record.plan)

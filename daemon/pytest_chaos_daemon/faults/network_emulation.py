@@ -126,16 +126,10 @@ class NetworkEmulation(NetworkFault):
         return left
 
     async def resume(self, ctx: FaultContext, record: Record) -> None:
-        """The queues' programs died with the old daemon (traffic passed unchanged meanwhile): start them again,
-        in new cgroups, while the namespace is still there."""
-        for cgroup in record.plan["cgroups"]:
-            await ctx.confiner.stop(cgroup)
-        namespace = rules.recorded_namespace(record)
-        if namespace is None:
-            return
-        with namespace:
-            record.plan = {**record.plan, "cgroups": [ctx.confiner.new_cgroup() for _ in record.plan["queues"]]}
-            await _start_queues(ctx, namespace, record.params, record.plan, record.container_id)
+        """The queues' programs died with the old daemon (traffic passed unchanged meanwhile): start them
+        again."""
+        await self.restart_programs(ctx, record, lambda namespace, plan: _start_queues(
+            ctx, namespace, record.params, plan, record.container_id))
 
 
 async def _start_queues(ctx: FaultContext, namespace: rules.Namespace, params: dict[str, Any],
