@@ -66,7 +66,9 @@ class ChaosSession:
                 )
             peers = self._peers(spec, random.Random(f"{self.seed}:{test_id}:{index}:target"))
             experiment.peers = peers
-            self._inject_all(experiment, f"{self._owner} {test_id}".strip(), peers)
+            # Nonzero: zero asks the daemon for a seed of its own.
+            fault_seed = random.Random(f"{self.seed}:{test_id}:{index}:fault").getrandbits(63) | 1
+            self._inject_all(experiment, f"{self._owner} {test_id}".strip(), peers, fault_seed)
         except ChaosError as err:
             experiment.outcome, experiment.detail = "failed", str(err)
             raise
@@ -114,7 +116,7 @@ class ChaosSession:
             raise ChaosError(f"the fault's target {selection['selector']!r} selects no peer ({self.backend.describe()})")
         return peers
 
-    def _inject_all(self, experiment: Experiment, owner: str, peers: Sequence[Target] = ()) -> None:
+    def _inject_all(self, experiment: Experiment, owner: str, peers: Sequence[Target] = (), seed: int = 0) -> None:
         kind = KINDS[experiment.kind]
         for target in experiment.targets:
             target.injection_id = uuid.uuid4().hex
@@ -124,7 +126,7 @@ class ChaosSession:
         def inject(target: Target) -> None:
             ctx = InjectContext(self.client(target.daemon) if kind.uses_daemon else None, self.backend,
                                 self.leases.lease_s, experiment.spec.duration, owner, tuple(experiment.targets),
-                                tuple(peers))
+                                tuple(peers), seed)
             kind.inject(ctx, target, experiment.spec.params)
 
         errors = self._each_target(experiment.targets, inject)

@@ -418,3 +418,22 @@ def test_a_sigkilled_runner_leaves_no_rule_queue_or_program_behind(pytester, net
         runner.kill()
         runner.wait()
     assert udp_probe(target, peer.ip, PORT, count=5).median_rtt_ms < 20
+
+
+def test_the_run_seed_repeats_each_packets_fate(daemon, network_bed):
+    """--chaos-seed reaches the packet queue: the same seed drops the same packets (without it, two runs of
+    1000 packets at 50% would drop the same number about one time in 25)."""
+    target, peer = network_bed.process(), network_bed.process()
+    received = []
+    for _ in range(2):
+        session = ChaosSession(LocalBackend(lambda: daemon.address, "/run/containerd/containerd.sock", ["*"],
+                                            "/var/run/docker.sock"), seed=4242)
+        try:
+            receiver = udp_receiver(peer, PORT)
+            experiment = apply(session, "network-loss", target, loss="50", target=peers(peer))
+            udp_send(target, peer.ip, PORT, 1000)
+            received.append(receiver.result().received)
+            session.recover(experiment)
+        finally:
+            session.close()
+    assert received[0] == received[1]

@@ -17,20 +17,32 @@ its own, still see it; that is how two faults on the same traffic compose.
 Lines on stdout: ``ready`` once the queue is bound and configured; on SIGTERM
 (or SIGINT) every held packet gets its verdict at once, the queue is unbound
 and one JSON line of counters follows, then exit status 0. Errors go to stderr
-with exit status 1 (2 for bad options).
+with exit status 1 (2 for bad options). While it stops, the queue's length is
+0: new packets pass it by fail-open (NF_ACCEPT, which skips the chain's later
+rules) instead of waiting in a queue about to be destroyed.
+
+Faults, in netem's order: loss first (a lost packet is neither duplicated nor
+delayed); a duplicate is a copy of the packet as it came, sent through a raw
+socket when the original is let through, so it is delayed alike; corrupt flips
+one bit past the IP header; reorder lets a packet through at once instead of
+holding it. Randomness is independent per packet (no correlation, no gap).
 
 What the kernel gives: without NFQA_CFG_F_GSO it segments GSO packets before
-queueing them, so every packet is at most the device's MTU; with a copy of the
-packet it also completes CHECKSUM_PARTIAL checksums first, so a flipped bit
-leaves a checksum the receiver rejects. A packet longer than the copy range
-(65531 bytes; only on devices with such an MTU, e.g. lo) arrives truncated: it
-is delayed or dropped like any other, but neither duplicated nor corrupted.
+queueing them, so TCP segments come at most one MTU long; with a packet copy it
+also completes CHECKSUM_PARTIAL checksums first, so a flipped bit leaves a
+checksum the receiver rejects. A packet longer than the copy range (65531
+bytes; only with such an MTU, e.g. on lo) arrives truncated: it is delayed or
+dropped like any other, but neither duplicated nor corrupted nor resent.
 
 Hooks: ``egress`` (mangle POSTROUTING or OUTPUT) and ``ingress`` (mangle
-PREROUTING). Everything works on both. A duplicate is sent through a raw
-socket: on egress it leaves through the same device as the original; on
-ingress its destination is a local address, so it is delivered through ``lo``
-(its source address stays the peer's; rules matching ``-i eth0`` do not see it).
+PREROUTING); every fault works on both, for IPv4 and IPv6. On ingress a
+duplicate's destination is a local address: it is delivered through ``lo``
+(its source stays the peer's; rules matching ``-i eth0`` do not see it). On
+egress a held packet stays charged to the socket that sent it (netem orphans
+it; a queue cannot): TCP small queues throttle a delayed TCP sender to a few
+Mbit/s, and a program that falls behind stalls senders instead of failing
+open. ``--resend`` avoids both: the original is dropped at once and an exact
+copy is sent through a raw socket when due. On ingress neither happens.
 
 If the program dies, the kernel drops the packets it held and later packets
 pass the rule untouched (``--queue-bypass``); when the program cannot keep up,
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import gc
 import heapq
 import json
@@ -65,6 +78,8 @@ SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33
 SO_MARK = 36
+SO_SNDBUFFORCE = 32
+SIOCGIFMTU = 0x8921
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLMSG_ERROR = 0x2
@@ -87,6 +102,7 @@ NFQA_CFG_F_FAIL_OPEN = 0x1
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
 NFQA_MARK = 3
+NFQA_IFINDEX_OUTDEV = 6
 NFQA_PAYLOAD = 10
 NFQA_CAP_LEN = 13
 NF_DROP = 0
@@ -97,6 +113,7 @@ HOOK_NUMBERS = {"ingress": {0, 1, 2}, "egress": {2, 3, 4}}
 COPY_RANGE = 65535  # the kernel caps it at 65531 (0xffff less an attribute header)
 QUEUE_MAXLEN = 16384
 RCVBUF = 16 << 20  # packets queued while we are busy wait here, not in fail-open
+RAW_SNDBUF = 4 << 20  # copies released together wait here for the device
 RECV_SIZE = 1 << 17  # one packet message: up to 64 KiB of packet plus attributes
 RECV_BURST = 256  # packets read before due verdicts get their turn again
 SEND_CHUNK = 32 << 10  # verdicts sent together in one datagram, up to this size
@@ -108,6 +125,7 @@ _NFGENMSG = struct.Struct("!BBH")  # res_id (the queue number) in network order
 _BE32 = struct.Struct("!I")
 _PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook
 _VERDICT = struct.Struct("!II4sI")  # verdict, id, the mark attribute's header, mark
+_IFREQ_MTU = struct.Struct("16si20x")  # struct ifreq: name, then ifr_mtu in the union
 
 
 class QueueError(Exception):
@@ -210,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corrupt", type=_percent, default=0.0, metavar="PCT",
                         help="with this probability, in percent (0 to 100), flip one random bit past the IP "
                              "header, so the receiver drops the packet on its checksum")
+    parser.add_argument("--resend", action="store_true",
+                        help="egress only, with a delay: drop each delayed packet at once and send its copy "
+                             "through a raw socket when the delay is over. The sending socket's buffer is freed "
+                             "at once, as netem does, so TCP keeps its throughput (held packets otherwise stay "
+                             "charged to it and TCP slows to a trickle). Needs CAP_NET_RAW; packets longer than "
+                             "the outgoing device's MTU are held as usual")
     parser.add_argument("--seed", type=_seed, default=None, metavar="N",
                         help="seed the random generator, for repeatable runs")
     return parser
@@ -221,6 +245,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if options.reorder and not options.delay_ms:
         parser.error(f"argument --reorder: {options.reorder:g} needs --delay-ms above 0: only delayed packets "
                      "can be overtaken")
+    if options.resend and options.hook != "egress":
+        parser.error("argument --resend: only with --hook egress (on ingress no sender's buffer is held)")
+    if options.resend and not (options.delay_ms or options.jitter_ms):
+        parser.error("argument --resend: needs --delay-ms or --jitter-ms above 0: it changes how delayed "
+                     "packets leave")
     return options
 
 
@@ -230,7 +259,8 @@ def _format_number(value: float) -> str:
 
 
 def queue_argv(queue: int, mark_bit: int, *, hook: str, loss: float = 0, delay_ms: float = 0,
-               jitter_ms: float = 0, reorder: float = 0, duplicate: float = 0, corrupt: float = 0) -> list[str]:
+               jitter_ms: float = 0, reorder: float = 0, duplicate: float = 0, corrupt: float = 0,
+               resend: bool = False) -> list[str]:
     """The arguments after ``python3 -m pytest_chaos_daemon.packet_queue`` for these settings.
 
     Checks them as the program would, raising ValueError, so a bad value fails in
@@ -258,6 +288,12 @@ def queue_argv(queue: int, mark_bit: int, *, hook: str, loss: float = 0, delay_m
             raise ValueError(f"{option}: {error}") from None
     if reorder and not delay_ms:
         raise ValueError("--reorder: needs --delay-ms above 0")
+    if resend:
+        if hook != "egress":
+            raise ValueError("--resend: only with --hook egress")
+        if not (delay_ms or jitter_ms):
+            raise ValueError("--resend: needs --delay-ms or --jitter-ms above 0")
+        argv.append("--resend")
     return argv
 
 
@@ -321,13 +357,13 @@ class Held:
 
     __slots__ = ("due", "order", "packet_id", "mark", "payload", "copy")
 
-    def __init__(self, due: float, order: int, packet_id: int, mark: int, payload: bytes | None,
+    def __init__(self, due: float, order: int, packet_id: int | None, mark: int, payload: bytes | None,
                  copy: bytes | None) -> None:
         self.due = due
         self.order = order  # equal due times keep arrival order
-        self.packet_id = packet_id
+        self.packet_id = packet_id  # None: the original was dropped, the payload is sent when due (--resend)
         self.mark = mark
-        self.payload = payload  # modified packet to hand back, or None
+        self.payload = payload  # modified packet to hand back, the packet to resend, or None
         self.copy = copy  # duplicate to send at release, or None
 
     def __lt__(self, other: Held) -> bool:
@@ -342,9 +378,10 @@ class PacketQueue:
         self.queue = options.queue
         self.bit = options.mark_bit
         self.random = random.Random(options.seed)
-        self.copy_mode = NFQNL_COPY_PACKET if (options.duplicate or options.corrupt) else NFQNL_COPY_META
+        whole = options.duplicate or options.corrupt or options.resend
+        self.copy_mode = NFQNL_COPY_PACKET if whole else NFQNL_COPY_META
         self.counters = {"seen": 0, "dropped": 0, "delayed": 0, "reordered": 0, "duplicated": 0,
-                         "corrupted": 0,
+                         "corrupted": 0, "resent": 0,
                          # Beyond netem's counters: packets copied short of their length and the longest
                          # packet (both with packet copies only: metadata-only copies carry no length),
                          # verdicts or duplicates that failed, the most a held packet was released late.
@@ -356,6 +393,7 @@ class PacketQueue:
         self.outgoing_size = 0
         self.raw: dict[int, socket.socket] = {}
         self.raw_marks: dict[int, int] = {}
+        self.mtus: dict[int, int] = {}  # by interface index
         self.errors_reported = 0
         self.hooks = set(HOOK_NUMBERS[options.hook])  # expected, or already reported
         self.passthrough = False  # when stopping: every packet goes through at once, untouched
@@ -367,10 +405,13 @@ class PacketQueue:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
             # Overruns are handled by fail-open in the kernel; an ENOBUFS error here would tell us nothing.
             self.sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-            mark_header = _NLATTR.pack(_NLATTR.size + 4, NFQA_MARK)
-            self._verdict_prefix = _NLMSGHDR.pack(40, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, 0) + _NFGENMSG.pack(
-                socket.AF_UNSPEC, NFNETLINK_V0, self.queue) + _NLATTR.pack(12, NFQA_VERDICT_HDR)
-            self._mark_header = mark_header
+            # A verdict without payload is the same bytes but for verdict, id and mark: built once.
+            verdict_size = _NLMSGHDR.size + _NFGENMSG.size + _VERDICT.size + _NLATTR.size
+            self._verdict_prefix = (
+                _NLMSGHDR.pack(verdict_size, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, 0)
+                + _NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, self.queue)
+                + _NLATTR.pack(_NLATTR.size + 8, NFQA_VERDICT_HDR))
+            self._mark_header = _NLATTR.pack(_NLATTR.size + 4, NFQA_MARK)
         except BaseException:
             self.sock.close()
             raise
@@ -482,15 +523,42 @@ class PacketQueue:
         if delay > 0:
             counters["delayed"] += 1
             self.order += 1
-            heapq.heappush(self.held, Held(time.monotonic() + delay / 1000, self.order, packet_id, mark,
-                                           changed, copy))
+            due = time.monotonic() + delay / 1000
+            if options.resend and whole and self._fits(attrs, length):
+                # The original goes now, freeing its sender's buffer; the copy leaves when due.
+                counters["resent"] += 1
+                self._verdict(packet_id, NF_DROP, mark, None)
+                packet = changed if changed is not None else bytes(payload)
+                heapq.heappush(self.held, Held(due, self.order, None, mark, packet, copy))
+            else:
+                heapq.heappush(self.held, Held(due, self.order, packet_id, mark, changed, copy))
             return
         self._release(packet_id, mark, changed, copy)
 
-    def _release(self, packet_id: int, mark: int, payload: bytes | None, copy: bytes | None) -> None:
-        if copy is not None:
-            self._duplicate(copy, mark | self.bit)
-        self._verdict(packet_id, NF_REPEAT, mark | self.bit, payload)
+    def _fits(self, attrs: dict[int, memoryview], length: int) -> bool:
+        """Whether a raw socket can send the packet as it is: no longer than its device's MTU (a longer one
+        is fragmented after this hook, which a raw socket refuses to do)."""
+        outdev = attrs.get(NFQA_IFINDEX_OUTDEV)
+        if outdev is None:
+            return False
+        index = _BE32.unpack_from(outdev)[0]
+        mtu = self.mtus.get(index)
+        if mtu is None:
+            try:
+                request = _IFREQ_MTU.pack(socket.if_indextoname(index).encode(), 0)
+                mtu = _IFREQ_MTU.unpack(fcntl.ioctl(self.sock.fileno(), SIOCGIFMTU, request))[1]
+            except OSError:
+                mtu = 0  # a device gone since: hold its packets as usual
+            self.mtus[index] = mtu
+        return length <= mtu
+
+    def _release(self, packet_id: int | None, mark: int, payload: bytes | None, copy: bytes | None) -> None:
+        if copy is not None and self._send_raw(copy, mark | self.bit):
+            self.counters["duplicated"] += 1
+        if packet_id is None:  # resent: the original was dropped when it came
+            self._send_raw(payload, mark | self.bit)
+        else:
+            self._verdict(packet_id, NF_REPEAT, mark | self.bit, payload)
 
     def _verdict(self, packet_id: int, verdict: int, mark: int, payload: bytes | None) -> None:
         if payload is None:
@@ -524,7 +592,8 @@ class PacketQueue:
         except OSError as error:
             self._error(f"sending verdicts: {error}")
 
-    def _duplicate(self, packet: bytes, mark: int) -> None:
+    def _send_raw(self, packet: bytes, mark: int) -> bool:
+        """Send a whole IP packet, as it is, through a raw socket with this mark; whether it went."""
         version = packet[0] >> 4
         try:
             if version == 4:
@@ -532,19 +601,22 @@ class PacketQueue:
             elif version == 6:
                 family, destination = socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packet[24:40]), 0)
             else:
-                return
+                return False
             raw = self.raw.get(family)
             if raw is None:
                 # IPPROTO_RAW: the packet carries its own IP header (IP_HDRINCL implied).
                 raw = self.raw[family] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                raw.setblocking(False)  # a full device queue must not stall the loop
+                with contextlib.suppress(OSError):
+                    raw.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, RAW_SNDBUF)
             if self.raw_marks.get(family) != mark:
                 raw.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)  # the copy skips our rule
                 self.raw_marks[family] = mark
             raw.sendto(packet, destination)
         except OSError as error:
-            self._error(f"sending a duplicate: {error}")
-            return
-        self.counters["duplicated"] += 1
+            self._error(f"sending a packet through a raw socket: {error}")
+            return False
+        return True
 
     def _error(self, message: str) -> None:
         self.counters["errors"] += 1

@@ -22,6 +22,7 @@ class InjectContext:
     owner: str  # who applied it, for the daemon's listings
     targets: tuple[Target, ...] = ()  # every target of the experiment (pod-kill acts once per pod)
     peers: tuple[Target, ...] = ()  # what the experiment's ``target`` selected (network kinds)
+    seed: int = 0  # for the fault's own random choices (a packet's fate), from the run's --chaos-seed
 
 
 class FaultKind(Protocol):

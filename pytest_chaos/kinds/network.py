@@ -143,7 +143,7 @@ class NetworkKind(AppliedKind):
         if "target" in params and not (peers or peer_ids):
             raise ChaosError(f"{self.name}: the peers selected by target have no address")
         return pb.NetworkScope(device=params["device"] or "", direction=DIRECTIONS[params["direction"]], peers=peers,
-                               peer_container_ids=peer_ids)
+                               peer_container_ids=peer_ids, seed=ctx.seed)
 
 
 def check_device(device: object) -> str | None:

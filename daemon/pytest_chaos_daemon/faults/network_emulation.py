@@ -139,6 +139,8 @@ async def _start_queues(ctx: FaultContext, namespace: rules.Namespace, params: d
     for (hook, queue), cgroup in zip(undo["queues"].items(), undo["cgroups"]):
         program = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue",
                    *queue_argv(queue, undo["mark"], hook=hook, **params["effects"])]
+        if params.get("seed"):  # the same seed for each hook's queue: their packets are not the same
+            program += ["--seed", str(params["seed"])]
 
         def ready(queue: int = queue, cgroup: str = cgroup) -> bool:
             return any(queue in rules.bound_queues(pid) for pid in _members(cgroup))

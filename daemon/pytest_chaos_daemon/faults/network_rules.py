@@ -88,7 +88,7 @@ def check_scope(scope: pb.NetworkScope, kind: str) -> dict[str, Any]:
     if direction != "to" and not (peers or scope.peer_container_ids) and kind != "network-partition":
         raise InvalidArgument(f"{kind}: direction {direction!r} needs peers (Chaos Mesh's `target`)")
     return {"device": device, "direction": direction, "peers": peers,
-            "peer_container_ids": list(scope.peer_container_ids)}
+            "peer_container_ids": list(scope.peer_container_ids), "seed": scope.seed}
 
 
 async def resolve_scope(ctx: FaultContext, params: dict[str, Any]) -> Scope:

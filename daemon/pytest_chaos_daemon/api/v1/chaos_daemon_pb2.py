@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-pytest_chaos_daemon/api/v1/chaos_daemon.proto\x12\x16pytest_chaos.daemon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\tInjection\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x03 \x01(\t\"\xcf\x03\n\x0fInjectionStatus\x12\x14\n\x0cinjection_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12<\n\x05state\x18\x04 \x01(\x0e\x32-.pytest_chaos.daemon.v1.InjectionStatus.State\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12.\n\napplied_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x11\n\tmechanism\x18\x0b \x01(\t\"w\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08ONE_SHOT\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tRECOVERED\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x15\n\x11UNKNOWN_INJECTION\x10\x06\"\x0f\n\rContainerKill\"\x10\n\x0e\x43ontainerPause\".\n\x0bProcessKill\x12\x0f\n\x07process\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\x05\"\xcd\x01\n\x06Stress\x12/\n\x03\x63pu\x18\x01 \x01(\x0b\x32\".pytest_chaos.daemon.v1.Stress.Cpu\x12\x35\n\x06memory\x18\x02 \x01(\x0b\x32%.pytest_chaos.daemon.v1.Stress.Memory\x1a\x32\n\x03\x43pu\x12\x0f\n\x07workers\x18\x01 \x01(\r\x12\x11\n\x04load\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x07\n\x05_load\x1a\'\n\x06Memory\x12\x0f\n\x07workers\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\t\"\xd3\x01\n\x0cNetworkScope\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x41\n\tdirection\x18\x02 \x01(\x0e\x32..pytest_chaos.daemon.v1.NetworkScope.Direction\x12\r\n\x05peers\x18\x03 \x03(\t\x12\x1a\n\x12peer_container_ids\x18\x04 \x03(\t\"E\n\tDirection\x12\x10\n\x0c\x44IRECTION_TO\x10\x00\x12\x12\n\x0e\x44IRECTION_FROM\x10\x01\x12\x12\n\x0e\x44IRECTION_BOTH\x10\x02\"G\n\x10NetworkPartition\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\"e\n\x0bNetworkLoss\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x01\"\xac\x02\n\x0cNetworkDelay\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12*\n\x07latency\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06jitter\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63orrelation\x18\x04 \x01(\x01\x12=\n\x07reorder\x18\x05 \x01(\x0b\x32,.pytest_chaos.daemon.v1.NetworkDelay.Reorder\x1a<\n\x07Reorder\x12\x0f\n\x07reorder\x18\x01 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x02 \x01(\x01\x12\x0b\n\x03gap\x18\x03 \x01(\x05\"o\n\x10NetworkDuplicate\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x11\n\tduplicate\x18\x02 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x01\"k\n\x0eNetworkCorrupt\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x0f\n\x07\x63orrupt\x18\x02 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x01\"\x98\x01\n\x10NetworkBandwidth\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x0c\n\x04rate\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\r\x12\x10\n\x08peakrate\x18\x05 \x01(\x04\x12\x10\n\x08minburst\x18\x06 \x01(\r\"z\n\x03\x44ns\x12\x32\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\".pytest_chaos.daemon.v1.Dns.Action\x12\x10\n\x08patterns\x18\x02 \x03(\t\"-\n\x06\x41\x63tion\x12\x10\n\x0c\x41\x43TION_ERROR\x10\x00\x12\x11\n\rACTION_RANDOM\x10\x01\"\xc3\x06\n\x0c\x41pplyRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x34\n\tinjection\x18\x02 \x01(\x0b\x32!.pytest_chaos.daemon.v1.Injection\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12?\n\x0e\x63ontainer_kill\x18\n \x01(\x0b\x32%.pytest_chaos.daemon.v1.ContainerKillH\x00\x12\x41\n\x0f\x63ontainer_pause\x18\x0b \x01(\x0b\x32&.pytest_chaos.daemon.v1.ContainerPauseH\x00\x12;\n\x0cprocess_kill\x18\x0c \x01(\x0b\x32#.pytest_chaos.daemon.v1.ProcessKillH\x00\x12\x30\n\x06stress\x18\r \x01(\x0b\x32\x1e.pytest_chaos.daemon.v1.StressH\x00\x12\x45\n\x11network_partition\x18\x0e \x01(\x0b\x32(.pytest_chaos.daemon.v1.NetworkPartitionH\x00\x12;\n\x0cnetwork_loss\x18\x0f \x01(\x0b\x32#.pytest_chaos.daemon.v1.NetworkLossH\x00\x12=\n\rnetwork_delay\x18\x10 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkDelayH\x00\x12\x45\n\x11network_duplicate\x18\x11 \x01(\x0b\x32(.pytest_chaos.daemon.v1.NetworkDuplicateH\x00\x12\x41\n\x0fnetwork_corrupt\x18\x12 \x01(\x0b\x32&.pytest_chaos.daemon.v1.NetworkCorruptH\x00\x12\x45\n\x11network_bandwidth\x18\x13 \x01(\x0b\x32(.pytest_chaos.daemon.v1.NetworkBandwidthH\x00\x12*\n\x03\x64ns\x18\x14 \x01(\x0b\x32\x1b.pytest_chaos.daemon.v1.DnsH\x00\x42\x07\n\x05\x66\x61ult\"|\n\rApplyResponse\x12\x37\n\x06status\x18\x01 \x01(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\x12\x32\n\tprocesses\x18\x02 \x03(\x0b\x32\x1f.pytest_chaos.daemon.v1.Process\"\'\n\x0eRecoverRequest\x12\x15\n\rinjection_ids\x18\x01 \x03(\t\"N\n\x0fRecoverResponse\x12;\n\ninjections\x18\x01 \x03(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\"O\n\x0cRenewRequest\x12\x15\n\rinjection_ids\x18\x01 \x03(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\rRenewResponse\x12;\n\ninjections\x18\x01 \x03(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\".\n\x15ListInjectionsRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\"U\n\x16ListInjectionsResponse\x12;\n\ninjections\x18\x01 \x03(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\"\x9e\x01\n\x15\x45xecHelloWorldRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x34\n\tinjection\x18\x02 \x01(\x0b\x32!.pytest_chaos.daemon.v1.Injection\x12\x39\n\x06source\x18\x03 \x01(\x0e\x32).pytest_chaos.daemon.v1.ProcessListSource\"5\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\"\xa8\x01\n\x16\x45xecHelloWorldResponse\x12\x37\n\x06status\x18\x01 \x01(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x32\n\tprocesses\x18\x03 \x03(\x0b\x32\x1f.pytest_chaos.daemon.v1.Process\x12\x11\n\ttruncated\x18\x04 \x01(\x08*r\n\x11ProcessListSource\x12#\n\x1fPROCESS_LIST_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROCESS_LIST_SOURCE_PS\x10\x01\x12\x1c\n\x18PROCESS_LIST_SOURCE_PROC\x10\x02\x32\xfc\x03\n\x0b\x43haosDaemon\x12t\n\x13\x45xecHelloWorldChaos\x12-.pytest_chaos.daemon.v1.ExecHelloWorldRequest\x1a..pytest_chaos.daemon.v1.ExecHelloWorldResponse\x12T\n\x05\x41pply\x12$.pytest_chaos.daemon.v1.ApplyRequest\x1a%.pytest_chaos.daemon.v1.ApplyResponse\x12Z\n\x07Recover\x12&.pytest_chaos.daemon.v1.RecoverRequest\x1a\'.pytest_chaos.daemon.v1.RecoverResponse\x12T\n\x05Renew\x12$.pytest_chaos.daemon.v1.RenewRequest\x1a%.pytest_chaos.daemon.v1.RenewResponse\x12o\n\x0eListInjections\x12-.pytest_chaos.daemon.v1.ListInjectionsRequest\x1a..pytest_chaos.daemon.v1.ListInjectionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-pytest_chaos_daemon/api/v1/chaos_daemon.proto\x12\x16pytest_chaos.daemon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\tInjection\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x03 \x01(\t\"\xcf\x03\n\x0fInjectionStatus\x12\x14\n\x0cinjection_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12<\n\x05state\x18\x04 \x01(\x0e\x32-.pytest_chaos.daemon.v1.InjectionStatus.State\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12.\n\napplied_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x11\n\tmechanism\x18\x0b \x01(\t\"w\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08ONE_SHOT\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tRECOVERED\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x15\n\x11UNKNOWN_INJECTION\x10\x06\"\x0f\n\rContainerKill\"\x10\n\x0e\x43ontainerPause\".\n\x0bProcessKill\x12\x0f\n\x07process\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\x05\"\xcd\x01\n\x06Stress\x12/\n\x03\x63pu\x18\x01 \x01(\x0b\x32\".pytest_chaos.daemon.v1.Stress.Cpu\x12\x35\n\x06memory\x18\x02 \x01(\x0b\x32%.pytest_chaos.daemon.v1.Stress.Memory\x1a\x32\n\x03\x43pu\x12\x0f\n\x07workers\x18\x01 \x01(\r\x12\x11\n\x04load\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x07\n\x05_load\x1a\'\n\x06Memory\x12\x0f\n\x07workers\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\t\"\xe1\x01\n\x0cNetworkScope\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x41\n\tdirection\x18\x02 \x01(\x0e\x32..pytest_chaos.daemon.v1.NetworkScope.Direction\x12\r\n\x05peers\x18\x03 \x03(\t\x12\x1a\n\x12peer_container_ids\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"E\n\tDirection\x12\x10\n\x0c\x44IRECTION_TO\x10\x00\x12\x12\n\x0e\x44IRECTION_FROM\x10\x01\x12\x12\n\x0e\x44IRECTION_BOTH\x10\x02\"G\n\x10NetworkPartition\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\"e\n\x0bNetworkLoss\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x01\"\xac\x02\n\x0cNetworkDelay\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12*\n\x07latency\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06jitter\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63orrelation\x18\x04 \x01(\x01\x12=\n\x07reorder\x18\x05 \x01(\x0b\x32,.pytest_chaos.daemon.v1.NetworkDelay.Reorder\x1a<\n\x07Reorder\x12\x0f\n\x07reorder\x18\x01 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x02 \x01(\x01\x12\x0b\n\x03gap\x18\x03 \x01(\x05\"o\n\x10NetworkDuplicate\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x11\n\tduplicate\x18\x02 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x01\"k\n\x0eNetworkCorrupt\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x0f\n\x07\x63orrupt\x18\x02 \x01(\x01\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x01\"\x98\x01\n\x10NetworkBandwidth\x12\x33\n\x05scope\x18\x01 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkScope\x12\x0c\n\x04rate\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\r\x12\x10\n\x08peakrate\x18\x05 \x01(\x04\x12\x10\n\x08minburst\x18\x06 \x01(\r\"z\n\x03\x44ns\x12\x32\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\".pytest_chaos.daemon.v1.Dns.Action\x12\x10\n\x08patterns\x18\x02 \x03(\t\"-\n\x06\x41\x63tion\x12\x10\n\x0c\x41\x43TION_ERROR\x10\x00\x12\x11\n\rACTION_RANDOM\x10\x01\"\xc3\x06\n\x0c\x41pplyRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x34\n\tinjection\x18\x02 \x01(\x0b\x32!.pytest_chaos.daemon.v1.Injection\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12?\n\x0e\x63ontainer_kill\x18\n \x01(\x0b\x32%.pytest_chaos.daemon.v1.ContainerKillH\x00\x12\x41\n\x0f\x63ontainer_pause\x18\x0b \x01(\x0b\x32&.pytest_chaos.daemon.v1.ContainerPauseH\x00\x12;\n\x0cprocess_kill\x18\x0c \x01(\x0b\x32#.pytest_chaos.daemon.v1.ProcessKillH\x00\x12\x30\n\x06stress\x18\r \x01(\x0b\x32\x1e.pytest_chaos.daemon.v1.StressH\x00\x12\x45\n\x11network_partition\x18\x0e \x01(\x0b\x32(.pytest_chaos.daemon.v1.NetworkPartitionH\x00\x12;\n\x0cnetwork_loss\x18\x0f \x01(\x0b\x32#.pytest_chaos.daemon.v1.NetworkLossH\x00\x12=\n\rnetwork_delay\x18\x10 \x01(\x0b\x32$.pytest_chaos.daemon.v1.NetworkDelayH\x00\x12\x45\n\x11network_duplicate\x18\x11 \x01(\x0b\x32(.pytest_chaos.daemon.v1.NetworkDuplicateH\x00\x12\x41\n\x0fnetwork_corrupt\x18\x12 \x01(\x0b\x32&.pytest_chaos.daemon.v1.NetworkCorruptH\x00\x12\x45\n\x11network_bandwidth\x18\x13 \x01(\x0b\x32(.pytest_chaos.daemon.v1.NetworkBandwidthH\x00\x12*\n\x03\x64ns\x18\x14 \x01(\x0b\x32\x1b.pytest_chaos.daemon.v1.DnsH\x00\x42\x07\n\x05\x66\x61ult\"|\n\rApplyResponse\x12\x37\n\x06status\x18\x01 \x01(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\x12\x32\n\tprocesses\x18\x02 \x03(\x0b\x32\x1f.pytest_chaos.daemon.v1.Process\"\'\n\x0eRecoverRequest\x12\x15\n\rinjection_ids\x18\x01 \x03(\t\"N\n\x0fRecoverResponse\x12;\n\ninjections\x18\x01 \x03(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\"O\n\x0cRenewRequest\x12\x15\n\rinjection_ids\x18\x01 \x03(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\rRenewResponse\x12;\n\ninjections\x18\x01 \x03(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\".\n\x15ListInjectionsRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\"U\n\x16ListInjectionsResponse\x12;\n\ninjections\x18\x01 \x03(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\"\x9e\x01\n\x15\x45xecHelloWorldRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x34\n\tinjection\x18\x02 \x01(\x0b\x32!.pytest_chaos.daemon.v1.Injection\x12\x39\n\x06source\x18\x03 \x01(\x0e\x32).pytest_chaos.daemon.v1.ProcessListSource\"5\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\"\xa8\x01\n\x16\x45xecHelloWorldResponse\x12\x37\n\x06status\x18\x01 \x01(\x0b\x32\'.pytest_chaos.daemon.v1.InjectionStatus\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x32\n\tprocesses\x18\x03 \x03(\x0b\x32\x1f.pytest_chaos.daemon.v1.Process\x12\x11\n\ttruncated\x18\x04 \x01(\x08*r\n\x11ProcessListSource\x12#\n\x1fPROCESS_LIST_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROCESS_LIST_SOURCE_PS\x10\x01\x12\x1c\n\x18PROCESS_LIST_SOURCE_PROC\x10\x02\x32\xfc\x03\n\x0b\x43haosDaemon\x12t\n\x13\x45xecHelloWorldChaos\x12-.pytest_chaos.daemon.v1.ExecHelloWorldRequest\x1a..pytest_chaos.daemon.v1.ExecHelloWorldResponse\x12T\n\x05\x41pply\x12$.pytest_chaos.daemon.v1.ApplyRequest\x1a%.pytest_chaos.daemon.v1.ApplyResponse\x12Z\n\x07Recover\x12&.pytest_chaos.daemon.v1.RecoverRequest\x1a\'.pytest_chaos.daemon.v1.RecoverResponse\x12T\n\x05Renew\x12$.pytest_chaos.daemon.v1.RenewRequest\x1a%.pytest_chaos.daemon.v1.RenewResponse\x12o\n\x0eListInjections\x12-.pytest_chaos.daemon.v1.ListInjectionsRequest\x1a..pytest_chaos.daemon.v1.ListInjectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pytest_chaos_daemon.api.v1.chaos_daemon_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROCESSLISTSOURCE']._serialized_start=3937
-  _globals['_PROCESSLISTSOURCE']._serialized_end=4051
+  _globals['_PROCESSLISTSOURCE']._serialized_start=3951
+  _globals['_PROCESSLISTSOURCE']._serialized_end=4065
   _globals['_INJECTION']._serialized_start=138
   _globals['_INJECTION']._serialized_end=218
   _globals['_INJECTIONSTATUS']._serialized_start=221
@@ -54,49 +54,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STRESS_MEMORY']._serialized_start=936
   _globals['_STRESS_MEMORY']._serialized_end=975
   _globals['_NETWORKSCOPE']._serialized_start=978
-  _globals['_NETWORKSCOPE']._serialized_end=1189
-  _globals['_NETWORKSCOPE_DIRECTION']._serialized_start=1120
-  _globals['_NETWORKSCOPE_DIRECTION']._serialized_end=1189
-  _globals['_NETWORKPARTITION']._serialized_start=1191
-  _globals['_NETWORKPARTITION']._serialized_end=1262
-  _globals['_NETWORKLOSS']._serialized_start=1264
-  _globals['_NETWORKLOSS']._serialized_end=1365
-  _globals['_NETWORKDELAY']._serialized_start=1368
-  _globals['_NETWORKDELAY']._serialized_end=1668
-  _globals['_NETWORKDELAY_REORDER']._serialized_start=1608
-  _globals['_NETWORKDELAY_REORDER']._serialized_end=1668
-  _globals['_NETWORKDUPLICATE']._serialized_start=1670
-  _globals['_NETWORKDUPLICATE']._serialized_end=1781
-  _globals['_NETWORKCORRUPT']._serialized_start=1783
-  _globals['_NETWORKCORRUPT']._serialized_end=1890
-  _globals['_NETWORKBANDWIDTH']._serialized_start=1893
-  _globals['_NETWORKBANDWIDTH']._serialized_end=2045
-  _globals['_DNS']._serialized_start=2047
-  _globals['_DNS']._serialized_end=2169
-  _globals['_DNS_ACTION']._serialized_start=2124
-  _globals['_DNS_ACTION']._serialized_end=2169
-  _globals['_APPLYREQUEST']._serialized_start=2172
-  _globals['_APPLYREQUEST']._serialized_end=3007
-  _globals['_APPLYRESPONSE']._serialized_start=3009
-  _globals['_APPLYRESPONSE']._serialized_end=3133
-  _globals['_RECOVERREQUEST']._serialized_start=3135
-  _globals['_RECOVERREQUEST']._serialized_end=3174
-  _globals['_RECOVERRESPONSE']._serialized_start=3176
-  _globals['_RECOVERRESPONSE']._serialized_end=3254
-  _globals['_RENEWREQUEST']._serialized_start=3256
-  _globals['_RENEWREQUEST']._serialized_end=3335
-  _globals['_RENEWRESPONSE']._serialized_start=3337
-  _globals['_RENEWRESPONSE']._serialized_end=3413
-  _globals['_LISTINJECTIONSREQUEST']._serialized_start=3415
-  _globals['_LISTINJECTIONSREQUEST']._serialized_end=3461
-  _globals['_LISTINJECTIONSRESPONSE']._serialized_start=3463
-  _globals['_LISTINJECTIONSRESPONSE']._serialized_end=3548
-  _globals['_EXECHELLOWORLDREQUEST']._serialized_start=3551
-  _globals['_EXECHELLOWORLDREQUEST']._serialized_end=3709
-  _globals['_PROCESS']._serialized_start=3711
-  _globals['_PROCESS']._serialized_end=3764
-  _globals['_EXECHELLOWORLDRESPONSE']._serialized_start=3767
-  _globals['_EXECHELLOWORLDRESPONSE']._serialized_end=3935
-  _globals['_CHAOSDAEMON']._serialized_start=4054
-  _globals['_CHAOSDAEMON']._serialized_end=4562
+  _globals['_NETWORKSCOPE']._serialized_end=1203
+  _globals['_NETWORKSCOPE_DIRECTION']._serialized_start=1134
+  _globals['_NETWORKSCOPE_DIRECTION']._serialized_end=1203
+  _globals['_NETWORKPARTITION']._serialized_start=1205
+  _globals['_NETWORKPARTITION']._serialized_end=1276
+  _globals['_NETWORKLOSS']._serialized_start=1278
+  _globals['_NETWORKLOSS']._serialized_end=1379
+  _globals['_NETWORKDELAY']._serialized_start=1382
+  _globals['_NETWORKDELAY']._serialized_end=1682
+  _globals['_NETWORKDELAY_REORDER']._serialized_start=1622
+  _globals['_NETWORKDELAY_REORDER']._serialized_end=1682
+  _globals['_NETWORKDUPLICATE']._serialized_start=1684
+  _globals['_NETWORKDUPLICATE']._serialized_end=1795
+  _globals['_NETWORKCORRUPT']._serialized_start=1797
+  _globals['_NETWORKCORRUPT']._serialized_end=1904
+  _globals['_NETWORKBANDWIDTH']._serialized_start=1907
+  _globals['_NETWORKBANDWIDTH']._serialized_end=2059
+  _globals['_DNS']._serialized_start=2061
+  _globals['_DNS']._serialized_end=2183
+  _globals['_DNS_ACTION']._serialized_start=2138
+  _globals['_DNS_ACTION']._serialized_end=2183
+  _globals['_APPLYREQUEST']._serialized_start=2186
+  _globals['_APPLYREQUEST']._serialized_end=3021
+  _globals['_APPLYRESPONSE']._serialized_start=3023
+  _globals['_APPLYRESPONSE']._serialized_end=3147
+  _globals['_RECOVERREQUEST']._serialized_start=3149
+  _globals['_RECOVERREQUEST']._serialized_end=3188
+  _globals['_RECOVERRESPONSE']._serialized_start=3190
+  _globals['_RECOVERRESPONSE']._serialized_end=3268
+  _globals['_RENEWREQUEST']._serialized_start=3270
+  _globals['_RENEWREQUEST']._serialized_end=3349
+  _globals['_RENEWRESPONSE']._serialized_start=3351
+  _globals['_RENEWRESPONSE']._serialized_end=3427
+  _globals['_LISTINJECTIONSREQUEST']._serialized_start=3429
+  _globals['_LISTINJECTIONSREQUEST']._serialized_end=3475
+  _globals['_LISTINJECTIONSRESPONSE']._serialized_start=3477
+  _globals['_LISTINJECTIONSRESPONSE']._serialized_end=3562
+  _globals['_EXECHELLOWORLDREQUEST']._serialized_start=3565
+  _globals['_EXECHELLOWORLDREQUEST']._serialized_end=3723
+  _globals['_PROCESS']._serialized_start=3725
+  _globals['_PROCESS']._serialized_end=3778
+  _globals['_EXECHELLOWORLDRESPONSE']._serialized_start=3781
+  _globals['_EXECHELLOWORLDRESPONSE']._serialized_end=3949
+  _globals['_CHAOSDAEMON']._serialized_start=4068
+  _globals['_CHAOSDAEMON']._serialized_end=4576
 # @@protoc_insertion_point(module_scope)

@@ -111,7 +111,7 @@ class Stress(_message.Message):
     def __init__(self, cpu: _Optional[_Union[Stress.Cpu, _Mapping]] = ..., memory: _Optional[_Union[Stress.Memory, _Mapping]] = ...) -> None: ...
 
 class NetworkScope(_message.Message):
-    __slots__ = ("device", "direction", "peers", "peer_container_ids")
+    __slots__ = ("device", "direction", "peers", "peer_container_ids", "seed")
     class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DIRECTION_TO: _ClassVar[NetworkScope.Direction]
@@ -124,11 +124,13 @@ class NetworkScope(_message.Message):
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     PEER_CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     device: str
     direction: NetworkScope.Direction
     peers: _containers.RepeatedScalarFieldContainer[str]
     peer_container_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device: _Optional[str] = ..., direction: _Optional[_Union[NetworkScope.Direction, str]] = ..., peers: _Optional[_Iterable[str]] = ..., peer_container_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    seed: int
+    def __init__(self, device: _Optional[str] = ..., direction: _Optional[_Union[NetworkScope.Direction, str]] = ..., peers: _Optional[_Iterable[str]] = ..., peer_container_ids: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class NetworkPartition(_message.Message):
     __slots__ = ("scope",)
