@@ -115,7 +115,7 @@ QUEUE_MAXLEN = 16384
 RCVBUF = 16 << 20  # packets queued while we are busy wait here, not in fail-open
 RAW_SNDBUF = 4 << 20  # copies released together wait here for the device
 RECV_SIZE = 1 << 17  # one packet message: up to 64 KiB of packet plus attributes
-RECV_BURST = 256  # packets read before due verdicts get their turn again
+RECV_BURST = 64  # packets read (and their verdicts gathered) before sending verdicts
 SEND_CHUNK = 32 << 10  # verdicts sent together in one datagram, up to this size
 ACK_TIMEOUT_S = 5.0
 
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The program's options; exits with status 2 and a message naming the option when one is bad."""
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.reorder and not options.delay_ms:
@@ -642,8 +643,10 @@ class PacketQueue:
         return None
 
     def _read(self) -> bool:
-        """Handle the packets waiting on the socket, up to a burst; whether any were read."""
+        """Handle the packets waiting on the socket, until a held packet is due or a burst is done; whether
+        any were read."""
         view = memoryview(self.buffer)
+        held = self.held
         for count in range(RECV_BURST):
             try:
                 size = self.sock.recv_into(self.buffer)
@@ -651,6 +654,8 @@ class PacketQueue:
                 return count > 0
             for kind, seq, body in _messages(view[:size]):
                 self._handle(kind, seq, body)
+            if held and held[0].due <= time.monotonic():
+                break
         return True
 
     def run(self, wakeup: socket.socket) -> None:
@@ -710,6 +715,7 @@ def _flip_bit(payload: memoryview, rng: random.Random) -> bytes | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Bind the queue, serve it until SIGTERM or SIGINT, print the counters; the exit status."""
     options = parse_args(argv)
     # Signals only wake the loop; the work happens between packets, never inside a handler.
     wakeup, wakeup_writer = socket.socketpair()

@@ -137,8 +137,12 @@ async def _start_queues(ctx: FaultContext, namespace: rules.Namespace, params: d
     """One packet_queue per hook, each ready once the kernel lists its queue as bound in the namespace."""
     # Read through a process in the namespace: the target's, or the first program's once it runs.
     for (hook, queue), cgroup in zip(undo["queues"].items(), undo["cgroups"]):
+        effects = params["effects"]
+        # A packet held on the egress path stays charged to its sending socket, which then stalls (TCP falls
+        # to a few Mbit/s): delayed egress packets are dropped at once and an exact copy is sent when due.
+        resend = hook == "egress" and bool(effects.get("delay_ms") or effects.get("jitter_ms"))
         program = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue",
-                   *queue_argv(queue, undo["mark"], hook=hook, **params["effects"])]
+                   *queue_argv(queue, undo["mark"], hook=hook, resend=resend, **effects)]
         if params.get("seed"):  # the same seed for each hook's queue: their packets are not the same
             program += ["--seed", str(params["seed"])]
 
