@@ -492,17 +492,18 @@ def tcp_sink(target: NetTarget, port: int) -> Background:
 
 
 def tcp_throughput(source: NetTarget, dest_ip: str, port: int, seconds: float = 1.0,
-                   connect_timeout_s: float = 5.0) -> float:
+                   connect_timeout_s: float = 5.0, sink: Background | None = None) -> float:
     """Bits per second of one TCP stream from ``source`` that writes for ``seconds``, as the sink at
-    ``dest_ip:port`` received it (started there when the destination is on the bed). 0 when the
-    connection fails."""
-    bed = _bed(source)
-    sink = bed._sinks.get((dest_ip, port))
+    ``dest_ip:port`` received it (``sink``, or one started there when the destination is on the bed). 0 when
+    the connection fails."""
     if sink is None:
-        destination = bed.target(dest_ip)
-        if destination is None:
-            raise ValueError(f"no sink at {dest_ip}:{port} and no target of {bed.bridge} there to start one")
-        sink = tcp_sink(destination, port)
+        bed = _bed(source)
+        sink = bed._sinks.get((dest_ip, port))
+        if sink is None:
+            destination = bed.target(dest_ip)
+            if destination is None:
+                raise ValueError(f"no sink at {dest_ip}:{port} and no target of {bed.bridge} there to start one")
+            sink = tcp_sink(destination, port)
     sent = _tool(source, "source", timeout=connect_timeout_s + seconds + 90, ip=dest_ip, port=port,
                  seconds=seconds, wait=connect_timeout_s)
     if "port" not in sent:
