@@ -357,8 +357,7 @@ def test_report_and_junit_say_how_a_fault_that_stayed_ended(pytester, targets):
     result.stdout.fnmatch_lines(["*Captured chaos setup*", "*container-pause mode=one: 1 target*applied*",
                                  "*Captured chaos teardown*", "*container-pause mode=one: 1 target*recovered*"])
     properties = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
-    assert " recovered (" in properties["chaos[1]"]
-    assert properties["chaos[1]"].endswith("mechanism: SIGSTOP to the process and its descendants")
+    assert properties["chaos[1]"].endswith("recovered; mechanism: SIGSTOP to the process and its descendants")
     assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T"
 
 

@@ -137,7 +137,7 @@ def test_stress_raises_the_pods_container_cpu_usage_until_recovered(pytester, ku
             print("PID", target.pid)
     """, "-rA", "-s")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*chaos stress mode=all: 1 target * recovered"])
+    result.stdout.fnmatch_lines(["*chaos stress mode=all: 1 target * recovered*"])
     [pid] = [int(line.split("PID ")[1]) for line in result.outlines if "PID " in line]
     assert stress_ng_processes() == []
     assert cpu_seconds(pid, 0.5) < 0.15
@@ -163,7 +163,7 @@ def test_pod_kill_deletes_the_pod_once_and_its_statefulset_replaces_it(pytester,
                                "pod {NAMESPACE}/victim-0 deleted once, with its container main"], details
     """, "-rA")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*chaos pod-kill mode=all: 2 targets * recovered (one-shot, nothing to recover)"])
+    result.stdout.fnmatch_lines(["*chaos pod-kill mode=all: 2 targets * recovered (one-shot, nothing to recover)*"])
 
     wait_for(lambda: _ready_uid(kube, "victim-0") not in (None, before["metadata"]["uid"]),
              "the StatefulSet to replace victim-0 with a new pod", timeout=120)

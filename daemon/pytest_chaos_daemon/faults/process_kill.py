@@ -32,6 +32,9 @@ from .process_list import ProcessRow
 
 MAX_PROCESS_LEN = 256
 MAX_SIGNAL = 64
+# When every match ended before it was signalled: how often to match again, and how long to wait between.
+REMATCH_ATTEMPTS = 20
+REMATCH_PAUSE_S = 0.01
 # How much of the target's process list a no-match error shows.
 LISTED_IN_ERRORS = 30
 COMMAND_IN_ERRORS = 80
@@ -68,6 +71,18 @@ class ProcessKill(OneShot):
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         signalled = await asyncio.to_thread(_signal_each, target, plan.undo["processes"], params["signal"])
+        for _ in range(REMATCH_ATTEMPTS):
+            if signalled:
+                break
+            # Every match was short-lived (a loop's `sleep 0.05`) and ended while the plan was journaled:
+            # match again and signal at once, as pkill would have. One-shot: nothing to recover either way.
+            await asyncio.sleep(REMATCH_PAUSE_S)
+            try:
+                again = await asyncio.to_thread(_matching, target, params["process"])
+            except FailedPrecondition:
+                continue
+            processes = [[e.pid, e.stat.start_ticks, e.user, e.command] for e in again]
+            signalled = await asyncio.to_thread(_signal_each, target, processes, params["signal"])
         if not signalled:
             raise FailedPrecondition(
                 f"every process of target {target.description} matching {params['process']!r} "
