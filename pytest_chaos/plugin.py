@@ -33,6 +33,8 @@ MARKER_HELP = (
     "chaos(kind, *, selector, mode='one', value=None, duration=None, container_names=None, **params): "
     "apply a chaos experiment before the test runs and recover it after. "
     f"kinds: {', '.join(KINDS)}; modes: {', '.join(MODES)}. "
+    "Or chaos(manifest='path.yaml'): Chaos Mesh resources (HelloWorldChaos, PodChaos, StressChaos, NetworkChaos, "
+    "DNSChaos), one experiment per document, the path relative to the test file. "
     "Several markers apply top to bottom and recover in reverse. See the `chaos` fixture for results."
 )
 OPTIONS: list[tuple[str, dict[str, Any], str]] = [
@@ -187,7 +189,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         for mark in item.iter_markers("chaos"):
             try:
-                session.spec(mark.args, dict(mark.kwargs))
+                session.specs(mark.args, dict(mark.kwargs), str(item.path.parent))
             except ChaosSpecError as err:
                 problems.append(f"{item.nodeid}: @pytest.mark.chaos {err.field}: {err.message}")
     if problems:
@@ -262,6 +264,18 @@ class ChaosFixture:
         finally:
             self._recover(experiment)
 
+    @contextlib.contextmanager
+    def apply_manifest(self, source: str | os.PathLike[str] | Mapping[str, Any]) -> Iterator[list[Experiment]]:
+        """Apply a Chaos Mesh manifest (a file relative to the test's, YAML text, or a mapping), one experiment
+        per document in order; recover them in reverse on exit."""
+        specs = self._session.specs((), {"manifest": source}, str(self._item.path.parent))
+        with contextlib.ExitStack() as recoveries:  # each one runs, last applied first, even if one fails
+            applied: list[Experiment] = []
+            for spec in specs:
+                applied.append(self._apply(spec))
+                recoveries.callback(self._recover, applied[-1])
+            yield applied
+
     def _apply(self, spec: ExperimentSpec) -> Experiment:
         self._count += 1
         number = self._count
@@ -297,11 +311,11 @@ class ChaosFixture:
 
     def _apply_markers(self, request: pytest.FixtureRequest) -> None:
         for mark in markers_in_order(self._item):
-            spec = self._session.spec(mark.args, dict(mark.kwargs))
-            experiment = self._apply(spec)
-            self.experiments.append(experiment)
-            # Registered per experiment: finalizers run in reverse, so recovery is too.
-            request.addfinalizer(lambda e=experiment: self._recover(e))
+            for spec in self._session.specs(mark.args, dict(mark.kwargs), str(self._item.path.parent)):
+                experiment = self._apply(spec)
+                self.experiments.append(experiment)
+                # Registered per experiment: finalizers run in reverse, so recovery is too.
+                request.addfinalizer(lambda e=experiment: self._recover(e))
 
 
 def markers_in_order(item: pytest.Item) -> list[pytest.Mark]:

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .backends import Backend
-from .errors import ChaosError
+from .errors import ChaosError, ChaosSpecError
 from .kinds import KINDS, InjectContext
 from .leases import LeaseKeeper
+from .manifests import manifest_specs
 from .model import Experiment, ExperimentSpec, Target
 from .modes import choose
 from .outcomes import settle_from_daemon
@@ -44,6 +45,15 @@ class ChaosSession:
 
     def spec(self, args: Sequence[Any], kwargs: dict[str, Any]) -> ExperimentSpec:
         return build_spec(self.backend, args, kwargs)
+
+    def specs(self, args: Sequence[Any], kwargs: dict[str, Any], base_dir: str = ".") -> list[ExperimentSpec]:
+        """A marker's experiments: one, or one per document of its ``manifest`` (relative to ``base_dir``)."""
+        if "manifest" not in kwargs:
+            return [self.spec(args, kwargs)]
+        if args or len(kwargs) != 1:
+            raise ChaosSpecError("manifest", "comes alone: the Chaos Mesh resource gives the kind, the selector "
+                                             "and the rest")
+        return manifest_specs(self.backend, kwargs["manifest"], base_dir)
 
     def rng(self, test_id: str, index: int) -> random.Random:
         # Seeded per experiment, so one test's picks do not depend on which tests ran before it.

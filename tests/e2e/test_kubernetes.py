@@ -4,6 +4,7 @@ container id → PID → output in the test report."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -211,3 +212,21 @@ def test_native_listing_of_pods_matches_ps(pytester, kube):
             assert native.targets[0].output.splitlines()[0].split()[:2] == ["USER", "PID"]
     """)
     result.assert_outcomes(passed=1)
+
+
+def test_the_tutorials_hello_world_chaos_manifest_through_the_marker(pytester, kube):
+    """The tutorial's HelloWorldChaos resource, exactly as Chaos Mesh's documentation writes it."""
+    tutorial = pathlib.Path(__file__).parents[1] / "manifests" / "hello-world.yaml"
+    (pytester.path / "hello.yaml").write_text(tutorial.read_text())
+    result = run_suite(pytester, kube, """
+        import pytest
+
+        @pytest.mark.chaos(manifest="hello.yaml")
+        def test_busybox(chaos):
+            [experiment] = chaos.experiments
+            assert experiment.kind == "helloworld" and experiment.spec.duration == 3600
+            assert sorted(t.pod for t in experiment.targets) == ["busybox-0", "busybox-1"]
+            assert all([(p.pid, p.command) for p in t.processes] == [(1, "sleep 3600")] for t in experiment.targets)
+    """, "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*chaos helloworld mode=all: 2 targets*"])

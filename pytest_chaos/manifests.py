@@ -1,0 +1,218 @@
+"""Chaos Mesh custom resources (``chaos-mesh.org/v1alpha1``) as experiments, field by field.
+
+A manifest holds one or more YAML documents; each becomes the arguments of
+one ``chaos(kind, selector=..., ...)`` call, validated as a marker's are.
+Whatever this project does not support (a kind, an action, a field) is an
+error naming the document and the field, with what is supported: never
+silently dropped, since a chaos test whose chaos did not happen must not
+pass. ``metadata.namespace`` scopes the selector, as in Chaos Mesh, when the
+selector names no namespaces and no pods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+from .backends import Backend
+from .errors import ChaosSpecError
+from .model import ExperimentSpec
+from .spec import build_spec
+
+API_VERSION = "chaos-mesh.org/v1alpha1"
+COMMON = ("selector", "mode", "value", "duration")
+# spec fields -> our argument names, per kind (after ``action`` picked the kind).
+NETWORK_SCOPE = {"direction": "direction", "target": "target", "externalTargets": "external_targets",
+                 "device": "device"}
+NETWORK_ACTIONS = {
+    "partition": ("network-partition", None),
+    "loss": ("network-loss", "loss"),
+    "delay": ("network-delay", "delay"),
+    "duplicate": ("network-duplicate", "duplicate"),
+    "corrupt": ("network-corrupt", "corrupt"),
+    "bandwidth": ("network-bandwidth", "bandwidth"),
+}
+NETWORK_PARAMETERS = {
+    "loss": {"loss": "loss", "correlation": "correlation"},
+    "delay": {"latency": "latency", "jitter": "jitter", "correlation": "correlation", "reorder": "reorder"},
+    "duplicate": {"duplicate": "duplicate", "correlation": "correlation"},
+    "corrupt": {"corrupt": "corrupt", "correlation": "correlation"},
+    "bandwidth": {"rate": "rate", "limit": "limit", "buffer": "buffer", "peakrate": "peakrate",
+                  "minburst": "minburst"},
+}
+TARGET_FIELDS = ("selector", "mode", "value")
+
+
+class Document:
+    """One document of a manifest, and where it came from, for errors."""
+
+    def __init__(self, body: Mapping[str, Any], label: str) -> None:
+        self.body = body
+        self.label = label
+
+    def error(self, field: str, message: str) -> ChaosSpecError:
+        return ChaosSpecError(f"manifest {self.label}: {field}", message)
+
+
+def load(source: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[Document]:
+    """The documents of a manifest: a mapping, YAML text, or a file (relative to ``base_dir``)."""
+    if isinstance(source, Mapping):
+        return [Document(source, _describe(source, "1"))]
+    text, origin = _read(source, base_dir)
+    try:
+        bodies = [body for body in yaml.safe_load_all(text) if body is not None]
+    except yaml.YAMLError as err:
+        raise ChaosSpecError(f"manifest {origin}", f"is not valid YAML: {err}") from None
+    if not bodies:
+        raise ChaosSpecError(f"manifest {origin}", "holds no document")
+    documents = []
+    for number, body in enumerate(bodies, 1):
+        if not isinstance(body, Mapping):
+            raise ChaosSpecError(f"manifest {origin} document {number}", f"must be a mapping; got {type(body).__name__}")
+        documents.append(Document(body, f"{origin} document {number} " + _describe(body, str(number))))
+    return documents
+
+
+def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> tuple[str, str]:
+    """YAML text (anything spanning lines), or a file's."""
+    text = os.fspath(source)
+    if "\n" in text:
+        return text, "(text)"
+    path = os.path.join(base_dir, text)
+    try:
+        with open(path) as f:
+            return f.read(), text
+    except OSError as err:
+        raise ChaosSpecError("manifest", f"cannot read {path}: {err.strerror}") from None
+
+
+def _describe(body: Mapping[str, Any], number: str) -> str:
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
+    return f"({body.get('kind', '?')} {metadata.get('name', '#' + number)})"
+
+
+def arguments(document: Document) -> tuple[str, dict[str, Any]]:
+    """The kind and the ``chaos(...)`` arguments ``document`` stands for."""
+    body = document.body
+    unknown = sorted(map(str, set(body) - {"apiVersion", "kind", "metadata", "spec"}))
+    if unknown:
+        raise document.error(unknown[0], "unknown top-level field; accepted: apiVersion, kind, metadata, spec")
+    if body.get("apiVersion") != API_VERSION:
+        raise document.error("apiVersion", f"must be {API_VERSION!r}; got {body.get('apiVersion')!r}")
+    kind = body.get("kind")
+    if kind not in MAPPERS:
+        raise document.error("kind", f"{kind!r} is not supported; supported: {', '.join(MAPPERS)}")
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        raise document.error("spec", "is required: a mapping")
+    name, kwargs = MAPPERS[kind](document, spec)
+    metadata = body.get("metadata") or {}
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    _scope_to_namespace(kwargs, namespace)
+    if isinstance(kwargs.get("target"), dict):
+        _scope_to_namespace(kwargs["target"], namespace)
+    return name, kwargs
+
+
+def _scope_to_namespace(arguments: dict[str, Any], namespace: object) -> None:
+    selector = arguments.get("selector")
+    if isinstance(namespace, str) and isinstance(selector, Mapping) and not {"namespaces", "pods"} & set(selector):
+        arguments["selector"] = {**selector, "namespaces": [namespace]}
+
+
+def _take(document: Document, spec: Mapping[str, Any], accepted: Mapping[str, str], prefix: str = "spec") -> dict[str, Any]:
+    """``spec``'s fields renamed by ``accepted``; any other field is an error naming it."""
+    unknown = sorted(map(str, set(spec) - set(accepted)))
+    if unknown:
+        raise document.error(f"{prefix}.{unknown[0]}", f"is not supported; supported: {', '.join(accepted)}")
+    return {accepted[key]: value for key, value in spec.items()}
+
+
+def _common(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    fields = {name: name for name in COMMON}
+    return {**fields, **(extra or {})}
+
+
+def _hello_world(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "helloworld", _take(document, spec, _common({"containerNames": "container_names"}))
+
+
+def _pod_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    action = _action(document, spec, ("pod-kill", "container-kill"))
+    extra = {"action": "action", "gracePeriod": "grace_period"} if action == "pod-kill" else \
+        {"action": "action", "containerNames": "container_names"}
+    kwargs = _take(document, spec, _common(extra))
+    kwargs.pop("action")
+    return action, kwargs
+
+
+def _stress_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    kwargs = _take(document, spec, _common({"stressors": "stressors", "containerNames": "container_names"}))
+    stressors = kwargs.get("stressors")
+    if isinstance(stressors, Mapping):
+        for name in ("cpu", "memory"):
+            section = stressors.get(name)
+            if isinstance(section, Mapping):
+                _take(document, section, {"workers": "workers", "load": "load", "size": "size"},
+                      f"spec.stressors.{name}")
+    return "stress", kwargs
+
+
+def _network_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    action = _action(document, spec, tuple(NETWORK_ACTIONS))
+    name, section = NETWORK_ACTIONS[action]
+    accepted = _common({"action": "action", **NETWORK_SCOPE})
+    if section is not None:
+        accepted[section] = section
+    kwargs = _take(document, spec, accepted)
+    kwargs.pop("action")
+    if section is not None:
+        parameters = kwargs.pop(section, None)
+        if not isinstance(parameters, Mapping):
+            raise document.error(f"spec.{section}", f"is required for action {action!r}: a mapping of "
+                                                    f"{', '.join(NETWORK_PARAMETERS[section])}")
+        kwargs.update(_take(document, parameters, NETWORK_PARAMETERS[section], f"spec.{section}"))
+    if "target" in kwargs:
+        target = kwargs["target"]
+        if not isinstance(target, Mapping):
+            raise document.error("spec.target", "must be a mapping with selector, mode and value")
+        kwargs["target"] = _take(document, target, {field: field for field in TARGET_FIELDS}, "spec.target")
+    return name, kwargs
+
+
+def _dns_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    kwargs = _take(document, spec, _common({"action": "action", "patterns": "patterns",
+                                            "containerNames": "container_names"}))
+    return "dns", kwargs
+
+
+def _action(document: Document, spec: Mapping[str, Any], supported: tuple[str, ...]) -> str:
+    action = spec.get("action")
+    if action not in supported:
+        raise document.error("spec.action", f"{action!r} is not supported; supported: {', '.join(supported)}")
+    return str(action)
+
+
+MAPPERS: dict[str, Callable[[Document, Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
+    "HelloWorldChaos": _hello_world,
+    "PodChaos": _pod_chaos,
+    "StressChaos": _stress_chaos,
+    "NetworkChaos": _network_chaos,
+    "DNSChaos": _dns_chaos,
+}
+
+
+def manifest_specs(backend: Backend, source: str | os.PathLike[str] | Mapping[str, Any],
+                   base_dir: str | os.PathLike[str] = ".") -> list[ExperimentSpec]:
+    """One validated spec per document of ``source``, in order; errors name the document."""
+    specs = []
+    for document in load(source, base_dir):
+        kind, kwargs = arguments(document)
+        try:
+            specs.append(build_spec(backend, (kind,), kwargs))
+        except ChaosSpecError as err:
+            raise document.error(err.field, err.message) from None
+    return specs

@@ -1,0 +1,194 @@
+"""Chaos Mesh manifests: documentation examples mapped field by field, refusals naming the document and field,
+and manifests applied through the marker and ``chaos.apply_manifest`` on real targets."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from pytest_chaos.backends.kubernetes import KubernetesBackend
+from pytest_chaos.errors import ChaosSpecError
+from pytest_chaos.manifests import load, manifest_specs
+from tests.network_bed import snapshot, tcp_connects, tcp_listener, udp_echo_server, udp_probe
+
+MANIFESTS = pathlib.Path(__file__).parent / "manifests"
+KUBERNETES = KubernetesBackend(kubeconfig="/nonexistent")  # selectors are checked without the API
+
+
+def specs(name: str):
+    return manifest_specs(KUBERNETES, name, MANIFESTS)
+
+
+def test_the_tutorials_hello_world_chaos_as_its_documentation_writes_it():
+    [spec] = specs("hello-world.yaml")
+    assert (spec.kind, spec.selector, spec.mode, spec.duration) == ("helloworld", {"namespaces": ["busybox"]},
+                                                                    "all", 3600.0)
+
+
+def test_pod_chaos_actions():
+    [kill] = specs("pod-kill.yaml")
+    assert kill.kind == "pod-kill" and kill.mode == "one"
+    # metadata.namespace scopes a selector that names none, as in Chaos Mesh.
+    assert kill.selector == {"namespaces": ["chaos-mesh"], "labelSelectors": {"app.kubernetes.io/component": "tikv"}}
+    [container] = specs("container-kill.yaml")
+    assert container.kind == "container-kill" and container.container_names == ("prometheus",)
+
+
+def test_stress_chaos():
+    [spec] = specs("memory-stress.yaml")
+    assert spec.kind == "stress"
+    assert spec.params == {"stressors": {"memory": {"workers": 4, "size": "256MB"}}}
+
+
+def test_network_chaos_partition_with_a_target_selection():
+    [spec] = specs("network-partition.yaml")
+    assert spec.kind == "network-partition" and spec.params["direction"] == "to"
+    assert spec.params["target"] == {"selector": {"namespaces": ["default"], "labelSelectors": {"app": "app2"}},
+                                     "mode": "all", "value": None}
+
+
+def test_network_chaos_bandwidth_reads_chaos_meshs_units():
+    [spec] = specs("network-bandwidth.yaml")
+    assert spec.kind == "network-bandwidth"
+    assert (spec.params["rate"], spec.params["limit"], spec.params["buffer"]) == (1 << 20, 20971520, 10000)
+
+
+def test_a_multi_document_manifest_gives_one_experiment_per_document_in_order():
+    assert [(s.kind, s.params[s.kind.split("-")[1]]) for s in specs("netem-kinds.yaml")] == [
+        ("network-loss", 25.0), ("network-duplicate", 40.0), ("network-corrupt", 10.0)]
+
+
+def test_dns_chaos():
+    [spec] = specs("dns-random.yaml")
+    assert spec.kind == "dns" and spec.params == {"action": "random",
+                                                  "patterns": ["google.com", "chaos-mesh.*", "github.?om"]}
+    assert spec.selector == {"namespaces": ["busybox"]}  # its own namespaces win over metadata.namespace
+
+
+def test_the_documentations_correlated_delay_is_refused_naming_netem():
+    with pytest.raises(ChaosSpecError) as info:
+        specs("network-delay-correlated.yaml")
+    assert info.value.field == ("manifest network-delay-correlated.yaml document 1 (NetworkChaos delay): "
+                                "correlation")
+    assert "netem" in info.value.message
+
+
+@pytest.mark.parametrize("text, field, accepted", [
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: IOChaos\nspec: {}\n", "kind", "supported: HelloWorldChaos, PodChaos"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nspec: {action: pod-failure}\n", "spec.action",
+     "supported: pod-kill, container-kill"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nspec: {action: pod-kill, scheduler: {cron: x}}\n",
+     "spec.scheduler", "supported: selector, mode, value, duration"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: StressChaos\nspec: {stressors: {cpu: {workers: 1, options: [x]}}}\n",
+     "spec.stressors.cpu.options", "supported: workers, load, size"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: delay, delay: {latency: 1ms, "
+     "rate: x}}\n", "spec.delay.rate", "supported: latency, jitter, correlation, reorder"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem}\n", "spec.action",
+     "supported: partition, loss, delay"),
+    ("apiVersion: v1\nkind: Pod\nspec: {}\n", "apiVersion", "must be 'chaos-mesh.org/v1alpha1'"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: DNSChaos\nspec: {action: error, selector: {colour: red}}\n",
+     "selector.colour", "unknown selector key"),
+])
+def test_what_is_not_supported_is_an_error_naming_the_document_and_field(text, field, accepted):
+    with pytest.raises(ChaosSpecError) as info:
+        manifest_specs(KUBERNETES, text + "\n")
+    assert info.value.field.startswith("manifest (text) document 1 (")
+    assert info.value.field.endswith(f": {field}")
+    assert accepted in str(info.value)
+
+
+def test_a_mapping_and_bad_yaml():
+    [document] = load({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "HelloWorldChaos", "spec": {}})
+    assert document.label == "(HelloWorldChaos #1)"
+    with pytest.raises(ChaosSpecError, match="not valid YAML"):
+        load("spec: [unclosed\nkind: x\n")
+    with pytest.raises(ChaosSpecError, match="cannot read"):
+        load("no-such-file.yaml", MANIFESTS)
+
+
+# -- applied through the plugin on real targets (the local backend's selectors) --------------------------
+
+LOCAL_MANIFEST = """\
+apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata: {{name: cut-off}}
+spec:
+  action: partition
+  mode: all
+  selector: {{pids: [{target}]}}
+  externalTargets: ['{other}/32']
+---
+apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata: {{name: slow-peer}}
+spec:
+  action: delay
+  mode: all
+  selector: {{pids: [{target}]}}
+  target:
+    mode: all
+    selector: {{pids: [{peer}]}}
+  delay: {{latency: 80ms}}
+"""
+
+
+def test_a_marker_manifest_applies_each_document_in_order_and_recovers_them_in_reverse(pytester, network_bed):
+    target, peer, other = network_bed.process(), network_bed.process(), network_bed.process()
+    udp_echo_server(peer, 7400)
+    tcp_listener(other, 7401)
+    before = snapshot(target)
+    (pytester.path / "chaos").mkdir()
+    (pytester.path / "chaos" / "faults.yaml").write_text(LOCAL_MANIFEST.format(target=target.pid, peer=peer.pid,
+                                                                                 other=other.ip))
+    pytester.makepyfile(test_user="""
+        import pytest
+
+        @pytest.mark.chaos(manifest="chaos/faults.yaml")
+        def test_app(chaos):
+            assert [e.kind for e in chaos.experiments] == ["network-partition", "network-delay"]
+            print("IN FORCE", flush=True)
+    """)
+    result = pytester.runpytest_subprocess("-p", "chaos", "-rA", "-s")
+    result.assert_outcomes(passed=1)
+    lines = result.stdout.str().splitlines()
+    recovered = [line for line in lines if "recovered" in line and "Captured" not in line and "::" not in line]
+    assert [line.split()[1] for line in recovered[:2]] == ["network-delay", "network-partition"]
+    assert snapshot(target) == before
+    assert tcp_connects(target, other.ip, 7401)
+    assert udp_probe(target, peer.ip, 7400, count=5).median_rtt_ms < 20
+
+
+def test_apply_manifest_in_a_test(pytester, network_bed):
+    target, peer = network_bed.process(), network_bed.process()
+    udp_echo_server(peer, 7402)
+    document = LOCAL_MANIFEST.format(target=target.pid, peer=peer.pid, other=peer.ip).split("---\n")[1]
+    pytester.makepyfile(test_user=f"""
+        MANIFEST = {document!r}
+
+        def test_in_test(chaos):
+            with chaos.apply_manifest(MANIFEST) as experiments:
+                assert [e.kind for e in experiments] == ["network-delay"]
+                assert experiments[0].outcome == "applied"
+            assert experiments[0].outcome == "recovered"
+    """)
+    result = pytester.runpytest_subprocess("-p", "chaos")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_marker_manifest_that_cannot_be_read_is_a_usage_error_at_collection(pytester):
+    pytester.makepyfile(test_user="""
+        import pytest
+
+        @pytest.mark.chaos(manifest="missing.yaml")
+        def test_bad():
+            raise AssertionError("must not run")
+
+        @pytest.mark.chaos("helloworld", manifest="missing.yaml", selector={"pids": [1]})
+        def test_mixed():
+            raise AssertionError("must not run")
+    """)
+    result = pytester.runpytest_subprocess("-p", "chaos")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_user.py::test_bad: @pytest.mark.chaos manifest: cannot read*missing.yaml*",
+                                 "*test_user.py::test_mixed: @pytest.mark.chaos manifest: comes alone*"])
