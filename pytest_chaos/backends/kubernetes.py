@@ -174,6 +174,18 @@ class KubernetesBackend:
 
     # -- daemons -----------------------------------------------------------
 
+    def daemons(self) -> list[tuple[str, str]]:
+        """(node, address) of every running daemon: for the operator's command."""
+        pods = self._call(self.core.list_namespaced_pod, self.daemon_namespace, label_selector=DAEMON_LABELS).items
+        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip and _alive(p)]
+        found = []
+        for pod in sorted(running, key=lambda p: p.spec.node_name or ""):
+            with self._lock:
+                if pod.metadata.uid not in self._addresses:
+                    self._addresses[pod.metadata.uid] = self._reach(pod)
+                found.append((pod.spec.node_name or "?", self._addresses[pod.metadata.uid]))
+        return found
+
     def _daemon_on(self, node: str) -> Any:
         pods = self._call(
             self.core.list_namespaced_pod, self.daemon_namespace,
