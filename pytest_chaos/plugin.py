@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -73,6 +74,9 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
 SESSION_KEY = pytest.StashKey[ChaosSession]()
 EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
 PHASE_KEY = pytest.StashKey[str]()
+# Summaries of experiments run elsewhere (pytest-xdist workers), from their reports: (test id, summary).
+REPORTED_KEY = pytest.StashKey[list[tuple[str, str]]]()
+_SUMMARY_PROPERTY = re.compile(r"chaos\[\d+\]")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,7 +97,10 @@ def _option(config: pytest.Config, name: str, default: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     try:
-        seed = int(_option(config, "chaos_seed", str(random.SystemRandom().randrange(2**32))))
+        # A pytest-xdist worker takes the controller's seed: one seed reproduces every worker's picks.
+        worker_seed = getattr(config, "workerinput", {}).get("chaos_seed")
+        seed = int(worker_seed if worker_seed is not None
+                   else _option(config, "chaos_seed", str(random.SystemRandom().randrange(2**32))))
         timeout = float(_option(config, "chaos_timeout", str(DEFAULT_RPC_TIMEOUT_S)))
         lease = float(_option(config, "chaos_lease", str(DEFAULT_LEASE_S)))
     except ValueError as err:
@@ -101,6 +108,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not (0 < timeout <= 3600 and 1 <= lease <= 3600):
         raise pytest.UsageError("--chaos-timeout must be in (0, 3600] seconds and --chaos-lease in [1, 3600]")
     config.stash[SESSION_KEY] = ChaosSession(_backend(config), seed, timeout, lease)
+    reported = ReportedExperiments()
+    config.pluginmanager.register(reported, "chaos-reported-experiments")
+    config.stash[REPORTED_KEY] = reported.lines
 
 
 def _backend(config: pytest.Config) -> Backend:
@@ -292,14 +302,14 @@ class ChaosFixture:
         try:
             self._session.recover(experiment)
         finally:
-            if KINDS[experiment.kind].recoverable:
-                self._report_ending(experiment)
+            self._report_ending(experiment)
 
     def _report_ending(self, experiment: Experiment) -> None:
-        """How a fault that stayed ended: a section for this phase, and the JUnit summary updated."""
+        """How it ended: the JUnit summary updated, and for a fault that stayed, a section for this phase."""
         number = self._numbers[id(experiment)]
-        phase = self._item.stash.get(PHASE_KEY, "teardown")
-        self._item.add_report_section(phase, SECTION_KEY, experiment.summary() + "\n")
+        if KINDS[experiment.kind].recoverable:
+            phase = self._item.stash.get(PHASE_KEY, "teardown")
+            self._item.add_report_section(phase, SECTION_KEY, experiment.summary() + "\n")
         summary_key = f"chaos[{number}]"
         properties = self._item.user_properties
         properties[:] = [(k, experiment.summary() if k == summary_key else v) for k, v in properties]
@@ -342,10 +352,33 @@ def _chaos_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("chaos")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: hand the run's seed to each worker."""
+    node.workerinput["chaos_seed"] = node.config.stash[SESSION_KEY].seed
+
+
+class ReportedExperiments:
+    """Each test's final experiment summaries, from its teardown report (the JUnit properties travel with it),
+    for the terminal summary of a run whose tests ran in other processes (pytest-xdist workers)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            self.lines += [(report.nodeid, str(value)) for name, value in report.user_properties
+                           if _SUMMARY_PROPERTY.fullmatch(name)]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if not session or not session.experiments:
+    if session is None:
+        return
+    lines = [(test_id, experiment.summary()) for test_id, experiment in session.experiments]
+    lines = lines or config.stash.get(REPORTED_KEY, [])
+    if not lines:
         return
     terminalreporter.write_sep("-", "chaos experiments")
-    for test_id, experiment in session.experiments:
-        terminalreporter.write_line(f"{test_id}: {experiment.summary()}")
+    for test_id, summary in lines:
+        terminalreporter.write_line(f"{test_id}: {summary}")

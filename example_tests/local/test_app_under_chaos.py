@@ -13,9 +13,12 @@ Run: pytest -p chaos example_tests
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-WEB = {"app": "example-web"}
+# "run" is this process's own: parallel runs (pytest-xdist workers) each select only what they started.
+WEB = {"app": "example-web", "run": str(os.getpid())}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-WORKER = {"app": "example-worker"}
+# "run" is this process's own: parallel runs (pytest-xdist workers) each select only what they started.
+WORKER = {"app": "example-worker", "run": str(os.getpid())}
 # $0 is the worker's name; mv is atomic, so two workers never take the same job.
 WORKER_LOOP = ('while true; do for f in /queue/in/*; do [ -e "$f" ] && '
                'mv "$f" "/queue/done/${f##*/}.$0" 2>/dev/null; done; sleep 0.05; done')
