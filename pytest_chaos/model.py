@@ -38,12 +38,14 @@ class Target:
     mechanism: str = ""  # how the fault was made on the node ("cgroup v1 freezer", ...)
 
     def describe(self) -> str:
-        """``ns/pod/container on node (id, host pid N)``, ``name (id, ...)`` or ``id (host pid N)``."""
+        """``ns/pod/container on node (id, host pid N)``, ``name (id, ...)`` or ``id (host pid N)``; the pid
+        once a daemon has resolved it."""
+        pid = f", host pid {self.pid}" if self.pid else ""
         if self.pod:
-            return f"{self.namespace}/{self.pod}/{self.container} on {self.node} ({self.container_id}, host pid {self.pid})"
+            return f"{self.namespace}/{self.pod}/{self.container} on {self.node} ({self.container_id}{pid})"
         if self.name:
-            return f"{self.name} ({self.container_id}, host pid {self.pid})"
-        return f"{self.container_id} (host pid {self.pid})"
+            return f"{self.name} ({self.container_id}{pid})"
+        return f"{self.container_id} (host pid {self.pid})" if self.pid else self.container_id
 
 
 @dataclasses.dataclass(frozen=True)

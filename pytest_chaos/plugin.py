@@ -58,6 +58,9 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("--chaos-lease", {"metavar": "SECONDS"},
      "a daemon recovers a fault by itself when this run stops renewing it for this long (this run died, "
      f"say); renewed every third of it while the run lives. Default: {DEFAULT_LEASE_S:g}"),
+    ("--chaos-dry-run", {"action": "store_const", "const": "true"},
+     "select and report the targets each chaos experiment would hit, inject nothing, and skip its test "
+     "(a test whose chaos did not happen must not pass). Ini: true/1/yes"),
     ("--chaos-containerd-socket", {"metavar": "PATH"}, f"local backend: containerd's socket. Default: {containerd.DEFAULT_SOCKET}"),
     ("--chaos-containerd-namespace", {"metavar": "NAMES"},
      "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
@@ -159,9 +162,13 @@ def _backend(config: pytest.Config) -> Backend:
 
 
 def _insecure(config: pytest.Config) -> bool:
-    value = _option(config, "chaos_daemon_insecure", "false").strip().lower()
+    return _flag(config, "chaos_daemon_insecure")
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    value = _option(config, name, "false").strip().lower()
     if value not in ("true", "1", "yes", "false", "0", "no", ""):
-        raise pytest.UsageError(f"chaos_daemon_insecure={value!r}: accepted: true/1/yes or false/0/no")
+        raise pytest.UsageError(f"{name}={value!r}: accepted: true/1/yes or false/0/no")
     return value in ("true", "1", "yes")
 
 
@@ -189,6 +196,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     header = f"chaos: seed={session.seed} backend={session.backend.describe()}"
     if session.backend.name == "local":
         header += " daemon=" + (_option(config, "chaos_daemon", "") or "started on first use (private unix socket)")
+    if _flag(config, "chaos_dry_run"):
+        header += " dry-run (nothing is injected; chaos tests are skipped)"
     return header
 
 
@@ -247,6 +256,8 @@ class ChaosFixture:
         self.experiments: list[Experiment] = []
         self._count = 0
         self._numbers: dict[int, int] = {}  # id(experiment) -> its number in the report
+        self._dry_run = _flag(item.config, "chaos_dry_run")
+        self._planned: list[Experiment] = []
 
     @contextlib.contextmanager
     def apply(
@@ -269,6 +280,7 @@ class ChaosFixture:
                      "container_names": container_names, **params}
         spec = self._session.spec((kind,), arguments)
         experiment = self._apply(spec)
+        self.skip_if_dry_run()
         try:
             yield experiment
         finally:
@@ -284,11 +296,14 @@ class ChaosFixture:
             for spec in specs:
                 applied.append(self._apply(spec))
                 recoveries.callback(self._recover, applied[-1])
+            self.skip_if_dry_run()
             yield applied
 
     def _apply(self, spec: ExperimentSpec) -> Experiment:
         self._count += 1
         number = self._count
+        if self._dry_run:
+            return self._plan(spec, number)
         try:
             experiment = self._session.apply(spec, self._item.nodeid, number)
             self._numbers[id(experiment)] = number
@@ -298,7 +313,26 @@ class ChaosFixture:
         self._report(number, experiment)
         return experiment
 
+    def _plan(self, spec: ExperimentSpec, number: int) -> Experiment:
+        """--chaos-dry-run: what the experiment would hit, reported; then the test is skipped."""
+        try:
+            experiment = self._session.plan(spec, self._item.nodeid, number)
+        except ChaosError as err:
+            self._report(number, self._session.experiments[-1][1])
+            raise ChaosError(f"chaos experiment {spec.describe()} would select nothing: {err}") from None
+        self._report(number, experiment)
+        self._planned.append(experiment)
+        return experiment
+
+    def skip_if_dry_run(self) -> None:
+        if self._planned:
+            hits = "; ".join(f"{e.spec.describe()} -> {', '.join(t.describe() for t in e.targets)}"
+                             for e in self._planned)
+            pytest.skip(f"chaos dry run, nothing injected: {hits}")
+
     def _recover(self, experiment: Experiment) -> None:
+        if experiment.outcome == "planned":
+            return
         try:
             self._session.recover(experiment)
         finally:
@@ -342,6 +376,7 @@ def chaos(request: pytest.FixtureRequest) -> ChaosFixture:
     """Chaos experiments of this test: ``chaos.experiments`` (from markers) and ``chaos.apply(...)``."""
     fixture = ChaosFixture(request.config.stash[SESSION_KEY], request.node)
     fixture._apply_markers(request)
+    fixture.skip_if_dry_run()
     return fixture
 
 

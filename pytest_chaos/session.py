@@ -64,21 +64,10 @@ class ChaosSession:
         experiment = Experiment(spec)
         self.experiments.append((test_id, experiment))
         try:
-            candidates = self.backend.candidates(spec.selector, spec.container_names)
-            if not candidates:
-                raise ChaosError(f"no target is selected by {spec.selector!r} ({self.backend.describe()})")
-            units = choose(candidates, spec.mode, spec.value, self.rng(test_id, index))
-            experiment.targets = [target for unit in units for target in unit]
-            if not experiment.targets:
-                raise ChaosError(
-                    f"mode {spec.mode!r} with value {spec.value:g} picked none of {len(candidates)} "
-                    f"candidates (seed {self.seed}): no target is selected"
-                )
-            peers = self._peers(spec, random.Random(f"{self.seed}:{test_id}:{index}:target"))
-            experiment.peers = peers
+            self._select(experiment, test_id, index)
             # Nonzero: zero asks the daemon for a seed of its own.
             fault_seed = random.Random(f"{self.seed}:{test_id}:{index}:fault").getrandbits(63) | 1
-            self._inject_all(experiment, f"{self._owner} {test_id}".strip(), peers, fault_seed)
+            self._inject_all(experiment, f"{self._owner} {test_id}".strip(), experiment.peers, fault_seed)
         except ChaosError as err:
             experiment.outcome, experiment.detail = "failed", str(err)
             raise
@@ -86,6 +75,34 @@ class ChaosSession:
         if KINDS[spec.kind].recoverable:
             self.leases.track(experiment)
         return experiment
+
+    def plan(self, spec: ExperimentSpec, test_id: str = "", index: int = 0) -> Experiment:
+        """Select and pick as ``apply`` would, with the same picks, and inject nothing (a dry run)."""
+        experiment = Experiment(spec)
+        self.experiments.append((test_id, experiment))
+        try:
+            self._select(experiment, test_id, index)
+        except ChaosError as err:
+            experiment.outcome, experiment.detail = "failed", str(err)
+            raise
+        experiment.outcome, experiment.detail = "planned", "dry run: nothing injected"
+        for target in experiment.targets:
+            target.state = "planned"
+        return experiment
+
+    def _select(self, experiment: Experiment, test_id: str, index: int) -> None:
+        spec = experiment.spec
+        candidates = self.backend.candidates(spec.selector, spec.container_names)
+        if not candidates:
+            raise ChaosError(f"no target is selected by {spec.selector!r} ({self.backend.describe()})")
+        units = choose(candidates, spec.mode, spec.value, self.rng(test_id, index))
+        experiment.targets = [target for unit in units for target in unit]
+        if not experiment.targets:
+            raise ChaosError(
+                f"mode {spec.mode!r} with value {spec.value:g} picked none of {len(candidates)} "
+                f"candidates (seed {self.seed}): no target is selected"
+            )
+        experiment.peers = self._peers(spec, random.Random(f"{self.seed}:{test_id}:{index}:target"))
 
     def recover(self, experiment: Experiment) -> None:
         """Undo ``experiment`` on every target; raises ChaosError naming what is left if any target failed."""

@@ -378,3 +378,32 @@ def test_a_recovery_that_fails_errors_the_test_in_teardown_naming_the_target(pyt
     start_daemon("--allow-pid-targets", "--state-dir", state_dir)
     wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T", "the process to run again",
              timeout=15)
+
+
+def test_dry_run_reports_the_targets_injects_nothing_and_skips(pytester, targets):
+    pids = [targets.process("sleep", "5101"), targets.process("sleep", "5102")]
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("container-pause", selector={{"pids": {pids}}}, mode="one")
+        def test_marked(chaos):
+            raise AssertionError("must not run")
+
+        def test_in_body(chaos):
+            with chaos.apply("container-pause", selector={{"pids": {pids}}}, mode="all"):
+                raise AssertionError("must not run")
+
+        @pytest.mark.chaos("container-pause", selector={{"pids": [4194303]}})
+        def test_nothing_selected(chaos):
+            raise AssertionError("must not run")
+    """, "--chaos-dry-run", "-rA")
+    result.assert_outcomes(skipped=2, errors=1)
+    text = result.stdout.str()
+    assert "dry-run (nothing is injected; chaos tests are skipped)" in text
+    result.stdout.fnmatch_lines(["*chaos container-pause mode=all: 2 targets*planned (dry run: nothing injected)*",
+                                 "SKIPPED*test_user.py:3: chaos dry run, nothing injected: container-pause mode=one -> "
+                                 "pid://*"])
+    assert "must not run" not in text
+    for pid in pids:  # never paused
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] != "T"
