@@ -234,3 +234,28 @@ def module_targets(busybox_rootfs: str) -> Iterator[Targets]:
     pool = Targets(busybox_rootfs)
     yield pool
     pool.close()
+
+
+_SESSION_START = pytest.StashKey[float]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.leftovers import boot_ticks_now
+
+    session.config.stash[_SESSION_START] = boot_ticks_now()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run fails if it left anything of its own behind (tests/leftovers.py)."""
+    if os.geteuid() != 0 or hasattr(session.config, "workerinput") or _SESSION_START not in session.config.stash:
+        return
+    from tests.leftovers import leftovers
+
+    left = leftovers(session.config.stash[_SESSION_START])
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "left behind by this run (now removed)", red=True)
+            for line in left:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
