@@ -28,8 +28,9 @@ from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import Layout
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from conftest import Targets, make_busybox_rootfs  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
+
+from conftest import Targets, make_busybox_rootfs  # noqa: E402
 
 DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
 

@@ -31,8 +31,9 @@ from pytest_chaos.session import ChaosSession
 
 # The repository's test fixtures start the same real targets the tests use.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from conftest import Targets, make_busybox_rootfs  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
+
+from conftest import Targets, make_busybox_rootfs  # noqa: E402
 
 
 def measure(session: ChaosSession, selector: dict, host_pid: int, rounds: int) -> dict[str, float]:

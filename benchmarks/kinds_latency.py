@@ -26,11 +26,12 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from timing import apply_and_recover
+
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
-from timing import apply_and_recover
 from pytest_chaos_cluster.settings import Layout
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -93,7 +94,8 @@ def main() -> int:
         rows["local"]["container-kill"] = statistics.median(
             apply_and_recover(local, "container-kill", {"containers": [c]}, {})[0] for c in kill_local)
         rows["cluster"]["container-kill"] = statistics.median(
-            apply_and_recover(cluster, "container-kill", {"pods": {NAMESPACE: [f"kill-{i}"]}}, {})[0] for i in range(args.kill_targets))
+            apply_and_recover(cluster, "container-kill", {"pods": {NAMESPACE: [f"kill-{i}"]}}, {})[0]
+            for i in range(args.kill_targets))
         rows["cluster"]["pod-kill"] = statistics.median(
             apply_and_recover(cluster, "pod-kill", {"pods": {NAMESPACE: [f"gone-{i}"]}}, {})[0] for i in range(args.kill_targets))
     finally:
@@ -112,7 +114,8 @@ def main() -> int:
         baseline = kinds["helloworld"][0]  # type: ignore[index]
         for kind, figures in kinds.items():
             apply_s, recover_s = figures if isinstance(figures, tuple) else (figures, None)
-            recover = f"{recover_s * 1000:>14.2f}" if recover_s is not None and kind not in ("helloworld", "process-kill") else f"{'one-shot':>14}"
+            one_shot = recover_s is None or kind in ("helloworld", "process-kill")
+            recover = f"{'one-shot':>14}" if one_shot else f"{recover_s * 1000:>14.2f}"
             print(f"{kind:<17}{backend:<9}{apply_s * 1000:>12.2f}{recover}{apply_s / baseline:>20.2f}")
     return 0
 

@@ -20,10 +20,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from timing import apply_and_recover  # noqa: E402
+
 from pytest_chaos.backends.local import LocalBackend  # noqa: E402
 from pytest_chaos.embedded import EmbeddedDaemon  # noqa: E402
 from pytest_chaos.session import ChaosSession  # noqa: E402
-from timing import apply_and_recover  # noqa: E402
 from tests.network_bed import NetworkBed, tcp_throughput  # noqa: E402
 
 THROUGHPUT_PORT = 7300

@@ -45,7 +45,7 @@ def local_daemons() -> list[str]:
             continue
         if not any(a == DAEMON_MODULE or a.endswith("/pytest-chaos-daemon") for a in argv[:3]):
             continue
-        for flag, value in zip(argv, argv[1:]):
+        for flag, value in zip(argv, argv[1:], strict=False):
             address = value if flag == "--listen" else flag.split("=", 1)[1] if flag.startswith("--listen=") else ""
             if address.startswith("unix://") and address not in found:
                 found.append(address)
@@ -81,7 +81,7 @@ def _when(stamp: object) -> str:
     seconds = getattr(stamp, "seconds", 0)
     if not seconds:
         return "-"
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def status(args: argparse.Namespace) -> int:
@@ -106,7 +106,7 @@ def status(args: argparse.Namespace) -> int:
                          _when(status_.applied_at), _when(status_.expires_at), status_.owner))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     live = sum(1 for row in rows[1:] if row[4] == "active")
     print(f"{live} injection(s) in force on {len(daemons) - unreachable} daemon(s)"
           + (f"; {unreachable} daemon(s) unreachable" if unreachable else ""))

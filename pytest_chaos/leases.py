@@ -70,7 +70,7 @@ class LeaseKeeper:
                 # round; otherwise the lease is the safety net.
                 self._readdress(targets)
                 continue
-            for target, status in zip(targets, statuses):
+            for target, status in zip(targets, statuses, strict=False):
                 settle_from_daemon(target, status)
         for experiment in experiments:
             experiment.settle()

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
-
 from pytest_chaos_daemon.runtimes import containerd, docker
 
 from .backends import BACKENDS, Backend
@@ -61,7 +60,8 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("--chaos-dry-run", {"action": "store_const", "const": "true"},
      "select and report the targets each chaos experiment would hit, inject nothing, and skip its test "
      "(a test whose chaos did not happen must not pass). Ini: true/1/yes"),
-    ("--chaos-containerd-socket", {"metavar": "PATH"}, f"local backend: containerd's socket. Default: {containerd.DEFAULT_SOCKET}"),
+    ("--chaos-containerd-socket", {"metavar": "PATH"},
+     f"local backend: containerd's socket. Default: {containerd.DEFAULT_SOCKET}"),
     ("--chaos-containerd-namespace", {"metavar": "NAMES"},
      "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
     ("--chaos-docker-socket", {"metavar": "PATH"}, f"local backend: Docker Engine's socket. Default: {docker.DEFAULT_SOCKET}"),

@@ -182,7 +182,7 @@ class ChaosSession:
                 # The node's daemon was replaced: its successor adopted the journal.
                 self._recover_targets(group)
                 return
-            for target, status in zip(group, statuses):
+            for target, status in zip(group, statuses, strict=False):
                 settle_from_daemon(target, status)
 
         self._each(list(by_daemon), recover)

@@ -148,7 +148,7 @@ class _Progress:
                 sys.stderr.write(self._line() + "\n")
             sys.stderr.flush()
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         self._thread.start()
         return self
 
@@ -216,7 +216,7 @@ def build_kubernetes(layout: Layout, force: bool = False) -> Path:
     # k8s.io/kubernetes replaces its staging modules with local paths; the
     # published staging modules carry version v0.MINOR.PATCH.
     staging_version = f"v0.{minor}.{patch}"
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     xs = []
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         xs += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor=1",

@@ -56,7 +56,7 @@ class Containerd:
     state: Path
 
     @classmethod
-    def for_mode(cls, mode: str, layout: settings.Layout) -> "Containerd":
+    def for_mode(cls, mode: str, layout: settings.Layout) -> Containerd:
         if mode == "system":
             return cls("system", settings.CONTAINERD_SOCKET, settings.CONTAINERD_CONFIG,
                        Path("/var/lib/containerd"), Path("/run/containerd"))

@@ -289,7 +289,7 @@ class Dockerd:
         self.containerd_socket = containerd_socket
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "Dockerd":
+    def __enter__(self) -> Dockerd:
         if run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).returncode == 0:
             return self
         logs = self.state / "logs"

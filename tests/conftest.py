@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import pytest
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
 from conftest import require
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from tests.network_bed import NetworkBed
 
 pytest_plugins = ["pytester"]

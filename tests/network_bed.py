@@ -180,7 +180,7 @@ class Background:
         with contextlib.suppress(TimeoutError):
             while (line := self.line(timeout=1.0)) is not None:
                 lines.append(line)
-        for reader, stream in zip(self._readers, (self.process.stdout, self.process.stderr)):
+        for reader, stream in zip(self._readers, (self.process.stdout, self.process.stderr), strict=False):
             reader.join(timeout=1.0)
             if not reader.is_alive():
                 stream.close()
@@ -523,7 +523,7 @@ def udp_snmp(target: NetTarget) -> dict[str, int]:
     """The ``Udp:`` counters of the target's namespace (InDatagrams, NoPorts, InErrors, InCsumErrors...)."""
     with open(f"/proc/{target.pid}/net/snmp") as f:
         rows = [line.split()[1:] for line in f if line.startswith("Udp:")]
-    return {key: int(value) for key, value in zip(rows[0], rows[1])}
+    return {key: int(value) for key, value in zip(rows[0], rows[1], strict=False)}
 
 
 def snapshot(target: NetTarget) -> str:

@@ -12,10 +12,10 @@ import threading
 
 import pytest
 from cryptography import x509
-
-from conftest import require
 from pytest_chaos_daemon.certs import main
 from pytest_chaos_daemon.server import TLS_SERVER_NAME
+
+from conftest import require
 
 FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
 

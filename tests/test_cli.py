@@ -36,7 +36,7 @@ def test_status_finds_a_running_sessions_embedded_daemon_and_recover_ends_the_fa
         runner = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "chaos", "-s", "test_user.py"],
                                   cwd=pytester.path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
-        line = wait_for(lambda: next((l for l in output.read_text().splitlines() if "APPLIED " in l), None)
+        line = wait_for(lambda: next((line for line in output.read_text().splitlines() if "APPLIED " in line), None)
                         or runner.poll() is not None, "the fault to apply", 60)
         assert isinstance(line, str), output.read_text()
         injection_id = line.split("APPLIED ", 1)[1].split()[0]

@@ -14,11 +14,11 @@ import uuid
 
 import grpc
 import pytest
-
-from conftest import require, wait_for
 from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.tracking import HIERARCHY
+
+from conftest import require, wait_for
 
 NOBODY = 65534
 
@@ -156,7 +156,7 @@ def test_probe_in_a_container_has_the_containers_credentials_cgroups_and_no_new_
     assert int(probe["CapEff"], 16) == int(init["CapEff"], 16) != int(fields(open("/proc/self/status").read())["CapEff"], 16)
     assert int(probe["CapBnd"], 16) == int(init["CapBnd"], 16)
     assert probe["NoNewPrivs"].strip() == "1"
-    ours = lambda text: sorted(l for l in text.splitlines() if HIERARCHY not in l)  # noqa: E731
+    ours = lambda text: sorted(line for line in text.splitlines() if HIERARCHY not in line)  # noqa: E731
     assert ours(open(os.path.join(rootfs, "record.cgroup")).read()) == ours(open(f"/proc/{reply.status.pid}/cgroup").read())
 
 

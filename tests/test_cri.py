@@ -22,7 +22,6 @@ import uuid
 
 import grpc
 import pytest
-
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 IMAGE = "localhost/pytest-chaos/busybox:cri"

@@ -12,7 +12,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 
@@ -120,7 +119,8 @@ def test_stopped_containerd_container_is_a_failed_precondition(daemon, targets):
 
 
 def test_created_but_not_started_docker_container_is_a_failed_precondition(daemon, targets):
-    container_id = subprocess.check_output(["docker", "create", "--network", "none", targets.docker_image(), "sleep", "1"], text=True).strip()
+    container_id = subprocess.check_output(
+        ["docker", "create", "--network", "none", targets.docker_image(), "sleep", "1"], text=True).strip()
     try:
         err = error_of(daemon, f"docker://{container_id}")
     finally:

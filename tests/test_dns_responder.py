@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import require
 from pytest_chaos_daemon import dns_responder
 from pytest_chaos_daemon.dns_responder import (
     check_pattern,
@@ -40,6 +38,8 @@ from pytest_chaos_daemon.dns_responder import (
     resolv_conf_nameservers,
     responder_argv,
 )
+
+from conftest import require
 
 A, AAAA, TXT = 1, 28, 16
 SERVER_A = "10.9.9.9"
@@ -339,7 +339,7 @@ threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
 print("ready", flush=True)
 while True:
     time.sleep(3600)
-''' % {"a": SERVER_A, "aaaa": SERVER_AAAA, "txt": SERVER_TXT}
+''' % {"a": SERVER_A, "aaaa": SERVER_AAAA, "txt": SERVER_TXT}  # noqa: UP031 (a script whose braces are its own)
 
 CLIENT_SCRIPT = r'''
 """Sends DNS queries as an application in the target namespace would; prints the replies as JSON."""
@@ -691,7 +691,7 @@ def test_error_action_over_udp_and_tcp(dns_network: DnsNetwork, start_responder:
         (_q("q12.example.org", A, "tcp"), False),
     ]
     results = dns_network.ask(*(spec for spec, _ in cases))
-    for (spec, faulted), result in zip(cases, results):
+    for (spec, faulted), result in zip(cases, results, strict=False):
         if faulted:
             assert _servfail(result), (spec, result)
         else:

@@ -19,10 +19,10 @@ import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import wait_for
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.servicer import RUNTIME_POOL_SIZE
+
+from conftest import wait_for
 
 SEED = 20261126
 REQUESTS = 2000
@@ -60,7 +60,9 @@ class Fuzzer:
         if r < 0.10:
             return self.rng.choice(self.valid_ids)
         if r < 0.25:
-            return f"pid://{self.rng.choice([0, 1, 2, -5, os.getpid(), self.daemon.process.pid, 2**31, 4194304, 999999, self.rng.randint(-10, 5000000)])}"
+            pid = self.rng.choice([0, 1, 2, -5, os.getpid(), self.daemon.process.pid, 2**31, 4194304, 999999,
+                                   self.rng.randint(-10, 5000000)])
+            return f"pid://{pid}"
         prefix = self.rng.choice(["containerd://", "docker://", "cri-o://", "pid://", "podman://", "", "://", "docker:/"])
         return prefix + self.text(self.rng.choice([8, 64, 300, 700]))
 

@@ -23,15 +23,24 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import gone
 from pytest_chaos_daemon import journal as journal_states
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.injections import ADOPT_EVERY_S
 from pytest_chaos_daemon.journal import Journal
+
+from conftest import gone
 from tests.conftest import RunningDaemon
 from tests.pausing import (
-    Counting, apply_pause, kill_subprocess, listing, log_entries, pytest_argv, recover, seconds, start_counting, until,
+    Counting,
+    apply_pause,
+    kill_subprocess,
+    listing,
+    log_entries,
+    pytest_argv,
+    recover,
+    seconds,
+    start_counting,
+    until,
 )
 
 ACTIVE, RECOVERED, EXPIRED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED, pb.InjectionStatus.EXPIRED

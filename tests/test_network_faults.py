@@ -18,11 +18,11 @@ import time
 
 import grpc
 import pytest
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from conftest import running, wait_for
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.session import ChaosSession
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from tests.network_bed import (
     DNS_SERVER,
     NetworkBed,

@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pytest_chaos_daemon.packet_queue import bound_queues, parse_args, queue_argv
 
 from conftest import require
-from pytest_chaos_daemon.packet_queue import bound_queues, parse_args, queue_argv
 
 PROGRAM = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue"]
 PORT = 7007
@@ -261,7 +261,7 @@ class Pair:
             return {key.removeprefix("Udp6"): int(value) for key, value in pairs}
         with in_netns(namespace), open("/proc/thread-self/net/snmp") as f:
             rows = [line.split() for line in f if line.startswith("Udp:")]
-        return {key: int(value) for key, value in zip(rows[0][1:], rows[1][1:])}
+        return {key: int(value) for key, value in zip(rows[0][1:], rows[1][1:], strict=False)}
 
     def queues(self, namespace: str) -> set[int]:
         with in_netns(namespace):
@@ -450,7 +450,7 @@ def test_reorder_lets_some_packets_overtake(pair: Pair) -> None:
     rises = [rtt - base for rtt in probe.first_rtts()]
     undelayed = sum(1 for rise in rises if rise < 25)
     late = sorted(rise for rise in rises if rise >= 25)
-    overtaken = sum(1 for before, after in zip(probe.order, probe.order[1:]) if after < before)
+    overtaken = sum(1 for before, after in zip(probe.order, probe.order[1:], strict=False) if after < before)
     low, high = binomial_interval(probe.sent, 0.5)
     print(f"reorder: {undelayed}/{probe.sent} undelayed (99% interval [{low}, {high}]), {overtaken} "
           f"inversions, delayed ones rose {late[0]:.2f}..{late[-1]:.2f} ms (90th percentile "

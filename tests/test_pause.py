@@ -12,12 +12,20 @@ import signal
 import time
 
 import pytest
-
-from conftest import run, wait_for
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.faults.container_pause import FREEZER_V1, FREEZER_V2, SIGSTOP
+
+from conftest import run, wait_for
 from tests.pausing import (
-    RUNTIMES, Counting, apply_pause, freezer_file, listing, log_entries, process_state, recover, seconds,
+    RUNTIMES,
+    Counting,
+    apply_pause,
+    freezer_file,
+    listing,
+    log_entries,
+    process_state,
+    recover,
+    seconds,
     start_counting,
 )
 

@@ -7,12 +7,10 @@ import shutil
 import subprocess
 
 import pytest
+from pytest_chaos_daemon.faults.process_list import parse_ps
+from pytest_chaos_daemon.nsexec import CHILD_ENV
 
 from conftest import require
-from pytest_chaos_daemon.faults.process_list import parse_ps
-
-
-from pytest_chaos_daemon.nsexec import CHILD_ENV
 
 
 def test_parses_procps_ps_aux():

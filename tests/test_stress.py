@@ -17,14 +17,14 @@ import time
 
 import grpc
 import pytest
-
-from conftest import wait_for
-from pytest_chaos.errors import ChaosSpecError
-from pytest_chaos.kinds.pod_kill import PodKill
 from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.faults.stress import STRESSOR_ID
 from pytest_chaos_daemon.tracking import HIERARCHY
+
+from conftest import wait_for
+from pytest_chaos.errors import ChaosSpecError
+from pytest_chaos.kinds.pod_kill import PodKill
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
 CPU = pb.Stress.Cpu(workers=1, load=100)

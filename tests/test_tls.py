@@ -22,14 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from pytest_chaos_daemon.certs import generate
+from pytest_chaos_daemon.server import HEALTH_MAX_CONCURRENT_RPCS, TLS_SERVER_NAME
+from pytest_chaos_daemon.tls import client_certificate_verdict
 
 from conftest import require
 from pytest_chaos.errors import ChaosError
 from pytest_chaos.transport import ClientTls, DaemonClient
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
-from pytest_chaos_daemon.certs import generate
-from pytest_chaos_daemon.server import HEALTH_MAX_CONCURRENT_RPCS, TLS_SERVER_NAME
-from pytest_chaos_daemon.tls import client_certificate_verdict
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -195,7 +196,7 @@ class OwnCa:
                                   serialization.NoEncryption()))
 
     def _build(self, subject: x509.Name, key, *, ca: bool, usages) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(self.name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())

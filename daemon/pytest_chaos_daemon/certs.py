@@ -51,7 +51,7 @@ def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False, 
 
 
 def _builder(subject: str, key: ec.EllipticCurvePrivateKey, days: int) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

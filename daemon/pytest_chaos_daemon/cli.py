@@ -8,11 +8,11 @@ import os
 import sys
 
 from . import confine, logs
+from .injections import DEFAULT_LEASE_S
+from .journal import DEFAULT_STATE_DIR
 from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
 from .runtimes import RuntimeRegistry, containerd, cri, docker, process
 from .server import TlsFiles, serve
-from .injections import DEFAULT_LEASE_S
-from .journal import DEFAULT_STATE_DIR
 from .servicer import Limits
 
 DEFAULT_PORT = 31767

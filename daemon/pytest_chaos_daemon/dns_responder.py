@@ -142,7 +142,7 @@ def _matches_normalised(pattern: str, name: str) -> bool:
         fixed = pattern
         if len(name) != len(fixed):
             return False
-    return all(p == "?" or p == c for p, c in zip(fixed, name))
+    return all(p == "?" or p == c for p, c in zip(fixed, name, strict=False))
 
 
 # --- helpers for the daemon ---------------------------------------------------------------------

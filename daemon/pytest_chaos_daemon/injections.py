@@ -221,7 +221,7 @@ class Injections:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), max(wait, 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _expire_due(self) -> None:

@@ -91,7 +91,7 @@ def ipv4_addresses(pid: int) -> list[str]:
     except OSError:
         return []
     found: list[str] = []
-    for previous, line in zip(lines, lines[1:]):
+    for previous, line in zip(lines, lines[1:], strict=False):
         # "   |-- 10.0.0.2" followed by "      /32 host LOCAL": an address of the namespace's own
         if line.strip() == "/32 host LOCAL" and "|--" in previous:
             address = previous.split("|--", 1)[1].strip()

@@ -106,7 +106,7 @@ class ChildProcesses:
                 timeout_s,
             )
             await process.wait()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._kill(process, probe)
             await process.wait()
             raise DeadlineExceeded(f"{list(argv[-3:])} did not finish within {timeout_s:g}s and was killed") from None

@@ -15,7 +15,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
+from .api.v1 import chaos_daemon_pb2 as pb
+from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .faults import FAULTS, FaultContext
 from .injections import DEFAULT_LEASE_S, Injections
 from .interceptors import HandlerWrapping

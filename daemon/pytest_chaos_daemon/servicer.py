@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, json_format
 
-from .api.v1 import chaos_daemon_pb2 as pb, chaos_daemon_pb2_grpc as pb_grpc
-from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from . import journal
+from .api.v1 import chaos_daemon_pb2 as pb
+from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from .faults import BY_FIELD
 from .faults.helloworld import exec_hello_world
 from .injections import Injections
@@ -203,7 +204,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         ids = validate_injection_ids(call.request.injection_ids)
         call.log_request()
         records = [await self._injections.recover(injection_id) for injection_id in ids]
-        return pb.RecoverResponse(injections=[injection_status(r, i) for r, i in zip(records, ids)])
+        return pb.RecoverResponse(injections=[injection_status(r, i) for r, i in zip(records, ids, strict=False)])
 
     async def Renew(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext) -> pb.RenewResponse:
         return await self._handle(_Call("Renew", request, context), self._renew)
@@ -212,7 +213,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         ids = validate_injection_ids(call.request.injection_ids)
         validate_injection(pb.Injection(lease=call.request.lease))
         records = self._injections.renew(ids, call.request.lease)
-        return pb.RenewResponse(injections=[injection_status(r, i) for r, i in zip(records, ids)])
+        return pb.RenewResponse(injections=[injection_status(r, i) for r, i in zip(records, ids, strict=False)])
 
     async def ListInjections(
         self, request: pb.ListInjectionsRequest, context: grpc.aio.ServicerContext
@@ -271,7 +272,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         future = loop.run_in_executor(self._lookup_pools[runtime_name], self._runtimes.pid_of, container_id)
         try:
             return await asyncio.wait_for(future, RUNTIME_LOOKUP_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             endpoint = self._runtimes.endpoint_of(container_id)
             raise Unavailable(
                 f"the {runtime_name} runtime at {endpoint} did not answer within {RUNTIME_LOOKUP_TIMEOUT_S:g}s"
@@ -306,7 +307,7 @@ async def _within_deadline(
         remaining = max(remaining - DEADLINE_MARGIN_S, 0.0)
     try:
         await asyncio.wait_for(primitive.acquire(), remaining)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise DeadlineExceeded(f"the request's deadline passed while {waiting_for}") from None
     try:
         yield

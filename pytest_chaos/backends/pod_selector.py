@@ -40,7 +40,8 @@ def check_pod_selector(selector: Mapping[str, Any]) -> dict[str, Any]:
         if key in selector:
             checked[key] = _string_map(selector[key], f"selector.{key}")
     if "expressionSelectors" in selector:
-        checked["expressionSelectors"] = [_expression(e) for e in _list(selector["expressionSelectors"], "selector.expressionSelectors")]
+        expressions = _list(selector["expressionSelectors"], "selector.expressionSelectors")
+        checked["expressionSelectors"] = [_expression(e) for e in expressions]
     if "podPhaseSelectors" in selector:
         phases = _string_list(selector["podPhaseSelectors"], "selector.podPhaseSelectors")
         for phase in phases:

@@ -26,7 +26,8 @@ class AppliedKind:
         unknown = sorted(set(params) - set(self.parameters))
         if unknown:
             accepted = ", ".join(self.parameters) or "none"
-            raise ChaosSpecError(", ".join(unknown), f"kind {self.name!r} takes parameters: {accepted} (got {', '.join(unknown)})")
+            raise ChaosSpecError(", ".join(unknown),
+                                 f"kind {self.name!r} takes parameters: {accepted} (got {', '.join(unknown)})")
         return dict(params)
 
     def message(self, params: Mapping[str, Any]) -> Message:

@@ -16,7 +16,6 @@ from ..errors import ChaosSpecError
 from ..model import Process, Target
 from .base import InjectContext
 
-
 SOURCES = {"ps": pb.PROCESS_LIST_SOURCE_PS, "proc": pb.PROCESS_LIST_SOURCE_PROC}
 
 

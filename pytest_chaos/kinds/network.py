@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
-
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from ..errors import ChaosError, ChaosSpecError

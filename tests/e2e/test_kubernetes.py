@@ -193,7 +193,8 @@ def test_bad_kubernetes_selector_fails_at_collection(pytester, kube):
             pass
     """)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*selector.labels: unknown selector key for the kubernetes backend; accepted keys: namespaces, labelSelectors*"])
+    result.stderr.fnmatch_lines(["*selector.labels: unknown selector key for the kubernetes backend; "
+                                 "accepted keys: namespaces, labelSelectors*"])
 
 
 def test_native_listing_of_pods_matches_ps(pytester, kube):

@@ -20,6 +20,7 @@ from tests.network_bed import (
     DNS_SERVER,
     Background,
     NetTarget,
+    UdpReceiver,
     binomial_interval,
     dns_query,
     measured,
@@ -27,7 +28,6 @@ from tests.network_bed import (
     tcp_connects,
     tcp_throughput,
     udp_probe,
-    UdpReceiver,
     udp_send,
 )
 

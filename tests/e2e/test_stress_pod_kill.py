@@ -13,10 +13,10 @@ import os
 import time
 
 import pytest
+from pytest_chaos_daemon import procfs
 
 from conftest import wait_for
 from pytest_chaos.errors import ChaosError
-from pytest_chaos_daemon import procfs
 
 NAMESPACE = "chaos-e2e-stress"
 MANIFEST = f"""

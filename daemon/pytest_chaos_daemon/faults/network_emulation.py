@@ -101,7 +101,7 @@ class NetworkEmulation(NetworkFault):
                 queues, mark = await rules.allocate(ctx, namespace, len(hooks))
             cgroups = [ctx.confiner.new_cgroup() for _ in hooks]
             return Plan({"netns": namespace.inode, "tag": rules.new_tag(), "mark": mark,
-                         "queues": dict(zip(hooks, queues)), "cgroups": cgroups}, MECHANISM)
+                         "queues": dict(zip(hooks, queues, strict=False)), "cgroups": cgroups}, MECHANISM)
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         scope = await rules.resolve_scope(ctx, params)
@@ -136,7 +136,7 @@ async def _start_queues(ctx: FaultContext, namespace: rules.Namespace, params: d
                         undo: dict[str, Any], where: str) -> None:
     """One packet_queue per hook, each ready once the kernel lists its queue as bound in the namespace."""
     # Read through a process in the namespace: the target's, or the first program's once it runs.
-    for (hook, queue), cgroup in zip(undo["queues"].items(), undo["cgroups"]):
+    for (hook, queue), cgroup in zip(undo["queues"].items(), undo["cgroups"], strict=False):
         effects = params["effects"]
         # A packet held on the egress path stays charged to its sending socket, which then stalls (TCP falls
         # to a few Mbit/s): delayed egress packets are dropped at once and an exact copy is sent when due.

@@ -11,10 +11,20 @@ import grpc
 from ..errors import FailedPrecondition, NotFound, Unavailable
 from ..runtime_api import (
     containerd_containers_pb2 as containers_pb2,
+)
+from ..runtime_api import (
     containerd_containers_pb2_grpc as containers_grpc,
+)
+from ..runtime_api import (
     containerd_namespaces_pb2 as namespaces_pb2,
+)
+from ..runtime_api import (
     containerd_namespaces_pb2_grpc as namespaces_grpc,
+)
+from ..runtime_api import (
     containerd_tasks_pb2 as tasks_pb2,
+)
+from ..runtime_api import (
     containerd_tasks_pb2_grpc as tasks_grpc,
 )
 from .base import RunningContainer, check_container_ref

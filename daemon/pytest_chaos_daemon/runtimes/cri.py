@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ..errors import FailedPrecondition, NotFound, Unavailable
-from ..runtime_api import cri_runtime_pb2 as cri_pb2, cri_runtime_pb2_grpc as cri_grpc
+from ..runtime_api import cri_runtime_pb2 as cri_pb2
+from ..runtime_api import cri_runtime_pb2_grpc as cri_grpc
 from .base import check_container_ref
 
 if TYPE_CHECKING:
