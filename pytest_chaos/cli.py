@@ -57,8 +57,9 @@ def _daemons(args: argparse.Namespace) -> list[tuple[str, DaemonClient]]:
     if args.backend == "kubernetes":
         backend = KubernetesBackend(kubeconfig=args.kubeconfig, context=args.context,
                                     daemon_namespace=args.daemon_namespace, access=args.access)
-        tls = backend.client_tls()
-        return [(f"node {node}", DaemonClient(address, args.timeout, tls=tls)) for node, address in backend.daemons()]
+        cluster_tls = backend.client_tls()
+        return [(f"node {node}", DaemonClient(address, args.timeout, tls=cluster_tls))
+                for node, address in backend.daemons()]
     tls = _read_tls(args.daemon_certs) if args.daemon_certs else None
     addresses = [*local_daemons(), *args.daemon]
     for address in args.daemon:

@@ -81,7 +81,7 @@ class EmbeddedDaemon:
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
             while time.monotonic() < deadline:
-                if self._process.poll() is not None:
+                if self._process is None or self._process.poll() is not None:
                     raise ChaosError(f"the local chaos daemon exited at start:\n{self.log_tail()}")
                 if os.path.exists(self.address.removeprefix("unix://")) and client.is_serving(timeout_s=1.0):
                     return

@@ -90,8 +90,9 @@ def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> t
 
 
 def _describe(body: Mapping[str, Any], number: str) -> str:
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
-    return f"({body.get('kind', '?')} {metadata.get('name', '#' + number)})"
+    metadata = body.get("metadata")
+    name = metadata.get("name", "#" + number) if isinstance(metadata, Mapping) else "#" + number
+    return f"({body.get('kind', '?')} {name})"
 
 
 def arguments(document: Document) -> tuple[str, dict[str, Any]]:

@@ -62,14 +62,16 @@ def choose(candidates: Sequence[T], mode: str, value: float | int | None, rng: r
         return list(candidates)
     if mode == "one":
         wanted = min(1, count)
+    elif mode not in MODES:
+        raise ChaosSpecError("mode", f"unknown mode {mode!r}; accepted modes: {', '.join(MODES)}")
+    elif value is None:
+        raise ChaosSpecError("value", f"mode {mode!r} needs a value: {_VALUE_RULES[mode]}")
     elif mode == "fixed":
         wanted = min(int(value), count)
     elif mode == "fixed-percent":
         wanted = math.ceil(count * value / 100)
-    elif mode == "random-max-percent":
+    else:  # random-max-percent
         percent = rng.randint(0, int(value)) if float(value).is_integer() else rng.uniform(0, value)
         wanted = math.ceil(count * percent / 100)
-    else:
-        raise ChaosSpecError("mode", f"unknown mode {mode!r}; accepted modes: {', '.join(MODES)}")
     picked = sorted(rng.sample(range(count), min(wanted, count)))
     return [candidates[i] for i in picked]

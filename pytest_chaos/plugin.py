@@ -8,10 +8,11 @@ kinds), ``transport.py`` (gRPC) and ``reporting.py``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -234,7 +235,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                             pytest.TestReport]:
     report = yield
     # A chaos failure is about the experiment, not the code: its message says
     # it all, a traceback through the plugin's frames would only bury it.
@@ -359,7 +361,7 @@ class ChaosFixture:
                 experiment = self._apply(spec)
                 self.experiments.append(experiment)
                 # Registered per experiment: finalizers run in reverse, so recovery is too.
-                request.addfinalizer(lambda e=experiment: self._recover(e))
+                request.addfinalizer(functools.partial(self._recover, experiment))
 
 
 def markers_in_order(item: pytest.Item) -> list[pytest.Mark]:
@@ -406,7 +408,7 @@ class ReportedExperiments:
                            if _SUMMARY_PROPERTY.fullmatch(name)]
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return

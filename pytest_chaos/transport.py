@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
@@ -50,15 +52,17 @@ class DaemonClient:
             reply = self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def exec_hello_world(
-        self, container_id: str, injection_id: str = "", source: int = pb.PROCESS_LIST_SOURCE_PS
+        self, container_id: str, injection_id: str = "", source: pb.ProcessListSource = pb.PROCESS_LIST_SOURCE_PS
     ) -> pb.ExecHelloWorldResponse:
         request = pb.ExecHelloWorldRequest(
             container_id=container_id, injection=pb.Injection(id=injection_id), source=source
         )
-        return self._call("ExecHelloWorldChaos", self._stub.ExecHelloWorldChaos, request, container_id)
+        reply: pb.ExecHelloWorldResponse = self._call("ExecHelloWorldChaos", self._stub.ExecHelloWorldChaos, request,
+                                                      container_id)
+        return reply
 
     def apply(
         self, container_id: str, injection_id: str, fault: dict[str, Any], lease_s: float, owner: str,
@@ -68,7 +72,8 @@ class DaemonClient:
         request = pb.ApplyRequest(container_id=container_id, injection=_injection(injection_id, lease_s, owner), **fault)
         if duration_s:
             request.duration.FromNanoseconds(int(duration_s * 1e9))
-        return self._call("Apply", self._stub.Apply, request, container_id)
+        reply: pb.ApplyResponse = self._call("Apply", self._stub.Apply, request, container_id)
+        return reply
 
     def recover(self, injection_ids: list[str]) -> list[pb.InjectionStatus]:
         reply = self._call("Recover", self._stub.Recover, pb.RecoverRequest(injection_ids=injection_ids),
@@ -84,7 +89,7 @@ class DaemonClient:
         request = pb.ListInjectionsRequest(include_ended=include_ended)
         return list(self._call("ListInjections", self._stub.ListInjections, request, "the daemon").injections)
 
-    def _call(self, name: str, method, request, container_id: str):
+    def _call(self, name: str, method: Callable[..., Any], request: Message, container_id: str) -> Any:
         try:
             return method(request, timeout=self._timeout_s)
         except grpc.RpcError as err:

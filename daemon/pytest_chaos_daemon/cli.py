@@ -12,8 +12,9 @@ from .injections import DEFAULT_LEASE_S
 from .journal import DEFAULT_STATE_DIR
 from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
 from .runtimes import RuntimeRegistry, containerd, cri, docker, process
-from .server import TlsFiles, serve
+from .server import serve
 from .servicer import Limits
+from .tls import TlsFiles
 
 DEFAULT_PORT = 31767
 DEFAULT_LISTEN = f"tcp://0.0.0.0:{DEFAULT_PORT}"

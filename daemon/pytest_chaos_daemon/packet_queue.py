@@ -66,7 +66,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["HOOKS", "bound_queues", "main", "queue_argv"]
 
@@ -274,7 +274,8 @@ def queue_argv(queue: int, mark_bit: int, *, hook: str, loss: float = 0, delay_m
     if hook not in HOOKS:
         raise ValueError(f"--hook: {hook!r} is not one of {', '.join(HOOKS)}")
     argv = ["--queue", str(queue), "--mark-bit", hex(mark_bit), "--hook", hook]
-    checked = [("--queue", argv[1], _queue_number), ("--mark-bit", argv[3], _mark_bit)]
+    checked: list[tuple[str, str, Callable[[str], float]]] = [
+        ("--queue", argv[1], _queue_number), ("--mark-bit", argv[3], _mark_bit)]
     for option, value, check in (("--loss", loss, _percent), ("--delay-ms", delay_ms, _milliseconds),
                                  ("--jitter-ms", jitter_ms, _milliseconds), ("--reorder", reorder, _percent),
                                  ("--duplicate", duplicate, _percent), ("--corrupt", corrupt, _percent)):
@@ -282,9 +283,9 @@ def queue_argv(queue: int, mark_bit: int, *, hook: str, loss: float = 0, delay_m
             text = _format_number(value)
             argv += [option, text]
             checked.append((option, text, check))
-    for option, text, check in checked:
+    for option, text, validate in checked:
         try:
-            check(text)
+            validate(text)
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"{option}: {error}") from None
     if reorder and not delay_ms:
@@ -350,7 +351,8 @@ def _attrs(data: memoryview) -> dict[int, memoryview]:
 
 def _error_code(body: memoryview) -> int:
     """The (negative) errno of an NLMSG_ERROR message; 0 is an acknowledgement."""
-    return struct.unpack_from("=i", body)[0]
+    code: int = struct.unpack_from("=i", body)[0]
+    return code
 
 
 class Held:
@@ -508,10 +510,10 @@ class PacketQueue:
         if payload is not None and not whole:
             counters["truncated"] += 1
         copy = None
-        if options.duplicate and draw() * 100 < options.duplicate and whole:
+        if options.duplicate and draw() * 100 < options.duplicate and whole and payload is not None:
             copy = bytes(payload)
         changed = None
-        if options.corrupt and draw() * 100 < options.corrupt and whole:
+        if options.corrupt and draw() * 100 < options.corrupt and whole and payload is not None:
             changed = _flip_bit(payload, self.random)
             if changed is not None:
                 counters["corrupted"] += 1
@@ -525,7 +527,7 @@ class PacketQueue:
             counters["delayed"] += 1
             self.order += 1
             due = time.monotonic() + delay / 1000
-            if options.resend and whole and self._fits(attrs, length):
+            if options.resend and whole and payload is not None and self._fits(attrs, length):
                 # The original goes now, freeing its sender's buffer; the copy leaves when due.
                 counters["resent"] += 1
                 self._verdict(packet_id, NF_DROP, mark, None)
@@ -557,6 +559,7 @@ class PacketQueue:
         if copy is not None and self._send_raw(copy, mark | self.bit):
             self.counters["duplicated"] += 1
         if packet_id is None:  # resent: the original was dropped when it came
+            assert payload is not None  # a resent packet is held whole
             self._send_raw(payload, mark | self.bit)
         else:
             self._verdict(packet_id, NF_REPEAT, mark | self.bit, payload)

@@ -64,7 +64,7 @@ async def serve(
     tracker.start()
     children = ChildProcesses(tracker)
     # Behind mutual TLS every call's client certificate is checked (tls.py).
-    interceptors: list[grpc.aio.ServerInterceptor] = [HandlerWrapping(decode_safely=True)]
+    interceptors: list[HandlerWrapping] = [HandlerWrapping(decode_safely=True)]
     if tls:
         interceptors.insert(0, client_certificate_check())
     # No cap on concurrent RPCs here: fault requests queue in the servicer
@@ -77,7 +77,7 @@ async def serve(
     await injections.start()
     servicer = ChaosDaemonServicer(runtimes, confiner, limits, injections)
     pb_grpc.add_ChaosDaemonServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # not in the health stubs
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -29,6 +29,7 @@ from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidAr
 from .faults import BY_FIELD
 from .faults.helloworld import exec_hello_world
 from .injections import Injections
+from .interceptors import Context
 from .journal import Record
 from .logs import log, truncate_fields
 from .nsexec import Confiner
@@ -45,7 +46,7 @@ MAX_IDS_PER_CALL = 1000
 DEADLINE_MARGIN_S = 0.1
 Response = TypeVar("Response")
 _INJECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_SOURCES = {
+_SOURCES: dict[int, str] = {
     pb.PROCESS_LIST_SOURCE_UNSPECIFIED: "ps",
     pb.PROCESS_LIST_SOURCE_PS: "ps",
     pb.PROCESS_LIST_SOURCE_PROC: "proc",
@@ -148,7 +149,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def ExecHelloWorldChaos(
-        self, request: pb.ExecHelloWorldRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ExecHelloWorldRequest, context: Context
     ) -> pb.ExecHelloWorldResponse:
         return await self._handle(_Call("ExecHelloWorldChaos", request, context), self._hello_world)
 
@@ -172,7 +173,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             truncated=listing.truncated,
         )
 
-    async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
+    async def Apply(self, request: pb.ApplyRequest, context: Context) -> pb.ApplyResponse:
         return await self._handle(_Call("Apply", request, context), self._apply)
 
     async def _apply(self, call: _Call) -> pb.ApplyResponse:
@@ -197,7 +198,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in processes],
         )
 
-    async def Recover(self, request: pb.RecoverRequest, context: grpc.aio.ServicerContext) -> pb.RecoverResponse:
+    async def Recover(self, request: pb.RecoverRequest, context: Context) -> pb.RecoverResponse:
         return await self._handle(_Call("Recover", request, context), self._recover)
 
     async def _recover(self, call: _Call) -> pb.RecoverResponse:
@@ -206,7 +207,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         records = [await self._injections.recover(injection_id) for injection_id in ids]
         return pb.RecoverResponse(injections=[injection_status(r, i) for r, i in zip(records, ids, strict=False)])
 
-    async def Renew(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext) -> pb.RenewResponse:
+    async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
         return await self._handle(_Call("Renew", request, context), self._renew)
 
     async def _renew(self, call: _Call) -> pb.RenewResponse:
@@ -216,7 +217,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         return pb.RenewResponse(injections=[injection_status(r, i) for r, i in zip(records, ids, strict=False)])
 
     async def ListInjections(
-        self, request: pb.ListInjectionsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListInjectionsRequest, context: Context
     ) -> pb.ListInjectionsResponse:
         return await self._handle(_Call("ListInjections", request, context), self._list)
 
@@ -247,7 +248,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         raise AssertionError("unreachable: abort raises")
 
     @contextlib.asynccontextmanager
-    async def _target(self, container_id: str, context: grpc.aio.ServicerContext) -> AsyncIterator[HeldTarget]:
+    async def _target(self, container_id: str, context: Context) -> AsyncIterator[HeldTarget]:
         """Resolve, check and hold the target; hold its lock and a slot while the fault runs."""
         runtime_name = self._runtimes.name_of(container_id)
         if runtime_name == "pid" and not self._limits.allow_pid_targets:
@@ -282,24 +283,24 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
 class _Call:
     """One request as the pipeline sees it: its peer, for logs, and the response."""
 
-    def __init__(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, rpc: str, request: Any, context: Context) -> None:
         self.rpc = rpc
         self.request = request
         self.context = context
         self.peer = context.peer()
         auth = context.auth_context()
-        names = auth.get("x509_common_name") or []
-        self.subject = names[0].decode(errors="replace") if names else None
+        name = next(iter(auth.get("x509_common_name") or ()), None)
+        self.subject = name.decode(errors="replace") if name is not None else None
 
     def log_request(self, **extra: Any) -> None:
         fields = json_format.MessageToDict(self.request, preserving_proto_field_name=True)
-        log(logging.INFO, self.rpc, request=truncate_fields(fields), peer=self.peer,
-            **({"subject": self.subject} if self.subject else {}), **extra)
+        subject: dict[str, Any] = {"subject": self.subject} if self.subject else {}
+        log(logging.INFO, self.rpc, request=truncate_fields(fields), peer=self.peer, **subject, **extra)
 
 
 @contextlib.asynccontextmanager
 async def _within_deadline(
-    primitive: asyncio.Lock | asyncio.Semaphore, context: grpc.aio.ServicerContext, waiting_for: str
+    primitive: asyncio.Lock | asyncio.Semaphore, context: Context, waiting_for: str
 ) -> AsyncIterator[None]:
     # Give up a little before the client does, so it hears why.
     remaining = context.time_remaining()

@@ -17,7 +17,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .interceptors import HandlerWrapping
+from .interceptors import Context, HandlerWrapping
 from .logs import log
 
 # Distinct certificates a daemon sees are few (one per client Secret); the
@@ -84,9 +84,9 @@ def client_certificate_check() -> HandlerWrapping:
     return HandlerWrapping(check=_check)
 
 
-async def _check(context: grpc.aio.ServicerContext, method: str) -> None:
-    pems = context.auth_context().get("x509_pem_cert") or []
-    verdict = client_certificate_verdict(pems[0]) if pems else Verdict("-", ("no client certificate was presented",))
+async def _check(context: Context, method: str) -> None:
+    pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    verdict = client_certificate_verdict(pem) if pem is not None else Verdict("-", ("no client certificate was presented",))
     if verdict.allowed:
         return
     reasons = "; ".join(verdict.problems)

@@ -12,8 +12,11 @@ from ..transport import ClientTls
 
 class Backend(Protocol):
     name: str
-    # Selector keys the backend understands, with a one-line meaning each.
-    selector_keys: Mapping[str, str]
+
+    @property
+    def selector_keys(self) -> Mapping[str, str]:
+        """Selector keys the backend understands, with a one-line meaning each."""
+        ...
 
     def check_selector(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> dict[str, Any]:
         """A validated copy of ``selector``; raises ChaosSpecError naming the bad field."""

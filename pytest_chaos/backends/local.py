@@ -56,7 +56,7 @@ class LocalBackend:
 
     def close(self) -> None:
         containerd = self._runtimes.pop("containerd", None)
-        if containerd is not None:
+        if isinstance(containerd, ContainerdRuntime):
             containerd.close()
         self._runtimes.clear()
 

@@ -212,7 +212,7 @@ class PercentKind(NetworkKind):
         return {field: percent(params[field], field), "correlation": 0.0}
 
     def network_message(self, params: Mapping[str, Any], scope: pb.NetworkScope) -> Message:
-        message = getattr(pb, self.message_type)(scope=scope)
+        message: Message = getattr(pb, self.message_type)(scope=scope)
         setattr(message, self.percent_field, params[self.percent_field])
         return message
 

@@ -79,7 +79,7 @@ def _section(value: object, stressor: str) -> Mapping[str, Any]:
 
 def _workers(section: Mapping[str, Any], stressor: str) -> int:
     workers = section.get("workers")
-    if not _is_int(workers) or not 1 <= workers <= MAX_WORKERS:
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
         raise ChaosSpecError(f"stressors.{stressor}.workers",
                              f"is required: an integer from 1 to {MAX_WORKERS}; got {workers!r}")
     return workers

@@ -18,9 +18,9 @@ from .stress import Stress
 
 NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
                           for name in ("loss", "delay", "duplicate", "corrupt"))
-FAULTS: dict[str, Fault] = {fault.kind: fault for fault in (
-    ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(), *NETWORK_EMULATION,
-    NetworkBandwidth(), Dns())}
+_ALL: tuple[Fault, ...] = (ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(),
+                           *NETWORK_EMULATION, NetworkBandwidth(), Dns())
+FAULTS: dict[str, Fault] = {fault.kind: fault for fault in _ALL}
 # The ApplyRequest field that names each kind.
 BY_FIELD: dict[str, Fault] = {fault.field: fault for fault in FAULTS.values()}
 

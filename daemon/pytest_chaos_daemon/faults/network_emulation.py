@@ -50,7 +50,7 @@ def _no_correlation(value: float, field: str, kind: str) -> None:
 
 
 def _milliseconds(duration: Any, field: str, kind: str) -> float:
-    ms = duration.seconds * 1000 + duration.nanos / 1e6
+    ms = float(duration.seconds * 1000 + duration.nanos / 1e6)
     if not 0 <= ms <= MAX_LATENCY_MS:
         raise InvalidArgument(f"{kind}: {field} must be from 0 to {MAX_LATENCY_MS / 1000:g}s; got {ms:g}ms")
     return ms

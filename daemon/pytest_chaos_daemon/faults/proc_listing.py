@@ -52,7 +52,7 @@ def open_in_root(root_fd: int, path: str, flags: int) -> int:
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
-    return fd
+    return int(fd)
 
 
 class _StatFs(ctypes.Structure):
@@ -64,7 +64,7 @@ def _filesystem_type(fd: int) -> int:
     if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return buf.f_type
+    return int(buf.f_type)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -134,9 +134,9 @@ class ContainerdRuntime:
             raise FailedPrecondition(
                 f"container containerd://{ref} (namespace {namespace}) is {state}, not running"
             )
-        return process.pid
+        return int(process.pid)
 
-    def _call(self, method, request, namespace: str):
+    def _call(self, method: Callable[..., Any], request: Any, namespace: str) -> Any:
         metadata: Iterable[tuple[str, str]] = (("containerd-namespace", namespace),) if namespace else ()
         try:
             return method(request, metadata=tuple(metadata), timeout=CALL_TIMEOUT_S)
