@@ -9,28 +9,24 @@ takes: select, pick, inject, recover.
 
 Run as root with the cluster up and the daemon deployed (scripts/setup.sh):
 
-    python benchmarks/backend_latency.py [--rounds 30] [--kubeconfig PATH]
+    python3 -m benchmarks.backend_latency [--rounds 30] [--kubeconfig PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import shutil
 import sys
 import tempfile
 
+from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import Layout
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from timing import interleaved_medians  # noqa: E402
-
-from conftest import Targets, make_busybox_rootfs  # noqa: E402
+from tests.support.targets import Targets, make_busybox_rootfs
 
 DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
 

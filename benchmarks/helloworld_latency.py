@@ -10,7 +10,7 @@ The baseline is a bare, unconfined probe run by hand:
 
     nsenter -t PID -m -p -- sh -c 'ps aux'
 
-Run as root:  python benchmarks/helloworld_latency.py [--rounds 50]
+Run as root:  python3 -m benchmarks.helloworld_latency [--rounds 50]
 Targets: a process isolated with unshare (pid://), and a containerd container
 (containerd://); containerd must be running (scripts/setup.sh starts it).
 """
@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
 
+# The repository's test fixtures start the same real targets the tests use.
+from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
-
-# The repository's test fixtures start the same real targets the tests use.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from timing import interleaved_medians  # noqa: E402
-
-from conftest import Targets, make_busybox_rootfs  # noqa: E402
+from tests.support.targets import Targets, make_busybox_rootfs
 
 
 def measure(session: ChaosSession, selector: dict, host_pid: int, rounds: int) -> dict[str, float]:

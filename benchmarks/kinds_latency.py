@@ -10,14 +10,13 @@ local targets are containerd containers; the cluster's are pods in a
 namespace the benchmark creates and deletes.
 
 Run as root with the cluster up and the daemon deployed (scripts/setup.sh):
-    python benchmarks/kinds_latency.py [--rounds 10] [--kill-targets 3]
+    python3 -m benchmarks.kinds_latency [--rounds 10] [--kill-targets 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import shutil
 import statistics
 import subprocess
@@ -26,16 +25,13 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from timing import apply_and_recover
-
+from benchmarks.timing import apply_and_recover
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import Layout
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from conftest import Targets, make_busybox_rootfs  # noqa: E402
+from tests.support.targets import Targets, make_busybox_rootfs
 
 LOOP = "while true; do sleep 1000 & wait; done"
 NAMESPACE = "chaos-bench-kinds"

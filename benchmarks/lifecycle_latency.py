@@ -14,7 +14,7 @@ from its rootfs) is taken with the plugin's own daemon (it sees its parent
 die and recovers on exit) and with an external daemon and a short
 ``--chaos-lease`` (the lease runs out).
 
-Run as root:  python benchmarks/lifecycle_latency.py [--rounds 20] [--kill-rounds 5]
+Run as root:  python3 -m benchmarks.lifecycle_latency [--rounds 20] [--kill-rounds 5]
 containerd and Docker must be running (scripts/setup.sh starts them).
 """
 
@@ -36,9 +36,8 @@ from pytest_chaos.session import ChaosSession
 from pytest_chaos.transport import DaemonClient
 
 # The repository's test fixtures start the same real targets the tests use.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from conftest import Targets, make_busybox_rootfs  # noqa: E402
-from tests.pausing import Counting, pytest_argv, start_counting  # noqa: E402
+from tests.support.pausing import Counting, pytest_argv, start_counting
+from tests.support.targets import Targets, make_busybox_rootfs
 
 SHORT_LEASE_S = 3
 

@@ -1,6 +1,6 @@
 """Network faults: apply and recover latency of each kind, and what a delay does to a bulk TCP transfer.
 
-Targets are processes on the tests' network bed (tests/network_bed.py); the
+Targets are processes on the tests' network bed (tests/support/network_bed.py); the
 faults go through the plugin's session to an embedded daemon, as in a test
 run. Latencies are medians of interleaved rounds, reported against HelloWorld
 (source "proc") on the same target in the same run. Throughputs are one TCP
@@ -8,24 +8,20 @@ stream from the target to its peer, measured at the receiver, without a
 fault and under a 20 ms delay on the target's egress (``to``) and on its
 ingress (``from``), which add the same round trip.
 
-    python benchmarks/network_latency.py --rounds 10
+    python3 -m benchmarks.network_latency --rounds 10
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from timing import apply_and_recover  # noqa: E402
-
-from pytest_chaos.backends.local import LocalBackend  # noqa: E402
-from pytest_chaos.embedded import EmbeddedDaemon  # noqa: E402
-from pytest_chaos.session import ChaosSession  # noqa: E402
-from tests.network_bed import NetworkBed, tcp_throughput  # noqa: E402
+from benchmarks.timing import apply_and_recover
+from pytest_chaos.backends.local import LocalBackend
+from pytest_chaos.embedded import EmbeddedDaemon
+from pytest_chaos.session import ChaosSession
+from tests.support.network_bed import NetworkBed, tcp_throughput
 
 THROUGHPUT_PORT = 7300
 

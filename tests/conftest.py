@@ -12,8 +12,8 @@ import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
-from conftest import require
-from tests.network_bed import NetworkBed
+from tests.support.network_bed import NetworkBed
+from tests.support.targets import require
 
 pytest_plugins = ["pytester"]
 
@@ -85,7 +85,7 @@ def _root_only() -> None:
 
 @pytest.fixture
 def network_bed() -> Iterator[NetworkBed]:
-    """A bridge of its own with targets that talk to each other (tests/network_bed.py); removed after the test."""
+    """A bridge of its own with targets that talk to each other (tests/support/network_bed.py); removed after the test."""
     with NetworkBed() as bed:
         yield bed
 

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.nsexec import OUTPUT_LIMIT
 
-from conftest import gone, running, wait_for
+from tests.support.targets import gone, running, wait_for
 
 
 def hello(daemon, container_id: str, timeout: float = 60, **fields) -> pb.ExecHelloWorldResponse:

@@ -15,7 +15,7 @@ from cryptography import x509
 from pytest_chaos_daemon.certs import main
 from pytest_chaos_daemon.server import TLS_SERVER_NAME
 
-from conftest import require
+from tests.support.targets import require
 
 FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import wait_for
+from tests.support.targets import wait_for
 
 RUNNER_TEST = """
 import time

@@ -18,7 +18,7 @@ from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.tracking import HIERARCHY
 
-from conftest import require, wait_for
+from tests.support.targets import require, wait_for
 
 NOBODY = 65534
 

@@ -39,7 +39,7 @@ from pytest_chaos_daemon.dns_responder import (
     responder_argv,
 )
 
-from conftest import require
+from tests.support.targets import require
 
 A, AAAA, TXT = 1, 28, 16
 SERVER_A = "10.9.9.9"

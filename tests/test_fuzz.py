@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.servicer import RUNTIME_POOL_SIZE
 
-from conftest import wait_for
+from tests.support.targets import wait_for
 
 SEED = 20261126
 REQUESTS = 2000

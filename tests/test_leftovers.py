@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 
-from conftest import running, wait_for
-from tests.leftovers import boot_ticks_now, orphans_since
+from tests.support.leftovers import boot_ticks_now, orphans_since
+from tests.support.targets import running, wait_for
 
 
 def test_an_orphaned_target_is_found_and_a_process_of_this_namespace_is_not():

@@ -28,9 +28,8 @@ from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.injections import ADOPT_EVERY_S
 from pytest_chaos_daemon.journal import Journal
 
-from conftest import gone
 from tests.conftest import RunningDaemon
-from tests.pausing import (
+from tests.support.pausing import (
     Counting,
     apply_pause,
     kill_subprocess,
@@ -42,6 +41,7 @@ from tests.pausing import (
     start_counting,
     until,
 )
+from tests.support.targets import gone
 
 ACTIVE, RECOVERED, EXPIRED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED, pb.InjectionStatus.EXPIRED
 SHORT_LEASE_S = 3.0  # the runner's --chaos-lease where the lease is what recovers

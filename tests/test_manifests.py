@@ -10,7 +10,7 @@ import pytest
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.manifests import load, manifest_specs
-from tests.network_bed import snapshot, tcp_connects, tcp_listener, udp_echo_server, udp_probe
+from tests.support.network_bed import snapshot, tcp_connects, tcp_listener, udp_echo_server, udp_probe
 
 MANIFESTS = pathlib.Path(__file__).parent / "manifests"
 KUBERNETES = KubernetesBackend(kubeconfig="/nonexistent")  # selectors are checked without the API

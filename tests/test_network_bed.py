@@ -8,10 +8,9 @@ import shutil
 
 import pytest
 
-from conftest import CONTAINERD_NAMESPACE, CONTAINERD_SOCKET, DOCKER_SOCKET, require, run
 from pytest_chaos.backends.local import LocalBackend
-from tests import network_bed as bed_module
-from tests.network_bed import (
+from tests.support import network_bed as bed_module
+from tests.support.network_bed import (
     NetTarget,
     NetworkBed,
     forward_may_drop,
@@ -25,6 +24,7 @@ from tests.network_bed import (
     udp_send,
     udp_snmp,
 )
+from tests.support.targets import CONTAINERD_NAMESPACE, CONTAINERD_SOCKET, DOCKER_SOCKET, require, run
 
 ECHO_PORT = 7007
 TCP_PORT = 7008

@@ -2,7 +2,7 @@
 
 Each test applies a fault through the plugin's session (selection, peers,
 transport) to a daemon of its own, measures its effect from outside the
-daemon with the bed's traffic tools (tests/network_bed.py), recovers, and
+daemon with the bed's traffic tools (tests/support/network_bed.py), recovers, and
 compares the target's namespace with a snapshot from before: no chain, rule,
 qdisc, device or queue of ours may be left. Statistical checks use intervals
 computed from the requested rate, never a tolerance picked to pass.
@@ -20,10 +20,9 @@ import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
-from conftest import running, wait_for
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.session import ChaosSession
-from tests.network_bed import (
+from tests.support.network_bed import (
     DNS_SERVER,
     NetworkBed,
     binomial_interval,
@@ -39,6 +38,7 @@ from tests.network_bed import (
     udp_send,
     udp_snmp,
 )
+from tests.support.targets import running, wait_for
 
 PORT = 7100
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import pytest
 from pytest_chaos_daemon.packet_queue import bound_queues, parse_args, queue_argv
 
-from conftest import require
+from tests.support.targets import require
 
 PROGRAM = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue"]
 PORT = 7007

@@ -15,8 +15,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.faults.container_pause import FREEZER_V1, FREEZER_V2, SIGSTOP
 
-from conftest import run, wait_for
-from tests.pausing import (
+from tests.support.pausing import (
     RUNTIMES,
     Counting,
     apply_pause,
@@ -28,6 +27,7 @@ from tests.pausing import (
     seconds,
     start_counting,
 )
+from tests.support.targets import run, wait_for
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
 

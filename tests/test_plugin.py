@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import wait_for
+from tests.support.targets import wait_for
 
 pytestmark = pytest.mark.usefixtures("_root_only")
 

@@ -10,7 +10,7 @@ import pytest
 from pytest_chaos_daemon.faults.process_list import parse_ps
 from pytest_chaos_daemon.nsexec import CHILD_ENV
 
-from conftest import require
+from tests.support.targets import require
 
 
 def test_parses_procps_ps_aux():

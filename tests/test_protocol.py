@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import require
+from tests.support.targets import require
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

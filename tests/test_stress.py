@@ -22,9 +22,9 @@ from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.faults.stress import STRESSOR_ID
 from pytest_chaos_daemon.tracking import HIERARCHY
 
-from conftest import wait_for
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
+from tests.support.targets import wait_for
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
 CPU = pb.Stress.Cpu(workers=1, load=100)

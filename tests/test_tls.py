@@ -28,9 +28,9 @@ from pytest_chaos_daemon.certs import generate
 from pytest_chaos_daemon.server import HEALTH_MAX_CONCURRENT_RPCS, TLS_SERVER_NAME
 from pytest_chaos_daemon.tls import client_certificate_verdict
 
-from conftest import require
 from pytest_chaos.errors import ChaosError
 from pytest_chaos.transport import ClientTls, DaemonClient
+from tests.support.targets import require
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

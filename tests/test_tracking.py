@@ -18,7 +18,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.tracking import DEFAULT_MOUNT_POINT
 
-from conftest import gone, running, wait_for
+from tests.support.targets import gone, running, wait_for
 
 
 def hello(daemon, container_id: str, timeout: float = 60) -> pb.ExecHelloWorldResponse:

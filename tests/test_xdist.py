@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import wait_for
+from tests.support.targets import wait_for
 
 SUITE = """
 import pytest

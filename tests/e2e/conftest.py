@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import require  # the repository's conftest.py
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos_cluster.settings import Layout
+from tests.support.targets import require
 
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parents[1]

@@ -1,7 +1,7 @@
 """Network faults between real pods, through the DaemonSet's daemon, measured from outside it.
 
 Traffic is sent and served by host Python entered into the pods' network
-namespaces only (the bed's tools, tests/network_bed.py), so the measurement
+namespaces only (the bed's tools, tests/support/network_bed.py), so the measurement
 does not depend on the daemon's word, nor on what the busybox image offers.
 """
 
@@ -14,9 +14,8 @@ import sys
 
 import pytest
 
-from conftest import run, wait_for
 from pytest_chaos.session import ChaosSession
-from tests.network_bed import (
+from tests.support.network_bed import (
     DNS_SERVER,
     Background,
     NetTarget,
@@ -30,6 +29,7 @@ from tests.network_bed import (
     udp_probe,
     udp_send,
 )
+from tests.support.targets import run, wait_for
 
 NAMESPACE = "chaos-e2e-net"
 PORT = 7200

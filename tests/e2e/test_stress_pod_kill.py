@@ -15,8 +15,8 @@ import time
 import pytest
 from pytest_chaos_daemon import procfs
 
-from conftest import wait_for
 from pytest_chaos.errors import ChaosError
+from tests.support.targets import wait_for
 
 NAMESPACE = "chaos-e2e-stress"
 MANIFEST = f"""

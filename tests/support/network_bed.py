@@ -44,12 +44,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from conftest import (
+from tests.support.targets import (
     CONTAINERD_NAMESPACE,
     CONTAINERD_SOCKET,
-    _label_args,
-    _remove_containerd_container,
+    label_args,
     make_busybox_rootfs,
+    remove_containerd_container,
     require,
     run,
     unique_name,
@@ -292,7 +292,7 @@ class NetworkBed:
         container_id = unique_name()
         self._containers.append(container_id)  # before running: a failed start still leaves a container
         run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin",
-            "--with-ns", f"network:{netns_path(netns)}", *_label_args(labels), "--rootfs", root,
+            "--with-ns", f"network:{netns_path(netns)}", *label_args(labels), "--rootfs", root,
             container_id, *(argv or DEFAULT_ARGV))
         tasks = run("ctr", "-n", CONTAINERD_NAMESPACE, "tasks", "ls").stdout.splitlines()
         pid = int(next(line.split()[1] for line in tasks[1:] if line.split()[0] == container_id))
@@ -329,7 +329,7 @@ class NetworkBed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for container_id in self._containers:
-            attempt(f"remove container {container_id}", _remove_containerd_container, container_id)
+            attempt(f"remove container {container_id}", remove_containerd_container, container_id)
         if self._containers:
             # containerd refuses while other tests' containers remain; the last one out removes it.
             run("ctr", "namespaces", "remove", CONTAINERD_NAMESPACE, check=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
-from conftest import Targets, run, wait_for
+from tests.support.targets import Targets, run, wait_for
 
 PERIOD_S = 0.02  # how often a counting target writes
 STILL_S = 0.5  # a paused target writes nothing over this long (25 periods)
