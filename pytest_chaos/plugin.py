@@ -28,6 +28,7 @@ from .model import Experiment, ExperimentSpec
 from .modes import MODES
 from .reporting import SECTION_KEY, experiment_text, junit_properties
 from .session import DEFAULT_LEASE_S, ChaosSession
+from .timeline import write_timeline
 from .transport import DEFAULT_RPC_TIMEOUT_S, ClientTls
 
 MARKER_HELP = (
@@ -58,6 +59,9 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("--chaos-lease", {"metavar": "SECONDS"},
      "a daemon recovers a fault by itself when this run stops renewing it for this long (this run died, "
      f"say); renewed every third of it while the run lives. Default: {DEFAULT_LEASE_S:g}"),
+    ("--chaos-report", {"metavar": "PATH"},
+     "write the run's experiment timeline to PATH: one self-contained HTML page, a row per test and a bar per "
+     "experiment from applied to recovered, its targets and output on click"),
     ("--chaos-dry-run", {"action": "store_const", "const": "true"},
      "select and report the targets each chaos experiment would hit, inject nothing, and skip its test "
      "(a test whose chaos did not happen must not pass). Ini: true/1/yes"),
@@ -79,7 +83,7 @@ SESSION_KEY = pytest.StashKey[ChaosSession]()
 EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
 PHASE_KEY = pytest.StashKey[str]()
 # Summaries of experiments run elsewhere (pytest-xdist workers), from their reports: (test id, summary).
-REPORTED_KEY = pytest.StashKey[list[tuple[str, str]]]()
+REPORTED_KEY = pytest.StashKey["ReportedExperiments"]()
 _SUMMARY_PROPERTY = re.compile(r"chaos\[\d+\]")
 
 
@@ -114,7 +118,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = ChaosSession(_backend(config), seed, timeout, lease)
     reported = ReportedExperiments()
     config.pluginmanager.register(reported, "chaos-reported-experiments")
-    config.stash[REPORTED_KEY] = reported.lines
+    config.stash[REPORTED_KEY] = reported
 
 
 def _backend(config: pytest.Config) -> Backend:
@@ -401,8 +405,15 @@ class ReportedExperiments:
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str]] = []
+        self.outcomes: dict[str, str] = {}  # test id -> passed, failed, error (setup or teardown), skipped
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.outcomes[report.nodeid] = "failed" if report.when == "call" else "error"
+        elif report.skipped and report.nodeid not in self.outcomes:
+            self.outcomes[report.nodeid] = "skipped"
+        elif report.when == "call" and report.passed:
+            self.outcomes.setdefault(report.nodeid, "passed")
         if report.when == "teardown":
             self.lines += [(report.nodeid, str(value)) for name, value in report.user_properties
                            if _SUMMARY_PROPERTY.fullmatch(name)]
@@ -413,9 +424,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
     if session is None:
         return
     lines = [(test_id, experiment.summary()) for test_id, experiment in session.experiments]
-    lines = lines or config.stash.get(REPORTED_KEY, [])
+    reported = config.stash.get(REPORTED_KEY, None)
+    lines = lines or (reported.lines if reported is not None else [])
     if not lines:
         return
     terminalreporter.write_sep("-", "chaos experiments")
     for test_id, summary in lines:
         terminalreporter.write_line(f"{test_id}: {summary}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    path = _option(config, "chaos_report", "")
+    chaos = config.stash.get(SESSION_KEY, None)
+    if not path or chaos is None or hasattr(config, "workerinput"):
+        return
+    reported = config.stash[REPORTED_KEY]
+    write_timeline(path, chaos.experiments, reported.outcomes)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"chaos: experiment timeline written to {os.path.abspath(path)}")

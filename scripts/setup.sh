@@ -40,7 +40,7 @@ if [[ -z ${SKIP_APT:-} ]]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends \
         containerd runc docker.io busybox-static util-linux procps iptables \
-        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates gcc libc6-dev stress-ng >/dev/null
+        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates gcc libc6-dev stress-ng chromium >/dev/null
 fi
 
 if ! command -v go >/dev/null; then
