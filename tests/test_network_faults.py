@@ -14,7 +14,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -251,20 +250,22 @@ def test_a_host_network_target_is_refused(session, targets):
         apply(session, "network-loss", type("T", (), {"selector": {"pids": [pid]}})(), loss="10")
 
 
+def delay_80ms(target, injection_id: str, lease_s: int) -> pb.ApplyRequest:
+    """An 80 ms delay on all of ``target``'s egress, applied straight through the daemon's API."""
+    request = pb.ApplyRequest(container_id=target.container_id, injection=pb.Injection(id=injection_id),
+                              network_delay=pb.NetworkDelay(latency={"nanos": 80_000_000}))
+    request.injection.lease.FromSeconds(lease_s)
+    return request
+
+
 def test_a_lease_that_runs_out_recovers_the_fault_with_no_runner(daemon, network_bed):
     """What a SIGKILLed runner leaves: an injection nobody renews."""
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     before = snapshot(target)
-    request = pb.ApplyRequest(container_id=target.container_id, injection=pb.Injection(id="orphan-delay"),
-                              network_delay=pb.NetworkDelay(latency={"nanos": 80_000_000}))
-    request.injection.lease.FromSeconds(2)
-    daemon.stub.Apply(request, timeout=30)
+    daemon.stub.Apply(delay_80ms(target, "orphan-delay", lease_s=2), timeout=30)
     assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms >= 75
-    deadline = time.monotonic() + 15
-    while snapshot(target) != before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert snapshot(target) == before
+    wait_for(lambda: snapshot(target) == before, "the daemon to recover the fault when its lease ran out", 15)
     assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
 
 
@@ -274,18 +275,13 @@ def test_a_restarted_daemon_serves_the_queue_again_and_recovers(start_daemon, ne
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     before = snapshot(target)
-    request = pb.ApplyRequest(container_id=target.container_id, injection=pb.Injection(id="kept-delay"),
-                              network_delay=pb.NetworkDelay(latency={"nanos": 80_000_000}))
-    request.injection.lease.FromSeconds(120)
-    first.stub.Apply(request, timeout=30)
+    first.stub.Apply(delay_80ms(target, "kept-delay", lease_s=120), timeout=30)
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
     # The queue's program died with it: --queue-bypass lets traffic through undelayed meanwhile.
     assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
     second = start_daemon("--allow-pid-targets", "--state-dir", state)
-    deadline = time.monotonic() + 15
-    while udp_probe(target, peer.ip, PORT, count=3).median_rtt_ms < 75 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: udp_probe(target, peer.ip, PORT, count=3).median_rtt_ms >= 75, "the delay to be served again", 15)
     assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms >= 75
     [status] = second.stub.Recover(pb.RecoverRequest(injection_ids=["kept-delay"]), timeout=30).injections
     assert status.state == pb.InjectionStatus.RECOVERED, status.detail

@@ -138,16 +138,22 @@ def test_delay_between_pods_raises_the_round_trip_to_the_peer_only(session, pods
 
 def test_loss_between_pods_within_a_binomial_interval(session, pods, servers):
     a, b = pods["net-a"], pods["net-b"]
-    receiver = servers(b, "receive", UdpReceiver)
     before = snapshot(a)
-    experiment = apply(session, "network-loss", a, loss="30", target={"selector": b.selector})
-    udp_send(a, b.ip, PORT, 1000)
-    counts = receiver.result()
+    counts = one_way_under(session, servers, a, b, "network-loss", loss="30")
     low, high = binomial_interval(1000, 0.7)
     measured("cluster network-loss 30% pod to pod over 1000 datagrams: loss", 1 - counts.received / 1000, "0.30")
     assert low <= counts.received <= high
-    session.recover(experiment)
     assert snapshot(a) == before
+
+
+def one_way_under(session: ChaosSession, servers, source: NetTarget, sink: NetTarget, kind: str, **params):
+    """What ``sink`` receives of 1000 datagrams ``source`` sends under ``kind`` towards it (then recovered)."""
+    receiver = servers(sink, "receive", UdpReceiver)
+    experiment = apply(session, kind, source, target={"selector": sink.selector}, **params)
+    udp_send(source, sink.ip, PORT, 1000)
+    counts = receiver.result()
+    session.recover(experiment)
+    return counts
 
 
 def test_rules_are_removed_after_the_target_container_restarted_in_its_pod(session, kube, pods, servers):
@@ -227,22 +233,14 @@ def test_bandwidth_duplicate_and_corrupt_between_pods(session, pods, servers):
     measured("cluster network-bandwidth 1mbps pod to pod: TCP goodput in Mbit/s", bits / 1e6, "8.389")
     assert 0.85 * 8 * (1 << 20) <= bits <= 1.15 * 8 * (1 << 20)
     session.recover(experiment)
-    receiver = servers(b, "receive", UdpReceiver)
-    experiment = apply(session, "network-duplicate", a, duplicate="50", target=peer)
-    udp_send(a, b.ip, PORT, 1000)
-    counts = receiver.result()
+    counts = one_way_under(session, servers, a, b, "network-duplicate", duplicate="50")
     low, high = binomial_interval(1000, 0.5)
     measured("cluster network-duplicate 50% pod to pod: duplicate share", counts.duplicates / 1000, "0.50")
     assert counts.received == 1000 and low <= counts.duplicates <= high
-    session.recover(experiment)
-    receiver = servers(b, "receive", UdpReceiver)
-    experiment = apply(session, "network-corrupt", a, corrupt="40", target=peer)
-    udp_send(a, b.ip, PORT, 1000)
-    counts = receiver.result()
+    counts = one_way_under(session, servers, a, b, "network-corrupt", corrupt="40")
     low, high = binomial_interval(1000, 0.6)
     measured("cluster network-corrupt 40% pod to pod: share dropped", 1 - counts.received / 1000, "0.40")
     assert low <= counts.received <= high
-    session.recover(experiment)
     assert snapshot(a) == before
 
 
