@@ -20,6 +20,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 from typing import Any
 
 from .. import procfs
@@ -32,8 +33,9 @@ from .process_list import ProcessRow
 
 MAX_PROCESS_LEN = 256
 MAX_SIGNAL = 64
-# When every match ended before it was signalled: how often to match again, and how long to wait between.
-REMATCH_ATTEMPTS = 20
+# Short-lived matches (a loop's `sleep 0.05` on a busy node) come and go: when none is running, or
+# every match ended before it was signalled, match again this often, for at most this long.
+MATCH_WINDOW_S = 2.0
 REMATCH_PAUSE_S = 0.01
 # How much of the target's process list a no-match error shows.
 LISTED_IN_ERRORS = 30
@@ -64,29 +66,27 @@ class ProcessKill(OneShot):
         return {"process": process, "signal": message.signal or int(signal.SIGKILL)}
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
-        matched = await asyncio.to_thread(_matching, target, params["process"])
+        matched = await _matching_within(target, params["process"])
         # The identities (pid, start time) are what apply signals, and what the journal shows.
         undo = {"processes": [[e.pid, e.stat.start_ticks, e.user, e.command] for e in matched]}
         return Plan(undo, f"{signal_name(params['signal'])} to the matching processes (pidfd)")
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         signalled = await asyncio.to_thread(_signal_each, target, plan.undo["processes"], params["signal"])
-        for _ in range(REMATCH_ATTEMPTS):
-            if signalled:
-                break
-            # Every match was short-lived (a loop's `sleep 0.05`) and ended while the plan was journaled:
-            # match again and signal at once, as pkill would have. One-shot: nothing to recover either way.
-            await asyncio.sleep(REMATCH_PAUSE_S)
+        deadline = time.monotonic() + MATCH_WINDOW_S
+        while not signalled and time.monotonic() < deadline:
+            # Every match ended while the plan was journaled: match again and signal at once, as pkill
+            # would have. One-shot: nothing to recover either way.
             try:
-                again = await asyncio.to_thread(_matching, target, params["process"])
+                again = await _matching_within(target, params["process"], deadline)
             except FailedPrecondition:
-                continue
+                break
             processes = [[e.pid, e.stat.start_ticks, e.user, e.command] for e in again]
             signalled = await asyncio.to_thread(_signal_each, target, processes, params["signal"])
         if not signalled:
             raise FailedPrecondition(
                 f"every process of target {target.description} matching {params['process']!r} "
-                "exited before it could be signalled"
+                f"exited before it could be signalled (matched again for {MATCH_WINDOW_S:g} s)"
             )
         return signalled
 
@@ -101,6 +101,18 @@ def signal_name(signum: int) -> str:
 def matches(entry: ProcEntry, pattern: str) -> bool:
     """The command name equals ``pattern``, or ``pattern`` is found in the command line."""
     return entry.name == pattern or re.search(pattern, entry.command) is not None
+
+
+async def _matching_within(target: HeldTarget, pattern: str, deadline: float | None = None) -> list[ProcEntry]:
+    """The matching processes, waiting up to ``MATCH_WINDOW_S`` (or until ``deadline``) for one to run."""
+    deadline = deadline if deadline is not None else time.monotonic() + MATCH_WINDOW_S
+    while True:
+        try:
+            return await asyncio.to_thread(_matching, target, pattern)
+        except FailedPrecondition as err:
+            if time.monotonic() >= deadline:
+                raise FailedPrecondition(f"{err} (matched for {MATCH_WINDOW_S:g} s)") from None
+        await asyncio.sleep(REMATCH_PAUSE_S)
 
 
 def _matching(target: HeldTarget, pattern: str) -> list[ProcEntry]:
