@@ -41,6 +41,8 @@ MAX_LEASE_S = 24 * 3600
 # Requests waiting beyond this are refused (RESOURCE_EXHAUSTED) rather than queued.
 MAX_PENDING = 2048
 RUNTIME_LOOKUP_TIMEOUT_S = 15.0
+# Containers whose init process is remembered (see _hold_remembered); beyond this the memory starts over.
+REMEMBERED_TARGETS = 4096
 RUNTIME_POOL_SIZE = 4
 MAX_IDS_PER_CALL = 1000
 DEADLINE_MARGIN_S = 0.1
@@ -138,6 +140,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         self._pending = 0
         # One probe at a time per target: concurrent probes would list each other.
         self._target_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._resolved: dict[str, tuple[int, int]] = {}  # container id -> (init's host pid, its start time)
         # A pool per runtime: a stalled Docker socket cannot hold up containerd or pid:// lookups.
         self._lookup_pools = {
             prefix: ThreadPoolExecutor(RUNTIME_POOL_SIZE, thread_name_prefix=f"lookup-{prefix}")
@@ -255,16 +258,50 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             raise FailedPrecondition(
                 "pid:// targets are disabled on this daemon (start it with --allow-pid-targets to allow them)"
             )
-        pid = await self._resolve(runtime_name, container_id)
-        with HeldTarget(pid, container_id) as target:
+        target = self._hold_remembered(container_id)
+        if target is None:
+            target = HeldTarget(await self._resolve(runtime_name, container_id), container_id)
             if runtime_name != "pid":
-                target.confirm(await self._resolve(runtime_name, container_id))
-            lock = self._target_locks.get(pid)
+                try:
+                    target.confirm(await self._resolve(runtime_name, container_id))
+                except BaseException:
+                    target.close()
+                    raise
+                self._remember(container_id, target)
+        with target:
+            lock = self._target_locks.get(target.pid)
             if lock is None:
-                lock = self._target_locks[pid] = asyncio.Lock()
+                lock = self._target_locks[target.pid] = asyncio.Lock()
             async with _within_deadline(lock, context, f"waiting for another fault on {container_id}"):
                 async with _within_deadline(self._slots, context, "waiting for a free slot"):
                     yield target
+
+    def _hold_remembered(self, container_id: str) -> HeldTarget | None:
+        """The container's init process as last resolved, held, if that very process still runs.
+
+        A container runs as long as its init process does, and a PID with the
+        same start time is the same process: while both hold, the runtime need
+        not be asked again. Anything else resolves afresh.
+        """
+        remembered = self._resolved.get(container_id)
+        if remembered is None:
+            return None
+        pid, start_ticks = remembered
+        try:
+            target = HeldTarget(pid, container_id)
+        except DaemonError:
+            target = None
+        if target is None or target.stat.start_ticks != start_ticks:
+            if target is not None:
+                target.close()
+            self._resolved.pop(container_id, None)
+            return None
+        return target
+
+    def _remember(self, container_id: str, target: HeldTarget) -> None:
+        if len(self._resolved) >= REMEMBERED_TARGETS:
+            self._resolved.clear()
+        self._resolved[container_id] = (target.pid, target.stat.start_ticks)
 
     async def _resolve(self, runtime_name: str, container_id: str) -> int:
         if runtime_name == "pid":  # /proc only: no runtime to wait for

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,6 +40,7 @@ ALL_NAMESPACES = "*"
 # reports them properly, so a scan of all namespaces leaves this one out.
 DOCKER_MIRROR_NAMESPACE = "moby"
 CALL_TIMEOUT_S = 10.0
+REMEMBERED_CONTAINERS = 4096
 
 
 class ContainerdRuntime:
@@ -57,12 +58,21 @@ class ContainerdRuntime:
         self._containers = containers_grpc.ContainersStub(self._channel)
         self._tasks = tasks_grpc.TasksStub(self._channel)
         self._namespaces_api = namespaces_grpc.NamespacesStub(self._channel)
+        self._labels: dict[str, dict[str, dict[str, str]]] = {}  # namespace -> container id -> labels
+        # A container's namespace never changes: found once, each lookup after is one call, not one per namespace.
+        self._namespace_by_id: dict[str, str] = {}
 
     def close(self) -> None:
         self._channel.close()
 
     def pid_of(self, ref: str) -> int:
         check_container_ref(self.prefix, ref)
+        remembered = self._namespace_by_id.get(ref)
+        if remembered is not None:
+            try:
+                return self._running_pid(ref, remembered)
+            except (NotFound, FailedPrecondition):
+                self._namespace_by_id.pop(ref, None)  # gone from there: search every namespace again
         return self._running_pid(ref, self._namespace_of(ref))
 
     def kill(self, ref: str, target: HeldTarget) -> None:
@@ -90,31 +100,40 @@ class ContainerdRuntime:
         return sorted(ns.name for ns in reply.namespaces if ns.name != DOCKER_MIRROR_NAMESPACE)
 
     def list_running(self) -> list[RunningContainer]:
-        found = []
-        for namespace in self.namespaces():
-            tasks = self._call(self._tasks.List, tasks_pb2.ListTasksRequest(), namespace).tasks
+        """Every running container of the namespaces, sorted by id within each (containerd's own order).
+
+        The namespaces are asked at once, one round trip for all. A container's
+        labels are set when it is created, so they are listed only for ids not
+        seen before; the running set itself is asked every time.
+        """
+        namespaces = self.namespaces()
+        running: dict[str, set[str]] = {}
+        tasks = self._call_each(self._tasks.List, tasks_pb2.ListTasksRequest(), namespaces)
+        for namespace, reply in zip(namespaces, tasks, strict=True):
             # containerd 1.6 fills a listed task's `id` (its container's id) and leaves container_id empty.
-            running = {t.container_id or t.id for t in tasks if t.status == tasks_pb2.RUNNING}
-            if not running:
-                continue
-            listing = self._call(self._containers.List, containers_pb2.ListContainersRequest(), namespace)
-            for container in listing.containers:
-                if container.id in running:
-                    found.append(
-                        RunningContainer(
-                            container_id=f"containerd://{container.id}",
-                            name=container.id,
-                            labels=dict(container.labels),
-                        )
-                    )
-        return found
+            running[namespace] = {t.container_id or t.id for t in reply.tasks if t.status == tasks_pb2.RUNNING}
+        unlabelled = [ns for ns, ids in running.items() if ids - self._labels.get(ns, {}).keys()]
+        listings = self._call_each(self._containers.List, containers_pb2.ListContainersRequest(), unlabelled)
+        for namespace, listing in zip(unlabelled, listings, strict=True):
+            self._labels[namespace] = {c.id: dict(c.labels) for c in listing.containers}
+        return [
+            RunningContainer(container_id=f"containerd://{ref}", name=ref, labels=self._labels[namespace][ref])
+            for namespace, ids in running.items()
+            for ref in sorted(ids)
+            if ref in self._labels.get(namespace, {})  # a task whose container was deleted as it was listed
+        ]
 
     def _namespace_of(self, ref: str) -> str:
+        if (remembered := self._namespace_by_id.get(ref)) is not None:
+            return remembered
         for namespace in self.namespaces():
             try:
                 self._call(self._containers.Get, containers_pb2.GetContainerRequest(id=ref), namespace)
             except NotFound:
                 continue
+            if len(self._namespace_by_id) >= REMEMBERED_CONTAINERS:
+                self._namespace_by_id.clear()
+            self._namespace_by_id[ref] = namespace
             return namespace
         raise NotFound(
             f"container containerd://{ref} not found in containerd namespace(s) "
@@ -137,16 +156,33 @@ class ContainerdRuntime:
         return int(process.pid)
 
     def _call(self, method: Callable[..., Any], request: Any, namespace: str) -> Any:
-        metadata: Iterable[tuple[str, str]] = (("containerd-namespace", namespace),) if namespace else ()
         try:
-            return method(request, metadata=tuple(metadata), timeout=CALL_TIMEOUT_S)
+            return method(request, metadata=_namespaced(namespace), timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(err.details() or "not found") from None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(
-                    f"containerd is unreachable at {self.endpoint}: {err.details()} "
-                    "(is containerd running? set the socket with --containerd-socket)"
-                ) from None
-            raise
+            raise self._mapped(err) from None
+
+    def _call_each(self, method: Any, request: Any, namespaces: Sequence[str]) -> list[Any]:
+        """``method`` in every namespace, all in flight at once: one round trip instead of one per namespace."""
+        calls = [method.future(request, metadata=_namespaced(ns), timeout=CALL_TIMEOUT_S) for ns in namespaces]
+        replies = []
+        for call in calls:
+            try:
+                replies.append(call.result())
+            except grpc.RpcError as err:
+                raise self._mapped(err) from None
+        return replies
+
+    def _mapped(self, err: grpc.RpcError) -> Exception:
+        code = err.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(err.details() or "not found")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return Unavailable(
+                f"containerd is unreachable at {self.endpoint}: {err.details()} "
+                "(is containerd running? set the socket with --containerd-socket)"
+            )
+        return err
+
+
+def _namespaced(namespace: str) -> tuple[tuple[str, str], ...]:
+    return (("containerd-namespace", namespace),) if namespace else ()
