@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,6 +43,8 @@ class ChaosSession:
         self._clients: dict[str, DaemonClient] = {}
         self.leases = LeaseKeeper(self.client, lease_s, self.readdress)
         self._owner = f"pytest {os.getpid()}@{socket.gethostname()}"
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def spec(self, args: Sequence[Any], kwargs: dict[str, Any]) -> ExperimentSpec:
         return build_spec(self.backend, args, kwargs)
@@ -127,6 +130,9 @@ class ChaosSession:
 
     def close(self) -> None:
         self.leases.stop()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         for client in self._clients.values():
             client.close()
         self._clients.clear()
@@ -210,7 +216,22 @@ class ChaosSession:
 
         return [e for e in self._each(targets, run) if e]
 
-    @staticmethod
-    def _each(items: list[Any], action: Callable[[Any], Any]) -> list[Any]:
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_TARGETS, len(items)))) as pool:
-            return list(pool.map(action, items))
+    def _each(self, items: list[Any], action: Callable[[Any], Any]) -> list[Any]:
+        """``action`` on every item, concurrently through the session's one pool (no per-call thread start-up).
+
+        One item, or a call from inside the pool (a recovery that re-addresses
+        its daemon), runs in the calling thread: the pool never waits on itself.
+        """
+        if len(items) <= 1 or getattr(_in_pool, "active", False):
+            return [action(item) for item in items]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(MAX_PARALLEL_TARGETS, "chaos-target", _mark_in_pool)
+        return list(self._pool.map(action, items))
+
+
+_in_pool = threading.local()
+
+
+def _mark_in_pool() -> None:
+    _in_pool.active = True

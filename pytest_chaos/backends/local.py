@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pytest_chaos_daemon.errors import DaemonError
@@ -47,6 +48,7 @@ class LocalBackend:
         self._docker_socket = docker_socket
         self._runtimes: dict[str, ContainerdRuntime | DockerRuntime] = {}
         self._tls = tls
+        self._lister: ThreadPoolExecutor | None = None
 
     def describe(self) -> str:
         return (
@@ -55,6 +57,9 @@ class LocalBackend:
         )
 
     def close(self) -> None:
+        if self._lister is not None:
+            self._lister.shutdown()
+            self._lister = None
         containerd = self._runtimes.pop("containerd", None)
         if isinstance(containerd, ContainerdRuntime):
             containerd.close()
@@ -116,19 +121,36 @@ class LocalBackend:
         return self._tls
 
     def _running_containers(self) -> tuple[list[RunningContainer], list[tuple[str, bool]]]:
-        """Running containers of every reachable local runtime, and what was searched."""
-        found: list[RunningContainer] = []
+        """Running containers of every reachable local runtime, and what was searched.
+
+        The runtimes are asked at the same time: the selection waits for the slower one, not for both."""
+        reachable = []
         searched: list[tuple[str, bool]] = []
         for name, socket_path in (("containerd", self._containerd_socket), ("docker", self._docker_socket)):
-            if not os.path.exists(socket_path):
+            if os.path.exists(socket_path):
+                reachable.append((name, socket_path))
+            else:
                 searched.append((f"{name}: no socket at {socket_path}", False))
-                continue
-            try:
-                found.extend(self._runtime(name).list_running())
+        if self._lister is None:
+            self._lister = ThreadPoolExecutor(1, "chaos-runtime-list")
+        pending = [(name, path, self._lister.submit(self._runtime(name).list_running)) for name, path in reachable[1:]]
+        listings = [(name, path, self._listing(self._runtime(name).list_running)) for name, path in reachable[:1]]
+        listings += [(name, path, self._listing(future.result)) for name, path, future in pending]
+        found: list[RunningContainer] = []
+        for name, socket_path, (containers, error) in listings:
+            if error is None:
+                found.extend(containers)
                 searched.append((f"{name} at {socket_path}", True))
-            except DaemonError as err:
-                searched.append((f"{name}: {err.message}", False))
+            else:
+                searched.append((f"{name}: {error}", False))
         return found, searched
+
+    @staticmethod
+    def _listing(call: Callable[[], list[RunningContainer]]) -> tuple[list[RunningContainer], str | None]:
+        try:
+            return call(), None
+        except DaemonError as err:
+            return [], err.message
 
     def _runtime(self, name: str) -> ContainerdRuntime | DockerRuntime:
         """The runtime client, made once per session: a gRPC channel costs a connection."""
