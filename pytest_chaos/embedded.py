@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from .errors import ChaosError
 from .transport import DaemonClient
 
 START_TIMEOUT_S = 20.0
+SERVING_POLL_S = 0.01
 SOCKET_NAME = "daemon.sock"
 # sun_path holds 108 bytes, the last one a NUL.
 MAX_SOCKET_PATH = 107
@@ -45,26 +47,46 @@ def private_directory() -> str:
 
 
 class EmbeddedDaemon:
-    """Starts ``pytest-chaos-daemon`` on first use and stops it at session end."""
+    """Starts ``pytest-chaos-daemon`` when the first chaos test is collected (or first used) and stops it at
+    session end."""
 
     def __init__(self, daemon_args: Sequence[str]) -> None:
         self._daemon_args = list(daemon_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
+        self._serving = False
         self.address = ""
 
     @property
     def log_path(self) -> str:
         return os.path.join(self._dir, "daemon.log") if self._dir else ""
 
+    def start_soon(self) -> None:
+        """Start the daemon without waiting for it: it boots (imports, listens) while pytest collects,
+        and the first experiment waits only for what is left. Does nothing if it cannot start here; the
+        first use then says why."""
+        if self._process is None and os.geteuid() == 0:
+            with contextlib.suppress(ChaosError):
+                self._spawn_process()
+
     def ensure_started(self) -> str:
         if self._process is not None and self._process.poll() is None:
+            if not self._serving:
+                self._wait_serving()
             return self.address
         if os.geteuid() != 0:
             raise ChaosError(
                 "the local backend's daemon must run as root to enter other processes' namespaces; "
                 "run pytest as root or point --chaos-daemon at a running pytest-chaos-daemon"
             )
+        self._spawn_process()
+        self._wait_serving()
+        return self.address
+
+    def _spawn_process(self) -> None:
+        self._serving = False
+        if self._dir:  # of a daemon that exited at start
+            shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = private_directory()
         self.address = f"unix://{self._dir}/{SOCKET_NAME}"
         # Should pytest die without stopping it (SIGKILL), the daemon stops
@@ -73,8 +95,6 @@ class EmbeddedDaemon:
                 "--exit-with-parent", str(os.getpid()), "--remove-on-exit", self._dir, *self._daemon_args]
         with open(self.log_path, "wb") as log:
             self._process = _spawn(argv, log)
-        self._wait_serving()
-        return self.address
 
     def _wait_serving(self) -> None:
         client = DaemonClient(self.address)
@@ -84,8 +104,9 @@ class EmbeddedDaemon:
                 if self._process is None or self._process.poll() is not None:
                     raise ChaosError(f"the local chaos daemon exited at start:\n{self.log_tail()}")
                 if os.path.exists(self.address.removeprefix("unix://")) and client.is_serving(timeout_s=1.0):
+                    self._serving = True
                     return
-                time.sleep(0.05)
+                time.sleep(SERVING_POLL_S)
         finally:
             client.close()
         tail = self.log_tail()  # before stop() removes the log

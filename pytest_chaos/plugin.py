@@ -81,6 +81,7 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
 ]
 SESSION_KEY = pytest.StashKey[ChaosSession]()
 EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
+SPECS_KEY = pytest.StashKey[list[ExperimentSpec]]()  # an item's markers' experiments, built at collection
 PHASE_KEY = pytest.StashKey[str]()
 # Summaries of experiments run elsewhere (pytest-xdist workers), from their reports: (test id, summary).
 REPORTED_KEY = pytest.StashKey["ReportedExperiments"]()
@@ -200,10 +201,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     session = config.stash[SESSION_KEY]
     header = f"chaos: seed={session.seed} backend={session.backend.describe()}"
     if session.backend.name == "local":
-        header += " daemon=" + (_option(config, "chaos_daemon", "") or "started on first use (private unix socket)")
+        header += " daemon=" + (_option(config, "chaos_daemon", "") or "started with the first chaos test (private unix socket)")
     if _flag(config, "chaos_dry_run"):
         header += " dry-run (nothing is injected; chaos tests are skipped)"
     return header
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """At the first chaos test collected, start the local backend's daemon: it boots during collection."""
+    embedded = item.config.stash.get(EMBEDDED_KEY, None)
+    if embedded is None or item.config.option.collectonly or _flag(item.config, "chaos_dry_run"):
+        return
+    if item.get_closest_marker("chaos") is not None or "chaos" in getattr(item, "fixturenames", ()):
+        embedded.start_soon()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -211,11 +221,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = config.stash[SESSION_KEY]
     problems = []
     for item in items:
-        for mark in item.iter_markers("chaos"):
+        specs = []
+        for mark in markers_in_order(item):
             try:
-                session.specs(mark.args, dict(mark.kwargs), str(item.path.parent))
+                specs += session.specs(mark.args, dict(mark.kwargs), str(item.path.parent))
             except ChaosSpecError as err:
                 problems.append(f"{item.nodeid}: @pytest.mark.chaos {err.field}: {err.message}")
+        if specs:
+            item.stash[SPECS_KEY] = specs  # what setup applies: checked once, here
     if problems:
         raise pytest.UsageError("invalid chaos marker(s):\n  " + "\n  ".join(problems))
 
@@ -360,12 +373,15 @@ class ChaosFixture:
         self._item.user_properties.extend(junit_properties(number, experiment))
 
     def _apply_markers(self, request: pytest.FixtureRequest) -> None:
-        for mark in markers_in_order(self._item):
-            for spec in self._session.specs(mark.args, dict(mark.kwargs), str(self._item.path.parent)):
-                experiment = self._apply(spec)
-                self.experiments.append(experiment)
-                # Registered per experiment: finalizers run in reverse, so recovery is too.
-                request.addfinalizer(functools.partial(self._recover, experiment))
+        specs = self._item.stash.get(SPECS_KEY, None)
+        if specs is None:  # an item collection did not see (one a plugin made later)
+            specs = [spec for mark in markers_in_order(self._item)
+                     for spec in self._session.specs(mark.args, dict(mark.kwargs), str(self._item.path.parent))]
+        for spec in specs:
+            experiment = self._apply(spec)
+            self.experiments.append(experiment)
+            # Registered per experiment: finalizers run in reverse, so recovery is too.
+            request.addfinalizer(functools.partial(self._recover, experiment))
 
 
 def markers_in_order(item: pytest.Item) -> list[pytest.Mark]:
