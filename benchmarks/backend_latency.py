@@ -9,7 +9,7 @@ takes: select, pick, inject, recover.
 
 Run as root with the cluster up and the daemon deployed (scripts/setup.sh):
 
-    python3 -m benchmarks.backend_latency [--rounds 30] [--kubeconfig PATH]
+    python3 -m benchmarks.backend_latency [--rounds 30] [--kubeconfig PATH] [--quick]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 
+from benchmarks.report import Row, ms, print_rows
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
@@ -29,6 +30,7 @@ from pytest_chaos_cluster.settings import Layout
 from tests.support.targets import Targets, make_busybox_rootfs
 
 DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
+GOAL = 1.2  # the cluster's whole experiment, at most this many times the local backend's
 
 
 def experiment(session: ChaosSession, selector: dict, expect_targets: int):
@@ -43,28 +45,24 @@ def experiment(session: ChaosSession, selector: dict, expect_targets: int):
     return run
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--kubeconfig", default=os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG))
-    args = parser.parse_args()
-
+def rows(quick: bool, rounds: int | None = None, kubeconfig: str = DEFAULT_KUBECONFIG) -> list[Row]:
+    rounds = rounds or (10 if quick else 30)
     daemon = EmbeddedDaemon(["--containerd-namespace", "*"])
     local = ChaosSession(
         LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock"), seed=0
     )
-    cluster = ChaosSession(KubernetesBackend(kubeconfig=args.kubeconfig), seed=0)
+    cluster = ChaosSession(KubernetesBackend(kubeconfig=kubeconfig), seed=0)
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")
     targets = Targets(make_busybox_rootfs(rootfs))
     try:
         container_id = targets.containerd("sleep", "3600")
         medians = interleaved_medians(
             {
-                "local, 1 container": experiment(local, {"containers": [container_id]}, 1),
-                "cluster, 1 pod": experiment(cluster, {"pods": {"busybox": ["busybox-0"]}}, 1),
-                "cluster, 2 pods": experiment(cluster, {"namespaces": ["busybox"]}, 2),
+                "local": experiment(local, {"containers": [container_id]}, 1),
+                "one pod": experiment(cluster, {"pods": {"busybox": ["busybox-0"]}}, 1),
+                "two pods": experiment(cluster, {"namespaces": ["busybox"]}, 2),
             },
-            args.rounds,
+            rounds,
         )
     finally:
         local.close()
@@ -73,13 +71,24 @@ def main() -> int:
         targets.close()
         shutil.rmtree(rootfs, ignore_errors=True)
 
-    baseline = medians["local, 1 container"]
-    per_target = {"local, 1 container": baseline, "cluster, 1 pod": medians["cluster, 1 pod"],
-                  "cluster, 2 pods": medians["cluster, 2 pods"] / 2}
-    print(f"HelloWorldChaos experiment latency, medians of {args.rounds} interleaved rounds")
-    print(f"{'path':<22}{'experiment (ms)':>17}{'per target (ms)':>17}{'per target / local':>20}")
-    for name, total in medians.items():
-        print(f"{name:<22}{total * 1000:>17.2f}{per_target[name] * 1000:>17.2f}{per_target[name] / baseline:>20.2f}")
+    local_s = medians["local"]
+    ratio = medians["one pod"] / local_s
+    return [
+        Row("cluster, one pod, whole helloworld experiment", ms(medians["one pod"]),
+            f"local backend, one container {ms(local_s)}", ratio, f"<= {GOAL}x", ratio <= GOAL),
+        Row("cluster, two pods by namespace, per pod", ms(medians["two pods"] / 2),
+            f"local backend, one container {ms(local_s)}", medians["two pods"] / 2 / local_s),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 30; 10 with --quick)")
+    parser.add_argument("--kubeconfig", default=os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG))
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = parser.parse_args()
+    print_rows("HelloWorldChaos experiment latency on the cluster against the local backend (medians)",
+               rows(args.quick, args.rounds, args.kubeconfig))
     return 0
 
 

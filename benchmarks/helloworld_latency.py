@@ -6,30 +6,36 @@ selection by the local backend, the mode's pick, a gRPC call to the daemon on
 its unix socket, PID resolution, then either ``source="ps"`` (the confine
 helper runs ``sh -c "ps aux"`` inside the target, as the target) or
 ``source="proc"`` (the daemon reads the target's /proc, executing nothing).
-The baseline is a bare, unconfined probe run by hand:
+The baselines are bare, unconfined probes run by hand on the same PID:
 
-    nsenter -t PID -m -p -- sh -c 'ps aux'
+    nsenter -t PID -m -p -- sh -c 'ps aux'     (for source="ps")
+    nsenter -t PID -m -p -- ps aux             (for source="proc")
 
-Run as root:  python3 -m benchmarks.helloworld_latency [--rounds 50]
-Targets: a process isolated with unshare (pid://), and a containerd container
-(containerd://); containerd must be running (scripts/setup.sh starts it).
+Run as root:  python3 -m benchmarks.helloworld_latency [--rounds 50] [--quick]
+Targets: a process isolated with unshare (pid://), a containerd container
+and a Docker container; containerd and Docker must be running
+(scripts/setup.sh starts them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 
-# The repository's test fixtures start the same real targets the tests use.
+from benchmarks.report import Row, ms, print_rows
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
 from tests.support.targets import Targets, make_busybox_rootfs
+
+PS_GOAL = 1.3  # ps through the plugin, at most this many times the bare nsenter
+PROC_GOAL = 0.1  # proc through the plugin, at least ten times faster than the bare nsenter ps
 
 
 def measure(session: ChaosSession, selector: dict, host_pid: int, rounds: int) -> dict[str, float]:
@@ -43,47 +49,61 @@ def measure(session: ChaosSession, selector: dict, host_pid: int, rounds: int) -
             session.recover(experiment)
         return run
 
-    def direct() -> None:
-        argv = ["nsenter", "-t", str(host_pid), "-m", "-p", "--", "sh", "-c", "ps aux"]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        assert "sleep 3600" in out
+    def bare(*probe: str):
+        def run() -> None:
+            out = subprocess.run(["nsenter", "-t", str(host_pid), "-m", "-p", "--", *probe],
+                                 capture_output=True, text=True, check=True).stdout
+            assert "sleep 3600" in out
+        return run
 
-    return interleaved_medians({"ps": through_plugin("ps"), "proc": through_plugin("proc"), "nsenter": direct}, rounds)
+    return interleaved_medians({"ps": through_plugin("ps"), "proc": through_plugin("proc"),
+                                "nsenter sh": bare("sh", "-c", "ps aux"), "nsenter ps": bare("ps", "aux")}, rounds)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=50)
-    args = parser.parse_args()
+def rows(quick: bool, rounds: int | None = None) -> list[Row]:
     if os.geteuid() != 0:
         raise SystemExit("run as root: nsenter needs it")
-
+    rounds = rounds or (10 if quick else 50)
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--allow-pid-targets"])
     backend = LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock")
     session = ChaosSession(backend, seed=0)
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")
     targets = Targets(make_busybox_rootfs(rootfs))
-    rows = []
+    measured = {}
     try:
         pid = targets.process("sleep", "3600")
-        rows.append(("pid://", measure(session, {"pids": [pid]}, pid, args.rounds)))
+        measured["pid://"] = measure(session, {"pids": [pid]}, pid, rounds)
+        # The baselines get the PID for free; the plugin resolves it through the runtime.
         container_id = targets.containerd("sleep", "3600")
-        # The baseline gets the PID for free; the plugin resolves it through containerd every time.
         tasks = subprocess.check_output(["ctr", "-n", targets.containerd_namespace, "tasks", "ls"], text=True)
         container_pid = int(next(line.split()[1] for line in tasks.splitlines() if line.startswith(container_id)))
-        rows.append(("containerd://", measure(session, {"containers": [container_id]}, container_pid, args.rounds)))
+        measured["containerd://"] = measure(session, {"containers": [container_id]}, container_pid, rounds)
+        docker_id = targets.docker("sleep", "3600")
+        docker_pid = json.loads(subprocess.check_output(["docker", "inspect", docker_id]))[0]["State"]["Pid"]
+        measured["docker://"] = measure(session, {"containers": [docker_id]}, docker_pid, rounds)
     finally:
         session.close()
         daemon.stop()
         targets.close()
         shutil.rmtree(rootfs, ignore_errors=True)
 
-    print(f"HelloWorldChaos median latency over {args.rounds} interleaved rounds (python {sys.version.split()[0]})")
-    print(f"{'target':<15}{'ps (ms)':>10}{'proc (ms)':>11}{'nsenter (ms)':>14}{'ps/nsenter':>12}{'proc/nsenter':>14}"
-          f"{'proc/ps':>9}")
-    for target, m in rows:
-        print(f"{target:<15}{m['ps'] * 1000:>10.2f}{m['proc'] * 1000:>11.2f}{m['nsenter'] * 1000:>14.2f}"
-              f"{m['ps'] / m['nsenter']:>12.2f}{m['proc'] / m['nsenter']:>14.2f}{m['proc'] / m['ps']:>9.2f}")
+    result = []
+    for target, m in measured.items():
+        ps_ratio, proc_ratio = m["ps"] / m["nsenter sh"], m["proc"] / m["nsenter ps"]
+        result.append(Row(f"helloworld source=ps, one {target} target", ms(m["ps"]),
+                          f"nsenter sh -c 'ps aux' {ms(m['nsenter sh'])}", ps_ratio, f"<= {PS_GOAL}x", ps_ratio <= PS_GOAL))
+        result.append(Row(f"helloworld source=proc, one {target} target", ms(m["proc"]),
+                          f"nsenter ps aux {ms(m['nsenter ps'])}", proc_ratio, f"<= {PROC_GOAL}x (10x faster)",
+                          proc_ratio <= PROC_GOAL))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 50; 10 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = parser.parse_args()
+    print_rows("HelloWorldChaos latency, medians of interleaved rounds", rows(args.quick, args.rounds))
     return 0
 
 

@@ -14,7 +14,7 @@ from its rootfs) is taken with the plugin's own daemon (it sees its parent
 die and recovers on exit) and with an external daemon and a short
 ``--chaos-lease`` (the lease runs out).
 
-Run as root:  python3 -m benchmarks.lifecycle_latency [--rounds 20] [--kill-rounds 5]
+Run as root:  python3 -m benchmarks.lifecycle_latency [--rounds 20] [--kill-rounds 5] [--quick]
 containerd and Docker must be running (scripts/setup.sh starts them).
 """
 
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.report import Row, ms, print_rows
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
@@ -122,35 +123,33 @@ def external_daemon(directory: pathlib.Path) -> tuple[subprocess.Popen, str]:
     return process, address
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--kill-rounds", type=int, default=5)
-    args = parser.parse_args()
+def rows(quick: bool, rounds: int | None = None, kill_rounds: int | None = None) -> list[Row]:
+    """The pause/HelloWorld ratio on each runtime; with ``quick``, on containerd only and no dead runners."""
     if os.geteuid() != 0:
         raise SystemExit("run as root: the daemon needs it")
-
+    rounds = rounds or (5 if quick else 20)
+    kill_rounds = 0 if quick else (kill_rounds or 5)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     targets = Targets(make_busybox_rootfs(work / "rootfs"))
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--allow-pid-targets", "--recover-on-exit"])
     backend = LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock")
     session = ChaosSession(backend, seed=0)
-    rows, kills = [], {}
+    measured, kills = {}, {}
     external = None
     try:
-        for runtime in ("containerd", "docker", "pid"):
+        for runtime in ("containerd",) if quick else ("containerd", "docker", "pid"):
             target = start_counting(targets, runtime, work / runtime)
-            rows.append((target.container_id.split("://")[0] + "://", measure(session, target.selector, args.rounds)))
-
-        target = start_counting(targets, "containerd", work / "killed")
-        (work / "runner").mkdir()
-        (work / "runner" / "test_user.py").write_text(RUNNER_TEST.format(selector=target.selector))
-        kills["embedded daemon"] = [kill_runner(work / "runner", target) for _ in range(args.kill_rounds)]
-        external, address = external_daemon(work)
-        kills[f"external daemon, --chaos-lease={SHORT_LEASE_S}"] = [
-            kill_runner(work / "runner", target, f"--chaos-daemon={address}", f"--chaos-lease={SHORT_LEASE_S}")
-            for _ in range(args.kill_rounds)
-        ]
+            measured[target.container_id.split("://")[0] + "://"] = measure(session, target.selector, rounds)
+        if kill_rounds:
+            target = start_counting(targets, "containerd", work / "killed")
+            (work / "runner").mkdir()
+            (work / "runner" / "test_user.py").write_text(RUNNER_TEST.format(selector=target.selector))
+            kills["the plugin's own daemon"] = [kill_runner(work / "runner", target) for _ in range(kill_rounds)]
+            external, address = external_daemon(work)
+            kills[f"an external daemon, --chaos-lease={SHORT_LEASE_S}"] = [
+                kill_runner(work / "runner", target, f"--chaos-daemon={address}", f"--chaos-lease={SHORT_LEASE_S}")
+                for _ in range(kill_rounds)
+            ]
     finally:
         session.close()
         daemon.stop()
@@ -160,17 +159,27 @@ def main() -> int:
         targets.close()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"container-pause through the plugin's session, median over {args.rounds} interleaved rounds "
-          f"(python {sys.version.split()[0]})")
-    print(f"{'target':<15}{'hello (ms)':>12}{'apply (ms)':>12}{'recover (ms)':>14}{'pause (ms)':>12}"
-          f"{'pause/hello':>13}")
-    for name, m in rows:
-        print(f"{name:<15}{m['hello'] * 1000:>12.2f}{m['apply'] * 1000:>12.2f}{m['recover'] * 1000:>14.2f}"
-              f"{m['pause'] * 1000:>12.2f}{m['pause'] / m['hello']:>13.2f}")
-    print(f"\nrunner SIGKILLed mid-test -> the paused container counts again, over {args.kill_rounds} runs")
-    for name, samples in kills.items():
-        print(f"{name:<36} median {statistics.median(samples):.3f}s  (min {min(samples):.3f}s, "
-              f"max {max(samples):.3f}s)")
+    result = [
+        Row(f"container-pause apply + recover, one {name} target", ms(m["pause"]),
+            f"helloworld source=ps {ms(m['hello'])}", m["pause"] / m["hello"], "report the ratio")
+        for name, m in measured.items()
+    ]
+    result += [
+        Row(f"runner SIGKILLed mid-test, {name}: until the target runs again", f"{statistics.median(samples):.3f} s",
+            f"min {min(samples):.3f} s, max {max(samples):.3f} s")
+        for name, samples in kills.items()
+    ]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 20; 5 with --quick)")
+    parser.add_argument("--kill-rounds", type=int, help="SIGKILLed runners per daemon setup (default 5)")
+    parser.add_argument("--quick", action="store_true", help="containerd only, no SIGKILLed runners")
+    args = parser.parse_args()
+    print_rows("container-pause through the plugin's session against HelloWorldChaos (medians)",
+               rows(args.quick, args.rounds, args.kill_rounds))
     return 0
 
 
