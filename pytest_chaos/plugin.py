@@ -16,7 +16,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
-from pytest_chaos_daemon.runtimes import containerd, docker
+from pytest_chaos_daemon.api.contract import CONTAINERD_SOCKET, DOCKER_SOCKET
 
 from .backends import BACKENDS, Backend
 from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
@@ -66,10 +66,10 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
      "select and report the targets each chaos experiment would hit, inject nothing, and skip its test "
      "(a test whose chaos did not happen must not pass). Ini: true/1/yes"),
     ("--chaos-containerd-socket", {"metavar": "PATH"},
-     f"local backend: containerd's socket. Default: {containerd.DEFAULT_SOCKET}"),
+     f"local backend: containerd's socket. Default: {CONTAINERD_SOCKET}"),
     ("--chaos-containerd-namespace", {"metavar": "NAMES"},
      "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
-    ("--chaos-docker-socket", {"metavar": "PATH"}, f"local backend: Docker Engine's socket. Default: {docker.DEFAULT_SOCKET}"),
+    ("--chaos-docker-socket", {"metavar": "PATH"}, f"local backend: Docker Engine's socket. Default: {DOCKER_SOCKET}"),
     ("--chaos-kubeconfig", {"metavar": "PATH"},
      "kubernetes backend: kubeconfig file. Default: $KUBECONFIG, then ~/.kube/config, then in-cluster"),
     ("--chaos-context", {"metavar": "NAME"}, "kubernetes backend: kubeconfig context. Default: the current one"),
@@ -140,9 +140,9 @@ def _backend(config: pytest.Config) -> Backend:
             daemon_namespace=_option(config, "chaos_daemon_namespace", DEFAULT_DAEMON_NAMESPACE),
             access=access,
         )
-    containerd_socket = _option(config, "chaos_containerd_socket", containerd.DEFAULT_SOCKET)
+    containerd_socket = _option(config, "chaos_containerd_socket", CONTAINERD_SOCKET)
     namespaces = [n for n in _option(config, "chaos_containerd_namespace", "*").split(",") if n]
-    docker_socket = _option(config, "chaos_docker_socket", docker.DEFAULT_SOCKET)
+    docker_socket = _option(config, "chaos_docker_socket", DOCKER_SOCKET)
     if external:
         daemon_address = lambda: external  # noqa: E731
     else:

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME, grpc_target
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
-from pytest_chaos_daemon.server import TLS_SERVER_NAME, grpc_target
 
 from .errors import ChaosError
 

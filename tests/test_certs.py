@@ -12,8 +12,8 @@ import threading
 
 import pytest
 from cryptography import x509
+from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME
 from pytest_chaos_daemon.certs import main
-from pytest_chaos_daemon.server import TLS_SERVER_NAME
 
 from tests.support.targets import require
 

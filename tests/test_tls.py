@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from pytest_chaos_daemon.certs import generate
-from pytest_chaos_daemon.server import HEALTH_MAX_CONCURRENT_RPCS, TLS_SERVER_NAME
+from pytest_chaos_daemon.server import HEALTH_MAX_CONCURRENT_RPCS
 from pytest_chaos_daemon.tls import client_certificate_verdict
 
 from pytest_chaos.errors import ChaosError

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .server import TLS_SERVER_NAME as SERVER_NAME
+from .api.contract import TLS_SERVER_NAME as SERVER_NAME
 
 CLIENT_NAME = "pytest-chaos-client"
 CA_NAME = "pytest-chaos CA"

@@ -36,6 +36,8 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from .api.contract import ASCII_LOWER, check_pattern
+
 __all__ = [
     "check_pattern",
     "main",
@@ -67,54 +69,15 @@ FLAG_RA = 0x0080
 FLAG_CD = 0x0010
 
 MAX_NAME_OCTETS = 255  # RFC 1035 2.3.4, on the wire
-MAX_PATTERN_LENGTH = 253  # the longest name in text form, without the trailing dot
 MAX_PENDING = 512  # forwarded queries in flight; past it UDP queries are dropped (clients retry)
 MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_TIMEOUT_S = 10.0
 
 SO_MARK = getattr(socket, "SO_MARK", 36)  # 36 on Linux
-_PATTERN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._?*")
-_PATTERN_FORM = (
-    "a pattern is a domain name such as 'example.com' (letters, digits, '-', '.' and '_'), "
-    "non-empty and at most 253 characters, where '?' stands for exactly one character and "
-    "'*', allowed only as the last character, for any rest ('example.*', 'api-?.example.com', '*')"
-)
-# DNS compares names case-insensitively in ASCII only (RFC 4343).
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _PLAIN_LABEL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
 
 
 # --- patterns -----------------------------------------------------------------------------------
-
-
-def check_pattern(pattern: str) -> str:
-    """The pattern in normal form (lower case, no trailing dot); ValueError saying what is wrong."""
-    if not isinstance(pattern, str):
-        raise ValueError(f"DNS pattern {pattern!r} is not a string; {_PATTERN_FORM}")
-    # Checked before lowercasing: str.lower() maps some non-ASCII letters (the Kelvin sign) to ASCII.
-    bad = sorted({c for c in pattern if c not in _PATTERN_CHARACTERS})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise ValueError(f"DNS pattern {pattern!r} contains {shown}, which is not allowed; {_PATTERN_FORM}")
-    normalised = pattern.translate(_ASCII_LOWER)
-    if normalised.endswith("."):
-        normalised = normalised[:-1]
-    if not normalised:
-        raise ValueError(f"DNS pattern {pattern!r} is empty; {_PATTERN_FORM}")
-    if len(normalised) > MAX_PATTERN_LENGTH:
-        raise ValueError(
-            f"DNS pattern {pattern[:40]!r}... is {len(normalised)} characters long, more than "
-            f"{MAX_PATTERN_LENGTH}; {_PATTERN_FORM}"
-        )
-    if "*" in normalised[:-1]:
-        raise ValueError(
-            f"DNS pattern {pattern!r} has '*' before its end: '*' is allowed only as the last character "
-            f"(for a prefix match), use '?' for one character; {_PATTERN_FORM}"
-        )
-    # An empty label can never be part of a name: a leading or doubled dot is a typo, not a match rule.
-    if ".." in normalised or normalised.startswith("."):
-        raise ValueError(f"DNS pattern {pattern!r} has an empty label (a leading or doubled '.'); {_PATTERN_FORM}")
-    return normalised
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
@@ -128,7 +91,7 @@ def pattern_matches(pattern: str, name: str) -> bool:
 
 
 def _normalise_name(name: str) -> str:
-    name = name.translate(_ASCII_LOWER)
+    name = name.translate(ASCII_LOWER)
     return name[:-1] if name.endswith(".") else name
 
 

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .api.contract import grpc_target
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .faults import FAULTS, FaultContext
@@ -32,17 +33,9 @@ from .tracking import ProbeTracker
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
 # The name in the daemons' certificates (pytest-chaos-daemon-certs); clients
 # check it whatever address they dial (pod IP, port-forward relay).
-TLS_SERVER_NAME = "chaos-daemon.pytest-chaos.local"
 # The plaintext health listener answers probes (a kubelet sends two at a
 # time); the bound keeps open Watch streams from piling up on it.
 HEALTH_MAX_CONCURRENT_RPCS = 4
-
-
-def grpc_target(listen: str) -> str:
-    """``unix:///path`` stays; ``tcp://host:port`` and ``host:port`` become ``host:port``."""
-    if listen.startswith("unix://"):
-        return listen
-    return listen.removeprefix("tcp://")
 
 
 async def serve(

@@ -18,13 +18,13 @@ new cgroup, when a restarted daemon keeps the injection.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import uuid
 from typing import Any
 
 from .. import procfs
+from ..api.contract import MAX_WORKERS, vm_bytes
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..journal import Record
@@ -32,7 +32,6 @@ from ..target import HeldTarget
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 
-MAX_WORKERS = 8192
 # A uid and gid of the daemon's own, which no target runs as: a target process
 # with the stressors' uid could open /proc/<stressor>/root (the daemon's
 # filesystem) or ptrace them. (2**31 - 2: below the 32-bit user-namespace
@@ -45,30 +44,6 @@ TAG_VARIABLE = "PYTEST_CHAOS_STRESS"
 # for stressors that write nothing; the daemon's own /tmp, never the target's.
 TEMP_PATH = "/tmp"
 MECHANISM = f"stress-ng in the target's cgroups and pid namespace, as uid {STRESSOR_ID}"
-# stress-ng 0.15 reads "256M" but takes "256MB" for 256 bytes: sizes go to it in bytes.
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", re.IGNORECASE)
-_PERCENT = re.compile(r"(\d+)%")
-MIN_BYTES, MAX_BYTES = 4096, 256 << 40  # stress-ng's own bounds
-SIZE_FORMS = ("a size like '256MB', '1GB', '512KB' (B, KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: "
-              "powers of 1024) of at least 4KB, or a percentage of the node's available memory like '25%' "
-              "(1% to 100%)")
-
-
-def vm_bytes(size: str) -> str:
-    """stress-ng's ``--vm-bytes`` for ``size`` (in all, shared by the memory workers); raises ValueError."""
-    text = size.strip()
-    if match := _PERCENT.fullmatch(text):
-        if 1 <= int(match.group(1)) <= 100:
-            return f"{int(match.group(1))}%"
-    elif match := _SIZE.fullmatch(text):
-        count = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-        if MIN_BYTES <= count <= MAX_BYTES:
-            return str(count)
-    raise ValueError(f"must be {SIZE_FORMS}; got {size[:100]!r}")
-
-
 def stress_ng_arguments(params: dict[str, Any]) -> list[str]:
     """stress-ng's arguments for validated ``params``; it runs until killed (--timeout 0)."""
     args = ["--temp-path", TEMP_PATH, "--timeout", "0"]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from ..api.contract import CONTAINERD_SOCKET
 from ..errors import FailedPrecondition, NotFound, Unavailable
 from ..runtime_api import (
     containerd_containers_pb2 as containers_pb2,
@@ -32,7 +33,7 @@ from .base import RunningContainer, check_container_ref
 if TYPE_CHECKING:
     from ..target import HeldTarget
 
-DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_SOCKET = CONTAINERD_SOCKET
 DEFAULT_NAMESPACE = "k8s.io"
 ALL_NAMESPACES = "*"
 # Docker Engine, when run on the system containerd, mirrors its containers

@@ -8,13 +8,14 @@ import socket
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+from ..api.contract import DOCKER_SOCKET
 from ..errors import FailedPrecondition, NotFound, Unavailable
 from .base import RunningContainer, check_container_ref
 
 if TYPE_CHECKING:
     from ..target import HeldTarget
 
-DEFAULT_SOCKET = "/var/run/docker.sock"
+DEFAULT_SOCKET = DOCKER_SOCKET
 CALL_TIMEOUT_S = 10.0
 
 

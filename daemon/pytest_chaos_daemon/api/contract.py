@@ -1,0 +1,95 @@
+"""What the plugin and the daemon agree on, beside the messages themselves.
+
+The plugin imports from the daemon's package only the generated stubs
+(``v1/``) and this module: the TLS server name, address forms, the runtimes'
+default sockets, and the rules of request fields that the plugin checks at
+collection (so a bad marker fails before anything runs) and the daemon
+checks again (it trusts no client).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+TLS_SERVER_NAME = "chaos-daemon.pytest-chaos.local"
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def grpc_target(listen: str) -> str:
+    """``unix:///path`` stays; ``tcp://host:port`` and ``host:port`` become ``host:port``."""
+    if listen.startswith("unix://"):
+        return listen
+    return listen.removeprefix("tcp://")
+
+
+# --- stress: workers and memory sizes ------------------------------------------------------------
+
+MAX_WORKERS = 8192
+
+# stress-ng 0.15 reads "256M" but takes "256MB" for 256 bytes: sizes go to it in bytes.
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", re.IGNORECASE)
+_PERCENT = re.compile(r"(\d+)%")
+MIN_BYTES, MAX_BYTES = 4096, 256 << 40  # stress-ng's own bounds
+SIZE_FORMS = ("a size like '256MB', '1GB', '512KB' (B, KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: "
+              "powers of 1024) of at least 4KB, or a percentage of the node's available memory like '25%' "
+              "(1% to 100%)")
+
+
+def vm_bytes(size: str) -> str:
+    """stress-ng's ``--vm-bytes`` for ``size`` (in all, shared by the memory workers); raises ValueError."""
+    text = size.strip()
+    if match := _PERCENT.fullmatch(text):
+        if 1 <= int(match.group(1)) <= 100:
+            return f"{int(match.group(1))}%"
+    elif match := _SIZE.fullmatch(text):
+        count = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+        if MIN_BYTES <= count <= MAX_BYTES:
+            return str(count)
+    raise ValueError(f"must be {SIZE_FORMS}; got {size[:100]!r}")
+
+
+# --- DNS patterns ---------------------------------------------------------------------------------
+
+MAX_PATTERN_LENGTH = 253  # the longest name in text form, without the trailing dot
+_PATTERN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._?*")
+_PATTERN_FORM = (
+    "a pattern is a domain name such as 'example.com' (letters, digits, '-', '.' and '_'), "
+    "non-empty and at most 253 characters, where '?' stands for exactly one character and "
+    "'*', allowed only as the last character, for any rest ('example.*', 'api-?.example.com', '*')"
+)
+# DNS compares names case-insensitively in ASCII only (RFC 4343).
+ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def check_pattern(pattern: str) -> str:
+    """The pattern in normal form (lower case, no trailing dot); ValueError saying what is wrong."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"DNS pattern {pattern!r} is not a string; {_PATTERN_FORM}")
+    # Checked before lowercasing: str.lower() maps some non-ASCII letters (the Kelvin sign) to ASCII.
+    bad = sorted({c for c in pattern if c not in _PATTERN_CHARACTERS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise ValueError(f"DNS pattern {pattern!r} contains {shown}, which is not allowed; {_PATTERN_FORM}")
+    normalised = pattern.translate(ASCII_LOWER)
+    if normalised.endswith("."):
+        normalised = normalised[:-1]
+    if not normalised:
+        raise ValueError(f"DNS pattern {pattern!r} is empty; {_PATTERN_FORM}")
+    if len(normalised) > MAX_PATTERN_LENGTH:
+        raise ValueError(
+            f"DNS pattern {pattern[:40]!r}... is {len(normalised)} characters long, more than "
+            f"{MAX_PATTERN_LENGTH}; {_PATTERN_FORM}"
+        )
+    if "*" in normalised[:-1]:
+        raise ValueError(
+            f"DNS pattern {pattern!r} has '*' before its end: '*' is allowed only as the last character "
+            f"(for a prefix match), use '?' for one character; {_PATTERN_FORM}"
+        )
+    # An empty label can never be part of a name: a leading or doubled dot is a typo, not a match rule.
+    if ".." in normalised or normalised.startswith("."):
+        raise ValueError(f"DNS pattern {pattern!r} has an empty label (a leading or doubled '.'); {_PATTERN_FORM}")
+    return normalised
