@@ -49,7 +49,7 @@ def rows(quick: bool, rounds: int | None = None, kubeconfig: str = DEFAULT_KUBEC
     rounds = rounds or (10 if quick else 30)
     daemon = EmbeddedDaemon(["--containerd-namespace", "*"])
     local = ChaosSession(
-        LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock"), seed=0
+        LocalBackend(daemon.ensure_started), seed=0
     )
     cluster = ChaosSession(KubernetesBackend(kubeconfig=kubeconfig), seed=0)
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")

@@ -41,7 +41,7 @@ def rows(quick: bool, rounds: int | None = None) -> list[Row]:
     rounds = rounds or (3 if quick else 5)
     daemon = EmbeddedDaemon(["--containerd-namespace", "*"])
     session = ChaosSession(
-        LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock"), seed=0
+        LocalBackend(daemon.ensure_started), seed=0
     )
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")
     targets = Targets(make_busybox_rootfs(rootfs))

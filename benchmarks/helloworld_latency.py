@@ -65,7 +65,7 @@ def rows(quick: bool, rounds: int | None = None) -> list[Row]:
         raise SystemExit("run as root: nsenter needs it")
     rounds = rounds or (10 if quick else 50)
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--allow-pid-targets"])
-    backend = LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock")
+    backend = LocalBackend(daemon.ensure_started)
     session = ChaosSession(backend, seed=0)
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")
     targets = Targets(make_busybox_rootfs(rootfs))

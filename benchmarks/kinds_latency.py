@@ -67,8 +67,7 @@ def main() -> int:
     args = parser.parse_args()
     kubectl = [str(Layout().binary("kubectl")), f"--kubeconfig={args.kubeconfig}"]
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--recover-on-exit"])
-    local = ChaosSession(LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"],
-                                      "/var/run/docker.sock"), seed=0)
+    local = ChaosSession(LocalBackend(daemon.ensure_started), seed=0)
     cluster = ChaosSession(KubernetesBackend(kubeconfig=args.kubeconfig), seed=0)
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")
     targets = Targets(make_busybox_rootfs(rootfs))

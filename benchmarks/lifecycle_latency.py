@@ -132,7 +132,7 @@ def rows(quick: bool, rounds: int | None = None, kill_rounds: int | None = None)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     targets = Targets(make_busybox_rootfs(work / "rootfs"))
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--allow-pid-targets", "--recover-on-exit"])
-    backend = LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock")
+    backend = LocalBackend(daemon.ensure_started)
     session = ChaosSession(backend, seed=0)
     measured, kills = {}, {}
     external = None

@@ -45,8 +45,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each TCP transfer")
     args = parser.parse_args()
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--recover-on-exit", "--allow-pid-targets"])
-    session = ChaosSession(LocalBackend(daemon.ensure_started, "/run/containerd/containerd.sock", ["*"],
-                                        "/var/run/docker.sock"), seed=0)
+    session = ChaosSession(LocalBackend(daemon.ensure_started), seed=0)
     with NetworkBed() as bed:
         peer = bed.process()
         target = bed.process(resolv_conf=f"nameserver {peer.ip}\n")

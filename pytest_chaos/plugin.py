@@ -66,10 +66,12 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
      "select and report the targets each chaos experiment would hit, inject nothing, and skip its test "
      "(a test whose chaos did not happen must not pass). Ini: true/1/yes"),
     ("--chaos-containerd-socket", {"metavar": "PATH"},
-     f"local backend: containerd's socket. Default: {CONTAINERD_SOCKET}"),
+     f"local backend, the daemon it starts: containerd's socket. Default: {CONTAINERD_SOCKET}"),
     ("--chaos-containerd-namespace", {"metavar": "NAMES"},
-     "local backend: comma-separated containerd namespaces to select containers from. Default: all"),
-    ("--chaos-docker-socket", {"metavar": "PATH"}, f"local backend: Docker Engine's socket. Default: {DOCKER_SOCKET}"),
+     "local backend, the daemon it starts: comma-separated containerd namespaces to select containers from. "
+     "Default: all"),
+    ("--chaos-docker-socket", {"metavar": "PATH"},
+     f"local backend, the daemon it starts: Docker Engine's socket. Default: {DOCKER_SOCKET}"),
     ("--chaos-kubeconfig", {"metavar": "PATH"},
      "kubernetes backend: kubeconfig file. Default: $KUBECONFIG, then ~/.kube/config, then in-cluster"),
     ("--chaos-context", {"metavar": "NAME"}, "kubernetes backend: kubeconfig context. Default: the current one"),
@@ -81,6 +83,8 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
 ]
 SESSION_KEY = pytest.StashKey[ChaosSession]()
 EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
+# What the daemon the plugin starts is told about the container runtimes (with --chaos-daemon, that daemon's own).
+RUNTIME_OPTIONS = ("chaos_containerd_socket", "chaos_containerd_namespace", "chaos_docker_socket")
 SPECS_KEY = pytest.StashKey[list[ExperimentSpec]]()  # an item's markers' experiments, built at collection
 PHASE_KEY = pytest.StashKey[str]()
 # Summaries of experiments run elsewhere (pytest-xdist workers), from their reports: (test id, summary).
@@ -144,6 +148,12 @@ def _backend(config: pytest.Config) -> Backend:
     namespaces = [n for n in _option(config, "chaos_containerd_namespace", "*").split(",") if n]
     docker_socket = _option(config, "chaos_docker_socket", DOCKER_SOCKET)
     if external:
+        if given := [f"--{o.replace('_', '-')}" for o in RUNTIME_OPTIONS if _option(config, o, "")]:
+            raise pytest.UsageError(
+                f"{', '.join(given)} configure the daemon the plugin starts; with --chaos-daemon={external}, "
+                "that daemon lists and resolves containers with its own settings (pytest-chaos-daemon "
+                "--containerd-socket, --containerd-namespace, --docker-socket)"
+            )
         daemon_address = lambda: external  # noqa: E731
     else:
         # pid:// targets are the local backend's own: its daemon accepts them.
@@ -164,7 +174,9 @@ def _backend(config: pytest.Config) -> Backend:
             "(ca.crt, client.crt, client.key from pytest-chaos-daemon-certs), or --chaos-daemon-insecure "
             "to talk plaintext to a daemon started with --insecure on a trusted test machine"
         )
-    return LocalBackend(daemon_address, containerd_socket, namespaces, docker_socket, tls=_client_tls(certs))
+    runtimes = (f"the daemon at {external}" if external else
+                f"containerd {containerd_socket} namespaces {','.join(namespaces)}; docker {docker_socket}")
+    return LocalBackend(daemon_address, tls=_client_tls(certs), runtimes=runtimes)
 
 
 def _insecure(config: pytest.Config) -> bool:

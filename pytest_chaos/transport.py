@@ -89,6 +89,11 @@ class DaemonClient:
         request = pb.ListInjectionsRequest(include_ended=include_ended)
         return list(self._call("ListInjections", self._stub.ListInjections, request, "the daemon").injections)
 
+    def list_containers(self) -> pb.ListContainersResponse:
+        reply: pb.ListContainersResponse = self._call(
+            "ListContainers", self._stub.ListContainers, pb.ListContainersRequest(), "its node")
+        return reply
+
     def _call(self, name: str, method: Callable[..., Any], request: Message, container_id: str) -> Any:
         try:
             return method(request, timeout=self._timeout_s)

@@ -146,6 +146,31 @@ def test_unreachable_runtime_is_unavailable_naming_the_socket(start_daemon, tmp_
         assert missing in err.details()
 
 
+def test_lists_the_running_containers_of_both_runtimes_with_names_and_labels(daemon, targets):
+    labels = {"app": "listed", "tier": "test"}
+    in_containerd = targets.containerd(labels=labels)
+    in_docker = targets.docker(labels=labels)
+    stopped = targets.containerd("true")  # exits at once: a container without a running task
+    reply = daemon.stub.ListContainers(pb.ListContainersRequest(), timeout=30)
+    listed = {c.container_id: c for c in reply.containers}
+    assert listed[f"containerd://{in_containerd}"].name == in_containerd
+    assert dict(listed[f"containerd://{in_containerd}"].labels) == labels
+    assert dict(listed[f"docker://{in_docker}"].labels) == labels
+    assert listed[f"docker://{in_docker}"].name.startswith("chaos-test-")
+    assert f"containerd://{stopped}" not in listed
+    assert {(r.runtime, r.reachable) for r in reply.runtimes} == {("containerd", True), ("docker", True)}
+
+
+def test_a_listing_reports_an_unreachable_runtime_and_lists_the_others(start_daemon, targets, tmp_path):
+    missing = str(tmp_path / "nothing.sock")
+    in_containerd = targets.containerd()
+    daemon = start_daemon("--containerd-namespace", "*", "--docker-socket", missing)
+    reply = daemon.stub.ListContainers(pb.ListContainersRequest(), timeout=30)
+    assert f"containerd://{in_containerd}" in {c.container_id for c in reply.containers}
+    [docker] = [r for r in reply.runtimes if r.runtime == "docker"]
+    assert not docker.reachable and docker.endpoint == missing and missing in docker.error
+
+
 def test_default_namespace_does_not_see_other_namespaces(start_daemon, targets):
     daemon = start_daemon()  # default: k8s.io only
     container_id = targets.containerd()

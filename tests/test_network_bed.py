@@ -223,9 +223,11 @@ def web(module_network_bed):
     return module_network_bed.containerd(labels=WEB)
 
 
-def test_selectors_are_what_the_local_backend_takes(module_network_bed, web):
+def test_selectors_are_what_the_local_backend_takes(module_network_bed, web, start_daemon):
     process = module_network_bed.process()
-    backend = LocalBackend(lambda: "unused", CONTAINERD_SOCKET, [CONTAINERD_NAMESPACE], DOCKER_SOCKET)
+    daemon = start_daemon("--allow-pid-targets", "--containerd-socket", CONTAINERD_SOCKET, "--containerd-namespace",
+                          CONTAINERD_NAMESPACE, "--docker-socket", DOCKER_SOCKET)
+    backend = LocalBackend(lambda: daemon.address)
     try:
         for target in (process, web):
             selector = backend.check_selector(target.selector, None)

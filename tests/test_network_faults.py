@@ -49,7 +49,7 @@ def daemon(start_daemon):
 
 @pytest.fixture
 def session(daemon):
-    backend = LocalBackend(lambda: daemon.address, "/run/containerd/containerd.sock", ["*"], "/var/run/docker.sock")
+    backend = LocalBackend(lambda: daemon.address)
     chaos = ChaosSession(backend, seed=1)
     yield chaos
     for _, experiment in chaos.experiments:  # what a failed test left: now, not at its lease's end
@@ -424,8 +424,7 @@ def test_the_run_seed_repeats_each_packets_fate(daemon, network_bed):
     target, peer = network_bed.process(), network_bed.process()
     received = []
     for _ in range(2):
-        session = ChaosSession(LocalBackend(lambda: daemon.address, "/run/containerd/containerd.sock", ["*"],
-                                            "/var/run/docker.sock"), seed=4242)
+        session = ChaosSession(LocalBackend(lambda: daemon.address), seed=4242)
         try:
             receiver = udp_receiver(peer, PORT)
             experiment = apply(session, "network-loss", target, loss="50", target=peers(peer))

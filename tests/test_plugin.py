@@ -34,6 +34,15 @@ def test_help_shows_the_chaos_option_group(pytester):
     result.stdout.fnmatch_lines(["*chaos_seed (string):*"])
 
 
+def test_runtime_options_with_an_external_daemon_are_a_usage_error(pytester, daemon):
+    # That daemon lists and resolves containers with its own settings: the plugin's would be ignored.
+    result = run(pytester, "def test_app():\n    pass\n", f"--chaos-daemon={daemon.address}",
+                 "--chaos-docker-socket=/run/other-docker.sock")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--chaos-docker-socket configure the daemon the plugin starts; with --chaos-daemon=*"
+                                 "pytest-chaos-daemon --containerd-socket, --containerd-namespace, --docker-socket*"])
+
+
 def test_marker_captures_each_targets_process_list(pytester, targets):
     pids = [targets.process("sleep", "1001"), targets.process("sleep", "1002")]
     result = run(pytester, f"""

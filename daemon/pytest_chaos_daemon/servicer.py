@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,7 +34,7 @@ from .interceptors import Context
 from .journal import Record
 from .logs import log, truncate_fields
 from .nsexec import Confiner
-from .runtimes import RuntimeRegistry
+from .runtimes import ListingRuntime, RunningContainer, RuntimeRegistry
 from .target import HeldTarget
 
 MAX_CONTAINER_ID_LEN = 512
@@ -41,6 +42,8 @@ MAX_LEASE_S = 24 * 3600
 # Requests waiting beyond this are refused (RESOURCE_EXHAUSTED) rather than queued.
 MAX_PENDING = 2048
 RUNTIME_LOOKUP_TIMEOUT_S = 15.0
+# A listing's containers per runtime, beyond which the rest are left out (a response stays well under 4 MiB).
+MAX_LISTED_CONTAINERS = 10000
 # Containers whose init process is remembered (see _hold_remembered); beyond this the memory starts over.
 REMEMBERED_TARGETS = 4096
 RUNTIME_POOL_SIZE = 4
@@ -227,6 +230,34 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
     async def _list(self, call: _Call) -> pb.ListInjectionsResponse:
         records = self._injections.listing(call.request.include_ended)
         return pb.ListInjectionsResponse(injections=[injection_status(r) for r in records])
+
+    async def ListContainers(
+        self, request: pb.ListContainersRequest, context: Context
+    ) -> pb.ListContainersResponse:
+        return await self._handle(_Call("ListContainers", request, context), self._list_containers)
+
+    async def _list_containers(self, call: _Call) -> pb.ListContainersResponse:
+        runtimes = self._runtimes.listing()
+        # Every runtime at once, each in its own pool: the answer waits for the slowest, not for their sum.
+        listings = await asyncio.gather(*(self._listing(name, runtime) for name, runtime in runtimes.items()))
+        response = pb.ListContainersResponse()
+        for (name, runtime), (containers, error) in zip(runtimes.items(), listings, strict=True):
+            response.runtimes.add(runtime=name, endpoint=runtime.endpoint, reachable=error is None, error=error or "")
+            for container in containers[:MAX_LISTED_CONTAINERS]:
+                response.containers.add(container_id=container.container_id, name=container.name,
+                                        labels=container.labels)
+        return response
+
+    async def _listing(self, name: str, runtime: ListingRuntime) -> tuple[list[RunningContainer], str | None]:
+        if not os.path.exists(runtime.endpoint):
+            return [], f"no socket at {runtime.endpoint}"
+        future = asyncio.get_running_loop().run_in_executor(self._lookup_pools[name], runtime.list_running)
+        try:
+            return await asyncio.wait_for(future, RUNTIME_LOOKUP_TIMEOUT_S), None
+        except TimeoutError:
+            return [], f"it did not answer within {RUNTIME_LOOKUP_TIMEOUT_S:g}s"
+        except DaemonError as err:
+            return [], err.message
 
     async def _handle(self, call: _Call, handler: Callable[[_Call], Awaitable[Response]]) -> Response:
         """Run ``handler``, turning every failure into a status with a message, logged."""

@@ -1,24 +1,22 @@
 """The ``local`` backend: processes and containers on this machine, one daemon for all.
 
 With no daemon address given, the daemon is started on a private unix socket
-the first time an experiment needs it (see ``embedded.py``).
+when the first chaos test is collected (see ``embedded.py``). The daemon
+lists the running containers (its ListContainers call) as it resolves them:
+the plugin never talks to a container runtime itself.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pytest_chaos_daemon.errors import DaemonError
-from pytest_chaos_daemon.runtimes import RunningContainer
-from pytest_chaos_daemon.runtimes.containerd import ContainerdRuntime
-from pytest_chaos_daemon.runtimes.docker import DockerRuntime
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
-from ..transport import ClientTls
+from ..transport import ClientTls, DaemonClient
 from .base import check_selector_keys
 
 SELECTOR_KEYS = {
@@ -34,36 +32,20 @@ class LocalBackend:
     name = "local"
     selector_keys = SELECTOR_KEYS
 
-    def __init__(
-        self,
-        daemon_address: Callable[[], str],
-        containerd_socket: str,
-        containerd_namespaces: Sequence[str],
-        docker_socket: str,
-        tls: ClientTls | None = None,
-    ) -> None:
+    def __init__(self, daemon_address: Callable[[], str], tls: ClientTls | None = None, runtimes: str = "") -> None:
+        """``runtimes``: what the daemon lists, for the run's header (its sockets and namespaces)."""
         self._daemon_address = daemon_address
-        self._containerd_socket = containerd_socket
-        self._containerd_namespaces = list(containerd_namespaces)
-        self._docker_socket = docker_socket
-        self._runtimes: dict[str, ContainerdRuntime | DockerRuntime] = {}
         self._tls = tls
-        self._lister: ThreadPoolExecutor | None = None
+        self._runtimes = runtimes
+        self._client: DaemonClient | None = None
 
     def describe(self) -> str:
-        return (
-            f"local (containerd {self._containerd_socket} namespaces "
-            f"{','.join(self._containerd_namespaces)}; docker {self._docker_socket})"
-        )
+        return f"local ({self._runtimes})" if self._runtimes else "local"
 
     def close(self) -> None:
-        if self._lister is not None:
-            self._lister.shutdown()
-            self._lister = None
-        containerd = self._runtimes.pop("containerd", None)
-        if isinstance(containerd, ContainerdRuntime):
-            containerd.close()
-        self._runtimes.clear()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def check_selector(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> dict[str, Any]:
         if container_names is not None:
@@ -99,17 +81,18 @@ class LocalBackend:
     def candidates(self, selector: Mapping[str, Any], container_names: Sequence[str] | None) -> list[list[Target]]:
         if "pids" in selector:
             return [[Target(f"pid://{pid}")] for pid in selector["pids"] if _process_exists(pid)]
-        containers, searched = self._running_containers()
+        listing = self._daemon().list_containers()
         wanted = selector.get("containers")
         labels = selector.get("labels", {})
         chosen = [
-            c for c in containers
+            c for c in listing.containers
             if (wanted is None or any(_names(c, w) for w in wanted))
             and all(c.labels.get(k) == v for k, v in labels.items())
         ]
-        if not chosen and not any(ok for _, ok in searched):
+        if not chosen and not any(r.reachable for r in listing.runtimes):
             raise ChaosError(
-                "no container runtime reachable: " + "; ".join(msg for msg, _ in searched)
+                "no container runtime reachable: "
+                + "; ".join(f"{r.runtime} at {r.endpoint}: {r.error}" for r in listing.runtimes)
             )
         return [[Target(c.container_id, name=c.name)] for c in chosen]
 
@@ -120,49 +103,17 @@ class LocalBackend:
         # None: the private unix socket, or a plaintext daemon the user pointed at.
         return self._tls
 
-    def _running_containers(self) -> tuple[list[RunningContainer], list[tuple[str, bool]]]:
-        """Running containers of every reachable local runtime, and what was searched.
-
-        The runtimes are asked at the same time: the selection waits for the slower one, not for both."""
-        reachable = []
-        searched: list[tuple[str, bool]] = []
-        for name, socket_path in (("containerd", self._containerd_socket), ("docker", self._docker_socket)):
-            if os.path.exists(socket_path):
-                reachable.append((name, socket_path))
-            else:
-                searched.append((f"{name}: no socket at {socket_path}", False))
-        if self._lister is None:
-            self._lister = ThreadPoolExecutor(1, "chaos-runtime-list")
-        pending = [(name, path, self._lister.submit(self._runtime(name).list_running)) for name, path in reachable[1:]]
-        listings = [(name, path, self._listing(self._runtime(name).list_running)) for name, path in reachable[:1]]
-        listings += [(name, path, self._listing(future.result)) for name, path, future in pending]
-        found: list[RunningContainer] = []
-        for name, socket_path, (containers, error) in listings:
-            if error is None:
-                found.extend(containers)
-                searched.append((f"{name} at {socket_path}", True))
-            else:
-                searched.append((f"{name}: {error}", False))
-        return found, searched
-
-    @staticmethod
-    def _listing(call: Callable[[], list[RunningContainer]]) -> tuple[list[RunningContainer], str | None]:
-        try:
-            return call(), None
-        except DaemonError as err:
-            return [], err.message
-
-    def _runtime(self, name: str) -> ContainerdRuntime | DockerRuntime:
-        """The runtime client, made once per session: a gRPC channel costs a connection."""
-        if name not in self._runtimes:
-            self._runtimes[name] = (
-                ContainerdRuntime(self._containerd_socket, self._containerd_namespaces)
-                if name == "containerd" else DockerRuntime(self._docker_socket)
-            )
-        return self._runtimes[name]
+    def _daemon(self) -> DaemonClient:
+        """The daemon lists the containers: it is the one that talks to the runtimes. One channel per run."""
+        address = self._daemon_address()
+        if self._client is None or self._client.address != address:
+            if self._client is not None:
+                self._client.close()
+            self._client = DaemonClient(address, tls=self._tls)
+        return self._client
 
 
-def _names(container: RunningContainer, wanted: str) -> bool:
+def _names(container: pb.RunningContainer, wanted: str) -> bool:
     ref = container.container_id.partition("://")[2]
     if wanted in (container.container_id, ref, container.name):
         return True

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import InvalidArgument
-from .base import ContainerRuntime, RunningContainer
+from .base import ContainerRuntime, ListingRuntime, RunningContainer
 
-__all__ = ["ContainerRuntime", "RunningContainer", "RuntimeRegistry"]
+__all__ = ["ContainerRuntime", "ListingRuntime", "RunningContainer", "RuntimeRegistry"]
 
 
 class RuntimeRegistry:
@@ -23,6 +23,10 @@ class RuntimeRegistry:
     @property
     def names(self) -> list[str]:
         return list(self._runtimes)
+
+    def listing(self) -> dict[str, ListingRuntime]:
+        """The runtimes that can list their running containers, by name."""
+        return {name: runtime for name, runtime in self._runtimes.items() if isinstance(runtime, ListingRuntime)}
 
     def name_of(self, container_id: str) -> str:
         """The runtime an id belongs to (its prefix); raises InvalidArgument for an unknown one."""

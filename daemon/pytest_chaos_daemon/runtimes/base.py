@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import InvalidArgument
 
@@ -50,6 +50,15 @@ class ContainerRuntime(Protocol):
         exited), FailedPrecondition when it is not running, Unavailable when
         the runtime cannot be reached, PermissionDenied when the signal is refused.
         """
+        ...
+
+
+@runtime_checkable
+class ListingRuntime(ContainerRuntime, Protocol):
+    """A runtime that can also list its running containers (containerd, Docker)."""
+
+    def list_running(self) -> list[RunningContainer]:
+        """Every running container, with its name and labels. Raises Unavailable when unreachable."""
         ...
 
 

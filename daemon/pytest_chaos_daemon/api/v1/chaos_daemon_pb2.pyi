@@ -299,6 +299,47 @@ class ListInjectionsResponse(_message.Message):
     injections: _containers.RepeatedCompositeFieldContainer[InjectionStatus]
     def __init__(self, injections: _Optional[_Iterable[_Union[InjectionStatus, _Mapping]]] = ...) -> None: ...
 
+class ListContainersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListContainersResponse(_message.Message):
+    __slots__ = ("containers", "runtimes")
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    containers: _containers.RepeatedCompositeFieldContainer[RunningContainer]
+    runtimes: _containers.RepeatedCompositeFieldContainer[RuntimeListing]
+    def __init__(self, containers: _Optional[_Iterable[_Union[RunningContainer, _Mapping]]] = ..., runtimes: _Optional[_Iterable[_Union[RuntimeListing, _Mapping]]] = ...) -> None: ...
+
+class RunningContainer(_message.Message):
+    __slots__ = ("container_id", "name", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RuntimeListing(_message.Message):
+    __slots__ = ("runtime", "endpoint", "reachable", "error")
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    endpoint: str
+    reachable: bool
+    error: str
+    def __init__(self, runtime: _Optional[str] = ..., endpoint: _Optional[str] = ..., reachable: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
 class ExecHelloWorldRequest(_message.Message):
     __slots__ = ("container_id", "injection", "source")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

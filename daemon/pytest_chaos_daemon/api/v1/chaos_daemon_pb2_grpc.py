@@ -59,6 +59,11 @@ class ChaosDaemonStub:
                 request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
                 response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
                 _registered_method=True)
+        self.ListContainers = channel.unary_unary(
+                '/pytest_chaos.daemon.v1.ChaosDaemon/ListContainers',
+                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.SerializeToString,
+                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.FromString,
+                _registered_method=True)
 
 
 class ChaosDaemonServicer:
@@ -109,6 +114,16 @@ class ChaosDaemonServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListContainers(self, request, context):
+        """The running containers of this node's container runtimes that can list
+        them (containerd, in the namespaces the daemon was given, and Docker),
+        with names and labels: what the local backend selects from. A runtime
+        that cannot be reached is reported in `runtimes`, not as an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChaosDaemonServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +151,11 @@ def add_ChaosDaemonServicer_to_server(servicer, server):
                     servicer.ListInjections,
                     request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.FromString,
                     response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.SerializeToString,
+            ),
+            'ListContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContainers,
+                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.FromString,
+                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +293,33 @@ class ChaosDaemon:
             '/pytest_chaos.daemon.v1.ChaosDaemon/ListInjections',
             pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
             pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pytest_chaos.daemon.v1.ChaosDaemon/ListContainers',
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.SerializeToString,
+            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,
