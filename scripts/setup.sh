@@ -50,6 +50,9 @@ fi
 
 step "Python package (editable, with test extras)"
 python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]'
+# The test cluster tool is a distribution of its own (cluster/): installed after, so an older pytest-chaos that
+# still shipped its console script cannot take the script away when pip replaces it.
+python3 -m pip install -q --disable-pip-version-check -e ./cluster
 step "the daemon's confine helper (static C, built once per source version)"
 python3 -m pytest_chaos_daemon.confine
 

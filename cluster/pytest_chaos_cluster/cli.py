@@ -16,8 +16,8 @@ from .util import ClusterError
 
 def default_repo() -> Path:
     """The pytest-chaos checkout: the current directory if it has daemon/Dockerfile,
-    else the one this package was loaded from (an editable install or a checkout)."""
-    for cand in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    else the one this package was loaded from (an editable install of cluster/ or a checkout)."""
+    for cand in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (cand / "daemon" / "Dockerfile").is_file():
             return cand
     return Path.cwd()
