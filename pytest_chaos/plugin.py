@@ -26,9 +26,9 @@ from .errors import ChaosError, ChaosSpecError
 from .kinds import KINDS
 from .model import Experiment, ExperimentSpec
 from .modes import MODES
-from .reporting import SECTION_KEY, experiment_text, junit_properties
+from .reporting import SECTION_KEY, experiment_text, html_extras, junit_properties
 from .session import DEFAULT_LEASE_S, ChaosSession
-from .timeline import write_timeline
+from .timeline import experiment_entry, write_timeline
 from .transport import DEFAULT_RPC_TIMEOUT_S, ClientTls
 
 MARKER_HELP = (
@@ -85,6 +85,8 @@ SESSION_KEY = pytest.StashKey[ChaosSession]()
 EMBEDDED_KEY = pytest.StashKey[EmbeddedDaemon]()
 # What the daemon the plugin starts is told about the container runtimes (with --chaos-daemon, that daemon's own).
 RUNTIME_OPTIONS = ("chaos_containerd_socket", "chaos_containerd_namespace", "chaos_docker_socket")
+EXPERIMENTS_KEY = pytest.StashKey[list[Experiment]]()  # every experiment of an item, for pytest-html
+HTML_EXTRAS_KEY = pytest.StashKey[list[dict[str, Any]]]()  # what its row was given
 SPECS_KEY = pytest.StashKey[list[ExperimentSpec]]()  # an item's markers' experiments, built at collection
 PHASE_KEY = pytest.StashKey[str]()
 # Summaries of experiments run elsewhere (pytest-xdist workers), from their reports: (test id, summary).
@@ -271,7 +273,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # it all, a traceback through the plugin's frames would only bury it.
     if call.excinfo is not None and call.excinfo.errisinstance(ChaosError):
         report.longrepr = f"ChaosError: {call.excinfo.value}"
+    if getattr(item.config.option, "htmlpath", None):
+        _add_html_extras(item, report)
+    if report.when == "teardown" and hasattr(item.config, "workerinput") and _option(item.config, "chaos_report", ""):
+        # A pytest-xdist worker: the controller draws the timeline, and a report's plain attributes travel to it.
+        report.chaos_timeline = [experiment_entry(e) for e in item.stash.get(EXPERIMENTS_KEY, [])]  # type: ignore[attr-defined]
     return report
+
+
+def _add_html_extras(item: pytest.Item, report: pytest.TestReport) -> None:
+    """pytest-html: the test's experiments on its row (the call's report, or setup's when setup failed).
+
+    pytest-html renders a test's rows once its teardown is reported: the extras
+    given with the row are brought up to date then, so a fault recovered in
+    teardown shows as recovered. (Under xdist the row travels before teardown,
+    and shows each experiment as it was during the test.)"""
+    experiments = item.stash.get(EXPERIMENTS_KEY, [])
+    given = item.stash.get(HTML_EXTRAS_KEY, None)
+    if report.when == "teardown" and given is not None:
+        for extra, now in zip(given, html_extras(experiments), strict=False):
+            extra.update(now)  # the very dicts the row holds
+    elif experiments and (report.when == "call" or report.failed):
+        given = item.stash[HTML_EXTRAS_KEY] = html_extras(experiments)
+        report.extras = [*getattr(report, "extras", []), *given]  # type: ignore[attr-defined]
 
 
 class ChaosFixture:
@@ -380,6 +404,7 @@ class ChaosFixture:
         properties[:] = [(k, experiment.summary() if k == summary_key else v) for k, v in properties]
 
     def _report(self, number: int, experiment: Experiment) -> None:
+        self._item.stash.setdefault(EXPERIMENTS_KEY, []).append(experiment)
         phase = self._item.stash.get(PHASE_KEY, "setup")
         self._item.add_report_section(phase, SECTION_KEY, experiment_text(experiment))
         self._item.user_properties.extend(junit_properties(number, experiment))
@@ -428,12 +453,14 @@ def pytest_configure_node(node: Any) -> None:
 
 
 class ReportedExperiments:
-    """Each test's final experiment summaries, from its teardown report (the JUnit properties travel with it),
-    for the terminal summary of a run whose tests ran in other processes (pytest-xdist workers)."""
+    """Each test's outcome and final experiment summaries, from its reports (the JUnit properties travel with
+    them), and with --chaos-report the experiments' timeline entries: for the terminal summary and the timeline
+    of a run whose tests ran in other processes (pytest-xdist workers)."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str]] = []
         self.outcomes: dict[str, str] = {}  # test id -> passed, failed, error (setup or teardown), skipped
+        self.timeline: list[tuple[str, dict[str, Any]]] = []  # (test id, experiment_entry), from workers
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.failed:
@@ -445,6 +472,7 @@ class ReportedExperiments:
         if report.when == "teardown":
             self.lines += [(report.nodeid, str(value)) for name, value in report.user_properties
                            if _SUMMARY_PROPERTY.fullmatch(name)]
+            self.timeline += [(report.nodeid, entry) for entry in getattr(report, "chaos_timeline", [])]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
@@ -468,7 +496,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not path or chaos is None or hasattr(config, "workerinput"):
         return
     reported = config.stash[REPORTED_KEY]
-    write_timeline(path, chaos.experiments, reported.outcomes)
+    entries = [(test_id, experiment_entry(experiment)) for test_id, experiment in chaos.experiments]
+    write_timeline(path, entries or reported.timeline, reported.outcomes)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"chaos: experiment timeline written to {os.path.abspath(path)}")

@@ -76,29 +76,34 @@ for (const test of data.tests) {
 """
 
 
-def timeline_data(experiments: Sequence[tuple[str, Experiment]], outcomes: Mapping[str, str]) -> dict[str, Any]:
-    """What the page draws: every test with an outcome or an experiment, in the order they ran."""
+def experiment_entry(experiment: Experiment) -> dict[str, Any]:
+    """One experiment as the page draws it: plain JSON, so it can travel in a pytest-xdist worker's report."""
+    return {
+        "kind": experiment.kind, "outcome": experiment.outcome, "summary": experiment.summary(),
+        "applied_at": experiment.applied_at, "ended_at": experiment.ended_at,
+        "targets": [{"target": t.describe(), "state": t.state, "detail": t.detail, "mechanism": t.mechanism,
+                     "output": t.output} for t in experiment.targets],
+    }
+
+
+def timeline_data(entries: Sequence[tuple[str, dict[str, Any]]], outcomes: Mapping[str, str]) -> dict[str, Any]:
+    """What the page draws: every test with an outcome or an experiment (``experiment_entry``), in run order."""
     tests: dict[str, dict[str, Any]] = {}
     for test_id in outcomes:
         tests.setdefault(test_id, {"id": test_id, "outcome": outcomes[test_id], "experiments": []})
     times: list[float] = []
-    for test_id, experiment in experiments:
-        entry = tests.setdefault(test_id, {"id": test_id, "outcome": outcomes.get(test_id, "unknown"),
-                                           "experiments": []})
-        entry["experiments"].append({
-            "kind": experiment.kind, "outcome": experiment.outcome, "summary": experiment.summary(),
-            "applied_at": experiment.applied_at, "ended_at": experiment.ended_at,
-            "targets": [{"target": t.describe(), "state": t.state, "detail": t.detail, "mechanism": t.mechanism,
-                         "output": t.output} for t in experiment.targets],
-        })
-        times += [t for t in (experiment.applied_at, experiment.ended_at) if t is not None]
+    for test_id, entry in entries:
+        test = tests.setdefault(test_id, {"id": test_id, "outcome": outcomes.get(test_id, "unknown"),
+                                          "experiments": []})
+        test["experiments"].append(entry)
+        times += [t for t in (entry["applied_at"], entry["ended_at"]) if t is not None]
     start, end = (min(times), max(times)) if times else (0.0, 0.0)
     return {"start": start, "end": end, "tests": list(tests.values())}
 
 
-def write_timeline(path: str | os.PathLike[str], experiments: Sequence[tuple[str, Experiment]],
+def write_timeline(path: str | os.PathLike[str], entries: Sequence[tuple[str, dict[str, Any]]],
                    outcomes: Mapping[str, str], title: str = "pytest-chaos: experiment timeline") -> None:
     # "</" cannot end the script element from inside the JSON: outputs are a target's, not ours.
-    data = json.dumps(timeline_data(experiments, outcomes)).replace("</", "<\\/")
+    data = json.dumps(timeline_data(entries, outcomes)).replace("</", "<\\/")
     with open(path, "w", encoding="utf-8") as f:
         f.write(PAGE % {"title": html.escape(title), "data": data})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -69,6 +72,29 @@ def test_marker_captures_each_targets_process_list(pytester, targets):
         "*chaos experiments*",
         "*recovered (one-shot, nothing to recover)",
     ])
+
+
+def test_pytest_html_rows_carry_each_experiment_as_an_extra(pytester, targets):
+    pid = targets.process("sleep", "1003")
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}}, mode="all", source="proc")
+        def test_app(chaos):
+            pass
+
+        def test_plain():
+            pass
+    """, "--html=report.html", "--self-contained-html")
+    result.assert_outcomes(passed=2)
+    page = (pytester.path / "report.html").read_text()
+    blob = json.loads(html.unescape(re.search(r'data-jsonblob="([^"]*)"', page).group(1)))
+    extras = {test_id: [e for run in runs for e in run.get("extras", [])] for test_id, runs in blob["tests"].items()}
+    [marked] = extras["test_user.py::test_app"]
+    assert marked["format_type"] == "html"
+    assert f"chaos helloworld mode=all: 1 target [pid://{pid}] recovered" in html.unescape(marked["content"])
+    assert "sleep 1003" in marked["content"]  # the target's process list, escaped in a <pre>
+    assert extras["test_user.py::test_plain"] == []
 
 
 def test_junit_xml_holds_the_output_with_default_settings(pytester, targets):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -49,6 +50,30 @@ def test_two_workers_share_the_controllers_seed_and_the_summary_lists_every_expe
     for pid in pids:  # nothing stays paused
         with open(f"/proc/{pid}/stat") as f:
             assert f.read().rsplit(")", 1)[1].split()[0] != "T"
+
+
+def page_data(path) -> dict:
+    """The timeline page's data, as its script reads it."""
+    text = path.read_text()
+    start = text.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def test_the_controllers_timeline_has_every_workers_experiments(pytester, targets):
+    pids = [targets.process("sleep", f"48{n:02d}") for n in range(3)]
+    pytester.makepyfile(test_user=SUITE.format(pids=pids))
+    result = pytester.runpytest_subprocess("-p", "chaos", "-n", "2", "--chaos-report=timeline.html")
+    result.assert_outcomes(passed=3)
+    data = page_data(pytester.path / "timeline.html")
+    bars = {test["id"]: [(e["kind"], e["outcome"], len(e["targets"])) for e in test["experiments"]]
+            for test in data["tests"]}
+    assert bars == {
+        "test_user.py::test_one": [("container-pause", "recovered", 1)],
+        "test_user.py::test_two": [("container-pause", "recovered", 2)],
+        "test_user.py::test_three": [("helloworld", "recovered", 1)],
+    }
+    assert {test["outcome"] for test in data["tests"]} == {"passed"}
+    assert data["start"] < data["end"]  # the time axis spans the workers' experiments
 
 
 @pytest.mark.parametrize("method", ["signal", "thread"])
