@@ -4,14 +4,21 @@ Targets are containers of the selected pods. Each target is sent to the
 chaos daemon pod running on the target's node (a DaemonSet, see
 daemon/deploy/), reached directly at its pod IP where this machine can route
 there, otherwise through the API server's port-forward.
+
+Pods are listed a page at a time and read as the API's plain JSON: the
+client's models cost several times the API call, and a page bounds the memory
+a selection holds, whatever the number of pods in the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import os
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import ChaosError
@@ -32,6 +39,10 @@ DAEMON_PORT = 31767
 DEFAULT_DAEMON_NAMESPACE = "chaos-testing"
 ACCESS_MODES = ("auto", "direct", "port-forward")
 PROBE_TIMEOUT_S = 1.0
+PAGE_SIZE = 500  # pods per list request
+
+# A pod as the API's JSON (camelCase keys, absent fields left out).
+Pod = dict[str, Any]
 
 
 class KubernetesBackend:
@@ -44,9 +55,13 @@ class KubernetesBackend:
         context: str | None = None,
         daemon_namespace: str = DEFAULT_DAEMON_NAMESPACE,
         access: str = "auto",
+        page_size: int = PAGE_SIZE,
     ) -> None:
         if access not in ACCESS_MODES:
             raise ValueError(f"access must be one of {ACCESS_MODES}")
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._page_size = page_size
         self._kubeconfig = kubeconfig
         self._context = context
         self.daemon_namespace = daemon_namespace
@@ -54,6 +69,7 @@ class KubernetesBackend:
         self._core: Any = None
         self._lock = threading.Lock()
         self._addresses: dict[str, str] = {}  # daemon pod uid -> address
+        self._daemon_by_node: dict[str, str] = {}  # node -> its daemon's address, as last looked up
         self._relays: list[Any] = []
         self._tls: ClientTls | None = None
 
@@ -76,12 +92,20 @@ class KubernetesBackend:
                 units.append(targets)
         return units
 
-    def daemon_address(self, target: Target) -> str:
-        daemon = self._daemon_on(target.node or "")
+    def daemon_address(self, target: Target, refresh: bool = False) -> str:
+        """The node's daemon, looked up once per node and run: a replaced daemon pod is found again when a call
+        cannot reach the old one (``refresh``)."""
+        node = target.node or ""
         with self._lock:
-            uid = daemon.metadata.uid
+            known = None if refresh else self._daemon_by_node.get(node)
+        if known is not None:
+            return known
+        daemon = self._daemon_on(node)
+        with self._lock:
+            uid = daemon["metadata"]["uid"]
             if uid not in self._addresses:
                 self._addresses[uid] = self._reach(daemon)
+            self._daemon_by_node[node] = self._addresses[uid]
             return self._addresses[uid]
 
     def client_tls(self) -> ClientTls:
@@ -123,10 +147,11 @@ class KubernetesBackend:
             relay.close()
         self._relays.clear()
         self._addresses.clear()
+        self._daemon_by_node.clear()
 
     # -- selection ---------------------------------------------------------
 
-    def _selected_pods(self, selector: Mapping[str, Any]) -> list[Any]:
+    def _selected_pods(self, selector: Mapping[str, Any]) -> list[Pod]:
         if "pods" in selector:
             return [pod for pod in self._named_pods(selector["pods"]) if _alive(pod)]
         query = {}
@@ -134,33 +159,46 @@ class KubernetesBackend:
             query["label_selector"] = labels
         if fields := field_selector(selector):
             query["field_selector"] = fields
-        pods: list[Any] = []
-        for namespace in selector.get("namespaces") or [None]:
-            if namespace is None:
-                pods += self._call(self.core.list_pod_for_all_namespaces, **query).items
-            else:
-                pods += self._call(self.core.list_namespaced_pod, namespace, **query).items
         nodes = self._allowed_nodes(selector)
+        annotations = selector.get("annotationSelectors", {})
+        phases = selector.get("podPhaseSelectors", [])
+        # Filtered as each page arrives: only the matches outlive their page.
         return [
-            pod for pod in pods
+            pod
+            for namespace in selector.get("namespaces") or [None]
+            for pod in self._pods(namespace, **query)
             if _alive(pod)
-            and annotations_match(pod.metadata.annotations, selector.get("annotationSelectors", {}))
-            and phase_matches(pod.status.phase or "Unknown", selector.get("podPhaseSelectors", []))
-            and (nodes is None or pod.spec.node_name in nodes)
+            and annotations_match(pod["metadata"].get("annotations"), annotations)
+            and phase_matches(pod.get("status", {}).get("phase") or "Unknown", phases)
+            and (nodes is None or pod["spec"].get("nodeName") in nodes)
         ]
 
-    def _named_pods(self, names: Mapping[str, Sequence[str]]) -> list[Any]:
+    def _named_pods(self, names: Mapping[str, Sequence[str]]) -> list[Pod]:
         from kubernetes.client.exceptions import ApiException
 
         pods = []
         for namespace, pod_names in names.items():
             for name in pod_names:
                 try:
-                    pods.append(self._call(self.core.read_namespaced_pod, name, namespace))
+                    pods.append(self._json(self.core.read_namespaced_pod, name, namespace))
                 except ApiException as err:
                     if err.status != 404:
                         raise
         return pods
+
+    def _pods(self, namespace: str | None, **query: str) -> Iterator[Pod]:
+        """Pods of ``namespace`` (None: every namespace) matching ``query``, read ``page_size`` at a time."""
+        method, args = (
+            (self.core.list_pod_for_all_namespaces, ()) if namespace is None else (self.core.list_namespaced_pod, (namespace,))
+        )
+        token = None
+        while True:
+            page = self._json(method, *args, limit=self._page_size, _continue=token, **query)
+            token = page["metadata"].get("continue")
+            # Popped, so that a page is freed before the next one is read.
+            yield from page.pop("items")
+            if not token:
+                return
 
     def _allowed_nodes(self, selector: Mapping[str, Any]) -> set[str] | None:
         """Nodes named in ``nodes`` united with those matching ``nodeSelectors``; None: no constraint."""
@@ -176,22 +214,19 @@ class KubernetesBackend:
 
     def daemons(self) -> list[tuple[str, str]]:
         """(node, address) of every running daemon: for the operator's command."""
-        pods = self._call(self.core.list_namespaced_pod, self.daemon_namespace, label_selector=DAEMON_LABELS).items
-        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip and _alive(p)]
+        running = [p for p in self._pods(self.daemon_namespace, label_selector=DAEMON_LABELS) if _serving(p)]
         found = []
-        for pod in sorted(running, key=lambda p: p.spec.node_name or ""):
+        for pod in sorted(running, key=lambda p: p["spec"].get("nodeName") or ""):
+            uid = pod["metadata"]["uid"]
             with self._lock:
-                if pod.metadata.uid not in self._addresses:
-                    self._addresses[pod.metadata.uid] = self._reach(pod)
-                found.append((pod.spec.node_name or "?", self._addresses[pod.metadata.uid]))
+                if uid not in self._addresses:
+                    self._addresses[uid] = self._reach(pod)
+                found.append((pod["spec"].get("nodeName") or "?", self._addresses[uid]))
         return found
 
-    def _daemon_on(self, node: str) -> Any:
-        pods = self._call(
-            self.core.list_namespaced_pod, self.daemon_namespace,
-            label_selector=DAEMON_LABELS, field_selector=f"spec.nodeName={node}",
-        ).items
-        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip and _alive(p)]
+    def _daemon_on(self, node: str) -> Pod:
+        pods = self._pods(self.daemon_namespace, label_selector=DAEMON_LABELS, field_selector=f"spec.nodeName={node}")
+        running = [p for p in pods if _serving(p)]
         if not running:
             raise ChaosError(
                 f"no chaos daemon is running on node {node!r}: found no running pod labeled {DAEMON_LABELS} "
@@ -200,13 +235,13 @@ class KubernetesBackend:
             )
         return running[0]
 
-    def _reach(self, daemon: Any) -> str:
-        direct = f"{daemon.status.pod_ip}:{DAEMON_PORT}"
-        if self._access == "direct" or (self._access == "auto" and _reachable(daemon.status.pod_ip, DAEMON_PORT)):
-            return direct
+    def _reach(self, daemon: Pod) -> str:
+        ip = daemon["status"]["podIP"]
+        if self._access == "direct" or (self._access == "auto" and _reachable(ip, DAEMON_PORT)):
+            return f"{ip}:{DAEMON_PORT}"
         from ..portforward import PortForwardRelay
 
-        relay = PortForwardRelay(self.core, daemon.metadata.namespace, daemon.metadata.name, DAEMON_PORT)
+        relay = PortForwardRelay(self.core, daemon["metadata"]["namespace"], daemon["metadata"]["name"], DAEMON_PORT)
         self._relays.append(relay)
         return relay.address
 
@@ -248,34 +283,61 @@ class KubernetesBackend:
         except HTTPError as err:
             raise ChaosError(f"the Kubernetes API is unreachable ({self.describe()}): {err}") from None
 
+    def _json(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """``method``'s response as plain JSON, without the client's models."""
+        data = self._call(method, *args, _preload_content=False, **kwargs).data
+        with _collection_paused():
+            return json.loads(data)
 
-def _containers(pod: Any, container_names: Sequence[str] | None) -> list[Target]:
+
+def _containers(pod: Pod, container_names: Sequence[str] | None) -> list[Target]:
     """Targets for ``container_names`` of ``pod`` (default: its first container) that have started."""
-    declared = [c.name for c in pod.spec.containers]
+    metadata, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
+    declared = [c["name"] for c in spec["containers"]]
     wanted = list(container_names) if container_names else declared[:1]
-    statuses = {s.name: s for s in (pod.status.container_statuses or [])}
+    container_ids = {s["name"]: s.get("containerID") for s in status.get("containerStatuses") or []}
     targets = []
     for name in wanted:
-        status = statuses.get(name)
-        if name in declared and status is not None and status.container_id:
+        container_id = container_ids.get(name)
+        if name in declared and container_id:
             targets.append(
                 Target(
-                    container_id=status.container_id,
-                    name=f"{pod.metadata.namespace}/{pod.metadata.name}/{name}",
-                    namespace=pod.metadata.namespace,
-                    pod=pod.metadata.name,
-                    pod_uid=pod.metadata.uid,
+                    container_id=container_id,
+                    name=f"{metadata['namespace']}/{metadata['name']}/{name}",
+                    namespace=metadata["namespace"],
+                    pod=metadata["name"],
+                    pod_uid=metadata["uid"],
                     container=name,
-                    node=pod.spec.node_name,
-                    address=pod.status.pod_ip,
+                    node=spec.get("nodeName"),
+                    address=status.get("podIP"),
                 )
             )
     return targets
 
 
-def _alive(pod: Any) -> bool:
+def _alive(pod: Pod) -> bool:
     """Pods being deleted are left out: chaos on them would not tell anything."""
-    return pod.metadata.deletion_timestamp is None
+    return pod["metadata"].get("deletionTimestamp") is None
+
+
+def _serving(daemon: Pod) -> bool:
+    """A daemon pod that can take requests: running, with an address, and not being deleted."""
+    status = daemon.get("status", {})
+    return status.get("phase") == "Running" and bool(status.get("podIP")) and _alive(daemon)
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a response is parsed: every object the parse makes survives
+    it, which sets off full collections of the whole heap (most of a page's parse time otherwise), and
+    parsed JSON holds no cycles for it to find."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _reachable(host: str, port: int) -> bool:
