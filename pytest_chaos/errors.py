@@ -14,3 +14,7 @@ class ChaosSpecError(ValueError):
 
 class ChaosError(RuntimeError):
     """An experiment could not be applied: nothing selected, daemon unreachable, or the fault failed."""
+
+
+class DaemonUnreachable(ChaosError):
+    """No connection to the daemon could be made: nothing was sent, so the call may go to another address."""

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .backends import Backend
-from .errors import ChaosError, ChaosSpecError
+from .errors import ChaosError, ChaosSpecError, DaemonUnreachable
 from .kinds import KINDS, InjectContext
 from .leases import LeaseKeeper
 from .manifests import manifest_specs
@@ -157,10 +157,18 @@ class ChaosSession:
                 target.daemon = self.backend.daemon_address(target)
 
         def inject(target: Target) -> None:
-            ctx = InjectContext(self.client(target.daemon) if kind.uses_daemon else None, self.backend,
-                                self.leases.lease_s, experiment.spec.duration, owner, tuple(experiment.targets),
-                                tuple(peers), seed)
-            kind.inject(ctx, target, experiment.spec.params)
+            def context() -> InjectContext:
+                return InjectContext(self.client(target.daemon) if kind.uses_daemon else None, self.backend,
+                                     self.leases.lease_s, experiment.spec.duration, owner, tuple(experiment.targets),
+                                     tuple(peers), seed)
+
+            try:
+                kind.inject(context(), target, experiment.spec.params)
+            except DaemonUnreachable:
+                # Nothing was sent: if the node's daemon was replaced since its address was looked up, once more.
+                if not kind.uses_daemon or not self.readdress([target]):
+                    raise
+                kind.inject(context(), target, experiment.spec.params)
 
         errors = self._each_target(experiment.targets, inject)
         if errors:
@@ -198,7 +206,7 @@ class ChaosSession:
         moved = False
         for target in targets:
             try:
-                address = self.backend.daemon_address(target)
+                address = self.backend.daemon_address(target, refresh=True)
             except ChaosError:
                 continue
             if address != target.daemon:

@@ -13,7 +13,7 @@ from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME, grpc_target
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
-from .errors import ChaosError
+from .errors import ChaosError, DaemonUnreachable
 
 DEFAULT_RPC_TIMEOUT_S = 60.0  # as Chaos Mesh's controller allows each daemon call
 
@@ -100,7 +100,7 @@ class DaemonClient:
         except grpc.RpcError as err:
             code = err.code()
             if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (err.details() or "").lower():
-                raise ChaosError(
+                raise DaemonUnreachable(
                     f"chaos daemon unreachable at {self.address}: {err.details()} "
                     "(is pytest-chaos-daemon running there? check --chaos-daemon)"
                 ) from None

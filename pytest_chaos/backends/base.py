@@ -27,8 +27,10 @@ class Backend(Protocol):
         (a pod with its chosen containers; a single container or process)."""
         ...
 
-    def daemon_address(self, target: Target) -> str:
-        """The address of the daemon that can reach ``target``; raises ChaosError if none can."""
+    def daemon_address(self, target: Target, refresh: bool = False) -> str:
+        """The address of the daemon that can reach ``target``; raises ChaosError if none can.
+
+        A backend may remember it per node; ``refresh`` looks it up again (the node's daemon was replaced)."""
         ...
 
     def client_tls(self) -> ClientTls | None:

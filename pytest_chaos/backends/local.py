@@ -96,7 +96,7 @@ class LocalBackend:
             )
         return [[Target(c.container_id, name=c.name)] for c in chosen]
 
-    def daemon_address(self, target: Target) -> str:
+    def daemon_address(self, target: Target, refresh: bool = False) -> str:
         return self._daemon_address()
 
     def client_tls(self) -> ClientTls | None:

@@ -125,3 +125,25 @@ def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, k
     assert advancing(pid)  # teardown reached the new daemon, which thawed it
     logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=200")
     assert '"adopted from the journal"' in logs and '"kind": "container-pause"' in logs
+
+
+def test_the_next_experiment_finds_a_replaced_daemon_pod(pytester, kube, counter_pod):
+    # The backend remembers each node's daemon: the second test's call fails to connect to the old pod's
+    # address, and goes to the new pod's instead.
+    result = run_suite(pytester, kube, f"""
+        import subprocess, pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", source="proc")
+        def test_1_then_the_daemon_is_replaced(chaos):
+            kubectl = ["{kube.kubectl_path}", "--kubeconfig={kube.kubeconfig}", "-n", "chaos-testing"]
+            subprocess.run([*kubectl, "delete", "pod", "-l", "app.kubernetes.io/name=chaos-daemon", "--wait=true"],
+                           check=True, capture_output=True)
+            subprocess.run([*kubectl, "rollout", "status", "daemonset/chaos-daemon", "--timeout=120s"],
+                           check=True, capture_output=True)
+
+        @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", source="proc")
+        def test_2_applies_through_the_new_daemon(chaos):
+            assert chaos.experiments[0].targets[0].processes
+    """)
+    result.assert_outcomes(passed=2)
+
