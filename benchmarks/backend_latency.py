@@ -14,19 +14,19 @@ Run as root with the cluster up and the daemon deployed (scripts/setup.sh):
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
 
-from benchmarks.report import Row, ms, print_rows
+from pytest_chaos_cluster.settings import Layout
+
+from benchmarks.report import Row, ms, run_main
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
-from pytest_chaos_cluster.settings import Layout
 from tests.support.targets import Targets, make_busybox_rootfs
 
 DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
@@ -82,14 +82,10 @@ def rows(quick: bool, rounds: int | None = None, kubeconfig: str = DEFAULT_KUBEC
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 30; 10 with --quick)")
-    parser.add_argument("--kubeconfig", default=os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG))
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    args = parser.parse_args()
-    print_rows("HelloWorldChaos experiment latency on the cluster against the local backend (medians)",
-               rows(args.quick, args.rounds, args.kubeconfig))
-    return 0
+    return run_main(__doc__, "HelloWorldChaos experiment latency on the cluster against the local backend (medians)",
+                    rows, "fewer rounds",
+                    ("--rounds", {"type": int, "help": "interleaved rounds (default 30; 10 with --quick)"}),
+                    ("--kubeconfig", {"default": os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG)}))
 
 
 if __name__ == "__main__":

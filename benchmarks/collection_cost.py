@@ -35,19 +35,16 @@ Run:  python3 -m benchmarks.collection_cost [--quick]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from types import FrameType
 
-from benchmarks.report import Row, ms, print_rows
+from benchmarks.report import Row, ms, run_main
 
 TESTS = 1000
 ROUNDS, QUICK_ROUNDS = 11, 3
@@ -177,16 +174,8 @@ def rows(quick: bool) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds instead of {ROUNDS}")
-    args = parser.parse_args()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # unwinds, so the temporary directory goes
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    print_rows("Collection cost of chaos markers, medians of interleaved fresh pytest processes", rows(args.quick))
-    return 0
+    return run_main(__doc__, "Collection cost of chaos markers, medians of interleaved fresh pytest processes", rows,
+                    f"{QUICK_ROUNDS} rounds instead of {ROUNDS}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Run as root:  python3 -m benchmarks.daemon_memory [--quick]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -41,8 +40,8 @@ import grpc
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
-from benchmarks.plugin_overhead import PidTarget, exit_on_sigterm, started_daemon
-from benchmarks.report import Row, print_rows
+from benchmarks.plugin_overhead import PidTarget, started_daemon
+from benchmarks.report import Row, run_main
 
 REQUESTS = 200
 TARGETS = 20
@@ -157,6 +156,8 @@ def mb(kb: int) -> str:
 
 
 def rows(quick: bool) -> list[Row]:
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the daemon enters other processes' namespaces")
     bursts = QUICK_BURSTS if quick else BURSTS
     work = tempfile.mkdtemp(prefix="bench-daemon-memory-")
     try:
@@ -210,14 +211,8 @@ def rows(quick: bool) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_BURSTS} burst instead of {BURSTS}")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("run as root: the daemon enters other processes' namespaces")
-    exit_on_sigterm()
-    print_rows("Daemon memory: VmRSS from /proc, idle and under concurrent HelloWorld requests", rows(args.quick))
-    return 0
+    return run_main(__doc__, "Daemon memory: VmRSS from /proc, idle and under concurrent HelloWorld requests", rows,
+                    f"{QUICK_BURSTS} burst instead of {BURSTS}")
 
 
 if __name__ == "__main__":

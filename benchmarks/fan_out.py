@@ -12,14 +12,13 @@ Run as root with containerd running (scripts/setup.sh starts it):
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-from benchmarks.report import Row, ms, print_rows
+from benchmarks.report import Row, ms, run_main
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
@@ -93,12 +92,8 @@ def rows(quick: bool, rounds: int | None = None) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, help="rounds per size (default 5; 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="1 and 10 targets only")
-    args = parser.parse_args()
-    print_rows("Experiment latency by number of targets (medians)", rows(args.quick, args.rounds))
-    return 0
+    return run_main(__doc__, "Experiment latency by number of targets (medians)", rows, "1 and 10 targets only",
+                    ("--rounds", {"type": int, "help": "rounds per size (default 5; 3 with --quick)"}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ and a Docker container; containerd and Docker must be running
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.report import Row, ms, print_rows
+from benchmarks.report import Row, ms, run_main
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
@@ -99,12 +98,8 @@ def rows(quick: bool, rounds: int | None = None) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 50; 10 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    args = parser.parse_args()
-    print_rows("HelloWorldChaos latency, medians of interleaved rounds", rows(args.quick, args.rounds))
-    return 0
+    return run_main(__doc__, "HelloWorldChaos latency, medians of interleaved rounds", rows, "fewer rounds",
+                    ("--rounds", {"type": int, "help": "interleaved rounds (default 50; 10 with --quick)"}))
 
 
 if __name__ == "__main__":

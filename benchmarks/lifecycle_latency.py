@@ -20,7 +20,6 @@ containerd and Docker must be running (scripts/setup.sh starts them).
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shutil
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.report import Row, ms, print_rows
+from benchmarks.report import Row, ms, run_main
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
@@ -173,14 +172,10 @@ def rows(quick: bool, rounds: int | None = None, kill_rounds: int | None = None)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 20; 5 with --quick)")
-    parser.add_argument("--kill-rounds", type=int, help="SIGKILLed runners per daemon setup (default 5)")
-    parser.add_argument("--quick", action="store_true", help="containerd only, no SIGKILLed runners")
-    args = parser.parse_args()
-    print_rows("container-pause through the plugin's session against HelloWorldChaos (medians)",
-               rows(args.quick, args.rounds, args.kill_rounds))
-    return 0
+    return run_main(__doc__, "container-pause through the plugin's session against HelloWorldChaos (medians)", rows,
+                    "containerd only, no SIGKILLed runners",
+                    ("--rounds", {"type": int, "help": "interleaved rounds (default 20; 5 with --quick)"}),
+                    ("--kill-rounds", {"type": int, "help": "SIGKILLed runners per daemon setup (default 5)"}))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Run as root:  python3 -m benchmarks.plugin_overhead [--quick]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import os
@@ -41,12 +40,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from types import FrameType
 
 from pytest_chaos_daemon.runtimes import containerd, docker
 
 from benchmarks.collection_cost import child_env
-from benchmarks.report import Row, print_rows
+from benchmarks.report import Row, run_main
 from pytest_chaos.embedded import EmbeddedDaemon
 
 TESTS, QUICK_TESTS = 1000, 200
@@ -181,6 +179,8 @@ def run_pytest(args: Sequence[str], cwd: str, expected: int, env: dict[str, str]
 
 
 def rows(quick: bool) -> list[Row]:
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the daemon enters other processes' namespaces")
     count, rounds = (QUICK_TESTS, QUICK_ROUNDS) if quick else (TESTS, ROUNDS)
     work = tempfile.mkdtemp(prefix="bench-plugin-overhead-")
     try:
@@ -225,24 +225,9 @@ def rows(quick: bool) -> list[Row]:
     ]
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks remove what the benchmark started."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_TESTS} tests, {QUICK_ROUNDS} round")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("run as root: the daemon enters other processes' namespaces")
-    exit_on_sigterm()
-    print_rows("Plugin overhead: chaos markers against direct daemon RPCs, pytest wall clock, medians",
-               rows(args.quick))
-    return 0
+    return run_main(__doc__, "Plugin overhead: chaos markers against direct daemon RPCs, pytest wall clock, medians",
+                    rows, f"{QUICK_TESTS} tests, {QUICK_ROUNDS} round")
 
 
 if __name__ == "__main__":

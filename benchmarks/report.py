@@ -8,13 +8,17 @@ compared: absolute times vary on a shared machine, ratios much less.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,24 @@ def print_rows(title: str, rows: Sequence[Row]) -> None:
     print(machine())
     print(table(rows))
     sys.stdout.flush()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks remove what a benchmark started."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_main(doc: str, title: str, rows: Callable[..., list[Row]], quick_help: str,
+             *options: tuple[str, dict[str, Any]]) -> int:
+    """A benchmark module's command line: ``--quick`` and ``options``, passed to ``rows`` by name; one table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    for flag, settings in options:
+        parser.add_argument(flag, **settings)
+    arguments = vars(parser.parse_args())
+    exit_on_sigterm()
+    print_rows(title, rows(arguments.pop("quick"), **arguments))
+    return 0

@@ -27,7 +27,6 @@ Run with the cluster up (scripts/setup.sh; the chaos daemon is not used):
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -41,7 +40,7 @@ from typing import Any
 
 from pytest_chaos_cluster.settings import Layout
 
-from benchmarks.report import Row, ms, print_rows
+from benchmarks.report import Row, ms, run_main
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import PAGE_SIZE, KubernetesBackend
 
@@ -322,13 +321,8 @@ def _mb(size: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 and 5,000 pods, fewer rounds")
-    parser.add_argument("--kubeconfig", default=DEFAULT_KUBECONFIG)
-    args = parser.parse_args()
-    print_rows("Pod selection over many pods in the API (kubernetes backend, no daemon call)",
-               rows(args.quick, args.kubeconfig))
-    return 0
+    return run_main(__doc__, "Pod selection over many pods in the API (kubernetes backend, no daemon call)", rows,
+                    "500 and 5,000 pods, fewer rounds", ("--kubeconfig", {"default": DEFAULT_KUBECONFIG}))
 
 
 if __name__ == "__main__":

@@ -234,11 +234,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Validate every chaos marker at collection, so a bad one fails the run before anything is injected."""
     session = config.stash[SESSION_KEY]
     problems = []
+    # Markers repeat (a module's pytestmark, a parametrized test's): each distinct one is checked once.
+    checked: dict[tuple[str, str, str], list[ExperimentSpec]] = {}
     for item in items:
         specs = []
         for mark in markers_in_order(item):
+            key = (repr(mark.args), repr(mark.kwargs), str(item.path.parent))
             try:
-                specs += session.specs(mark.args, dict(mark.kwargs), str(item.path.parent))
+                if key not in checked:
+                    checked[key] = session.specs(mark.args, dict(mark.kwargs), key[2])
+                specs += checked[key]
             except ChaosSpecError as err:
                 problems.append(f"{item.nodeid}: @pytest.mark.chaos {err.field}: {err.message}")
         if specs:

@@ -102,6 +102,14 @@ def test_a_duration_ends_the_pause_while_the_test_runs(pytester, kube, counter_p
     assert advancing(pid)
 
 
+def replace_daemon(kube) -> str:
+    """A test body's line: delete the daemon pod and wait for the DaemonSet's new one."""
+    kubectl = [str(kube.kubectl_path), f"--kubeconfig={kube.kubeconfig}", "-n", "chaos-testing"]
+    delete = [*kubectl, "delete", "pod", "-l", "app.kubernetes.io/name=chaos-daemon", "--wait=true"]
+    replaced = [*kubectl, "rollout", "status", "daemonset/chaos-daemon", "--timeout=120s"]
+    return "; ".join(f"subprocess.run({argv!r}, check=True, capture_output=True)" for argv in (delete, replaced))
+
+
 def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, kube, counter_pod):
     pid = counter_pid(kube)
     result = run_suite(pytester, kube, f"""
@@ -112,11 +120,7 @@ def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, k
 
         @pytest.mark.chaos("container-pause", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all")
         def test_daemon_replaced(chaos):
-            kubectl = ["{kube.kubectl_path}", "--kubeconfig={kube.kubeconfig}", "-n", "chaos-testing"]
-            subprocess.run([*kubectl, "delete", "pod", "-l", "app.kubernetes.io/name=chaos-daemon", "--wait=true"],
-                           check=True, capture_output=True)
-            subprocess.run([*kubectl, "rollout", "status", "daemonset/chaos-daemon", "--timeout=120s"],
-                           check=True, capture_output=True)
+            {replace_daemon(kube)}
             before = count()
             time.sleep(0.6)
             assert count() == before  # still paused: the new daemon kept it
@@ -135,11 +139,7 @@ def test_the_next_experiment_finds_a_replaced_daemon_pod(pytester, kube, counter
 
         @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", source="proc")
         def test_1_then_the_daemon_is_replaced(chaos):
-            kubectl = ["{kube.kubectl_path}", "--kubeconfig={kube.kubeconfig}", "-n", "chaos-testing"]
-            subprocess.run([*kubectl, "delete", "pod", "-l", "app.kubernetes.io/name=chaos-daemon", "--wait=true"],
-                           check=True, capture_output=True)
-            subprocess.run([*kubectl, "rollout", "status", "daemonset/chaos-daemon", "--timeout=120s"],
-                           check=True, capture_output=True)
+            {replace_daemon(kube)}
 
         @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", source="proc")
         def test_2_applies_through_the_new_daemon(chaos):
