@@ -19,14 +19,13 @@ import shutil
 import sys
 import tempfile
 
-from pytest_chaos_cluster.settings import Layout
-
 from benchmarks.report import Row, ms, run_main
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
+from pytest_chaos_cluster.settings import Layout
 from tests.support.targets import Targets, make_busybox_rootfs
 
 DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)

@@ -38,11 +38,10 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from pytest_chaos_cluster.settings import Layout
-
 from benchmarks.report import Row, ms, run_main
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import PAGE_SIZE, KubernetesBackend
+from pytest_chaos_cluster.settings import Layout
 
 DEFAULT_KUBECONFIG = os.environ.get("PYTEST_CHAOS_KUBECONFIG", str(Layout().admin_kubeconfig))
 NAMESPACE_PREFIX = "chaos-bench-select-"
