@@ -191,6 +191,15 @@ def test_process_kill_without_a_match_fails_naming_the_target_the_pattern_and_it
     assert running("sleep 4607")
 
 
+def test_process_kill_waits_briefly_for_a_match_that_is_about_to_run(daemon, targets):
+    # A loop's short-lived child can be between runs when the request comes: it is matched when it starts.
+    pid = targets.process("sh", "-c", "s=sl; sleep 0.5; ${s}eep 4622")  # its own command line spells no "sleep 4622"
+    assert not running("sleep 4622")
+    reply = apply(daemon, f"pid://{pid}", process_kill=pb.ProcessKill(process="^sleep 4622$"))
+    assert [p.command for p in reply.processes] == ["sleep 4622"]
+    wait_for(lambda: not running("sleep 4622"), "the sleep to end")
+
+
 def test_process_kill_in_the_daemons_own_pid_namespace_spares_the_daemon_and_kernel_threads(daemon):
     # A pid:// process without a pid namespace of its own sees every process of the node.
     # Each alternative names exactly one process (the daemon by its socket, unique to this test), so
