@@ -19,6 +19,10 @@ from .errors import ChaosError
 from .transport import DaemonClient
 
 START_TIMEOUT_S = 20.0
+# The plugin's own daemons journal here, apart from a node daemon's default (/var/lib/pytest-chaos/daemon, the
+# DaemonSet's hostPath): one run's daemon takes over what a killed one left, and never a cluster daemon's faults
+# (their successor pod must find them).
+EMBEDDED_STATE_DIR = "/var/lib/pytest-chaos/embedded"
 SERVING_POLL_S = 0.01
 SOCKET_NAME = "daemon.sock"
 # sun_path holds 108 bytes, the last one a NUL.

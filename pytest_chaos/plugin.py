@@ -21,7 +21,7 @@ from pytest_chaos_daemon.api.contract import CONTAINERD_SOCKET, DOCKER_SOCKET
 from .backends import BACKENDS, Backend
 from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
 from .backends.local import LocalBackend
-from .embedded import EmbeddedDaemon
+from .embedded import EMBEDDED_STATE_DIR, EmbeddedDaemon
 from .errors import ChaosError, ChaosSpecError
 from .kinds import KINDS
 from .model import Experiment, ExperimentSpec
@@ -161,7 +161,8 @@ def _backend(config: pytest.Config) -> Backend:
         # pid:// targets are the local backend's own: its daemon accepts them.
         embedded = EmbeddedDaemon(
             # No one restarts it: what is in force when it stops is recovered then.
-            ["--allow-pid-targets", "--recover-on-exit", "--containerd-socket", containerd_socket,
+            ["--allow-pid-targets", "--recover-on-exit", "--state-dir", EMBEDDED_STATE_DIR,
+             "--containerd-socket", containerd_socket,
              "--docker-socket", docker_socket]
             + [arg for ns in namespaces for arg in ("--containerd-namespace", ns)]
         )

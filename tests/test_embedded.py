@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pytest_chaos_daemon.journal import DEFAULT_STATE_DIR
 
-from pytest_chaos.embedded import MAX_SOCKET_PATH, SHORT_PARENTS
+from pytest_chaos.embedded import EMBEDDED_STATE_DIR, MAX_SOCKET_PATH, SHORT_PARENTS
 from pytest_chaos.transport import DaemonClient
 
 pytestmark = pytest.mark.usefixtures("_root_only")
@@ -253,6 +254,22 @@ def test_long_tmpdir_falls_back_to_a_short_socket_directory(pytester, isolated_p
     assert len(socket_path.encode()) <= MAX_SOCKET_PATH
     assert os.path.dirname(os.path.dirname(socket_path)) in SHORT_PARENTS
     assert not os.path.exists(os.path.dirname(socket_path))
+
+
+def test_the_plugins_daemon_journals_apart_from_a_node_daemons_journal(pytester, isolated_pid):
+    # Else it would take over what a replaced DaemonSet pod on the same machine left for its successor.
+    pid = isolated_pid("9603")
+    pytester.makepyfile(test_user=f"""
+        import os
+        import pytest
+
+        @pytest.mark.chaos("container-pause", selector={{"pids": [{pid}]}}, mode="all")
+        def test_app(chaos):
+            record = chaos.experiments[0].targets[0].injection_id + ".json"
+            assert os.path.exists(os.path.join({EMBEDDED_STATE_DIR!r}, "injections", record))
+            assert not os.path.exists(os.path.join({DEFAULT_STATE_DIR!r}, "injections", record))
+    """)
+    pytester.runpytest_subprocess("-p", "chaos").assert_outcomes(passed=1)
 
 
 def test_daemon_started_from_a_short_lived_thread_outlives_that_thread(pytester, isolated_pid):
