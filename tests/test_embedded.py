@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,22 +22,11 @@ from pytest_chaos_daemon.journal import DEFAULT_STATE_DIR
 
 from pytest_chaos.embedded import EMBEDDED_STATE_DIR, MAX_SOCKET_PATH, SHORT_PARENTS
 from pytest_chaos.transport import DaemonClient
+from tests.support.targets import wait_for
 
 pytestmark = pytest.mark.usefixtures("_root_only")
 
 DEADLINE_S = 20.0
-
-
-def eventually(predicate: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> object:
-    """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -145,7 +133,7 @@ def test_sigkill_of_pytest_mid_test_leaves_no_daemon_and_no_socket_directory(pyt
             [sys.executable, "-m", "pytest", "-p", "chaos", "-p", "no:cacheprovider", "-s", "test_user.py"],
             cwd=pytester.path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         ))
-    address = eventually(lambda: printed_socket(output, pytest_process), "the test to print its daemon", 60)
+    address = wait_for(lambda: printed_socket(output, pytest_process), "the test to print its daemon", 60)
     socket_path = address.removeprefix("unix://")
     directory = os.path.dirname(socket_path)
     [daemon_pid] = processes_mentioning(socket_path)
@@ -155,8 +143,8 @@ def test_sigkill_of_pytest_mid_test_leaves_no_daemon_and_no_socket_directory(pyt
     pytest_process.kill()
     pytest_process.wait()
 
-    eventually(lambda: not processes_mentioning(socket_path), f"the daemon (pid {daemon_pid}) to exit")
-    eventually(lambda: not os.path.exists(directory), f"{directory} to be removed")
+    wait_for(lambda: not processes_mentioning(socket_path), f"the daemon (pid {daemon_pid}) to exit", DEADLINE_S)
+    wait_for(lambda: not os.path.exists(directory), f"{directory} to be removed", DEADLINE_S)
 
 
 # The parent blocks SIGTERM and the daemon inherits the blocked mask, so the
@@ -180,14 +168,14 @@ def test_watchdog_alone_stops_the_daemon_and_removes_its_directory_when_its_pare
         stdout=subprocess.PIPE,
     ))
     daemon_pid = reaper.pid(int(parent.stdout.readline()))
-    eventually(lambda: is_serving(address), "the daemon to serve")
+    wait_for(lambda: is_serving(address), "the daemon to serve", DEADLINE_S)
     blocked = int(next(line for line in open(f"/proc/{daemon_pid}/status") if line.startswith("SigBlk:")).split()[1], 16)
     assert blocked & (1 << (signal.SIGTERM - 1)), "the daemon should have SIGTERM blocked"
 
     parent.kill()
     parent.wait()
 
-    eventually(lambda: not processes_mentioning(address), f"the daemon (pid {daemon_pid}) to exit")
+    wait_for(lambda: not processes_mentioning(address), f"the daemon (pid {daemon_pid}) to exit", DEADLINE_S)
     assert not os.path.exists(directory)
     text = log.read_text()
     assert '"the parent process is gone; shutting down"' in text and '"how": "exited"' in text, text
@@ -210,7 +198,7 @@ def test_daemon_stopped_by_sigterm_removes_its_directory(tmp_path, reaper):
     address = f"unix://{directory}/daemon.sock"
     daemon = reaper.child(subprocess.Popen(daemon_argv(address, "--remove-on-exit", directory),
                                            stderr=subprocess.DEVNULL))
-    eventually(lambda: is_serving(address), "the daemon to serve")
+    wait_for(lambda: is_serving(address), "the daemon to serve", DEADLINE_S)
     daemon.terminate()
     assert daemon.wait(timeout=DEADLINE_S) == 0
     assert not os.path.exists(directory)
@@ -222,7 +210,7 @@ def test_directory_that_no_longer_passes_the_rules_at_exit_is_left_alone(tmp_pat
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
         daemon = reaper.child(subprocess.Popen(daemon_argv(address, "--remove-on-exit", directory), stderr=out))
-    eventually(lambda: is_serving(address), "the daemon to serve")
+    wait_for(lambda: is_serving(address), "the daemon to serve", DEADLINE_S)
     os.chmod(directory, 0o755)
     daemon.terminate()
     assert daemon.wait(timeout=DEADLINE_S) == 0
@@ -303,7 +291,7 @@ def test_second_daemon_on_a_live_daemons_socket_refuses_and_the_first_keeps_serv
     path = tmp_path / "daemon.sock"
     address = f"unix://{path}"
     reaper.child(subprocess.Popen(daemon_argv(address), stderr=subprocess.DEVNULL))
-    eventually(lambda: is_serving(address), "the first daemon to serve")
+    wait_for(lambda: is_serving(address), "the first daemon to serve", DEADLINE_S)
 
     second = subprocess.run(daemon_argv(address), capture_output=True, text=True, timeout=60)
 
@@ -320,7 +308,7 @@ def test_stale_socket_file_is_replaced(tmp_path, reaper):
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     address = f"unix://{path}"
     reaper.child(subprocess.Popen(daemon_argv(address), stderr=subprocess.DEVNULL))
-    eventually(lambda: is_serving(address), "the daemon to serve on the stale socket's path")
+    wait_for(lambda: is_serving(address), "the daemon to serve on the stale socket's path", DEADLINE_S)
 
 
 def test_file_that_is_not_a_socket_is_not_replaced(tmp_path):

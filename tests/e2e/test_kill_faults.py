@@ -4,17 +4,20 @@ checked through the API server and the kubelet (restart counts, ``kubectl exec p
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
+
+from tests.support.targets import wait_for
 
 NAMESPACE = f"chaos-e2e-kill-{uuid.uuid4().hex[:6]}"
 # The shell's own command line never spells "sleep 4631", so a pattern naming one sleep matches it alone.
 SCRIPT = "s=sl; ${s}eep 4631 & ${s}eep 4632 & wait; exec sleep 3600"
 
+
+# The kubelet and kubectl exec are slow: a long wait, polled gently.
+SLOW = {"timeout": 90, "interval": 0.5}
 
 def deployment(name: str, command: list[str]) -> dict:
     labels = {"app": name}
@@ -63,16 +66,6 @@ def ps(kube, pod: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() not in ("ps -o args", "")]
 
 
-def eventually(predicate: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def run_suite(pytester, kube, source: str, *args: str):
     pytester.makepyfile(test_user=source)
     return pytester.runpytest_subprocess(*kube.pytest_args(*args))
@@ -99,7 +92,7 @@ def test_container_kill_restarts_the_pods_container_once(pytester, kube, workloa
         status = container_status(kube, pod)
         return status if status["restartCount"] == before["restartCount"] + 1 and "running" in status["state"] else None
 
-    after = eventually(restarted, "the kubelet to restart the killed container")
+    after = wait_for(restarted, "the kubelet to restart the killed container", **SLOW)
     assert after["containerID"] != before["containerID"]
     assert after["lastState"]["terminated"]["exitCode"] == 128 + 9  # SIGKILL
     assert pod_of(kube, "kill-me")["metadata"]["name"] == pod  # the same pod: its container restarted
@@ -107,7 +100,7 @@ def test_container_kill_restarts_the_pods_container_once(pytester, kube, workloa
 
 def test_process_kill_kills_the_named_process_in_a_pod(pytester, kube, workload):
     pod = pod_of(kube, "signal-me")["metadata"]["name"]
-    eventually(lambda: {"sleep 4631", "sleep 4632"} <= set(ps(kube, pod)), "both sleeps to start")
+    wait_for(lambda: {"sleep 4631", "sleep 4632"} <= set(ps(kube, pod)), "both sleeps to start", **SLOW)
     restarts = container_status(kube, pod)["restartCount"]
     result = run_suite(pytester, kube, f"""
         import pytest
@@ -121,7 +114,7 @@ def test_process_kill_kills_the_named_process_in_a_pod(pytester, kube, workload)
             assert target.mechanism == "SIGTERM to the matching processes (pidfd)"
     """)
     result.assert_outcomes(passed=1)
-    commands = eventually(lambda: (c := ps(kube, pod)) and "sleep 4631" not in c and c, "the sleep to end")
+    commands = wait_for(lambda: (c := ps(kube, pod)) and "sleep 4631" not in c and c, "the sleep to end", **SLOW)
     assert "sleep 4632" in commands
     assert any(c.startswith("sh -c") for c in commands), commands
     assert container_status(kube, pod)["restartCount"] == restarts

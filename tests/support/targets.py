@@ -23,6 +23,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -52,14 +53,15 @@ def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Compl
     return result
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> object:
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` every ``interval`` until it returns something true; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def running(argument: str) -> list[int]:
