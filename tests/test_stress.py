@@ -20,7 +20,7 @@ import pytest
 from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.faults.stress import STRESSOR_ID
-from pytest_chaos_daemon.tracking import HIERARCHY
+from pytest_chaos_daemon.tracking import DEFAULT_MOUNT_POINT, HIERARCHY
 
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
@@ -214,7 +214,8 @@ def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(
     for stressor in stressors:
         assert cgroup_of(stressor, "cpuacct") == cgroup_of(pid, "cpuacct")
         # The journal names the cgroup the new stressors are in: recovery will find them.
-        assert cgroup_of(stressor, HIERARCHY) == journaled["plan"]["cgroup"]
+        [tracking] = [m.path for m in procfs.read_cgroups(stressor) if HIERARCHY in m.controllers]
+        assert DEFAULT_MOUNT_POINT + tracking == journaled["plan"]["cgroup"]
 
     status = recover(second.stub, "stress-restart")
 

@@ -16,7 +16,7 @@ import subprocess
 import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.tracking import DEFAULT_MOUNT_POINT
+from pytest_chaos_daemon.tracking import HIERARCHY
 
 from tests.support.targets import gone, running, wait_for
 
@@ -67,13 +67,12 @@ def test_daemon_shutdown_kills_running_probes(start_daemon, targets, tmp_path):
     assert gone("sleep 4246") and gone("sleep 4247")
 
 
-def test_next_start_kills_what_a_dead_daemon_left(start_daemon):
-    start_daemon()  # mounts the tracking hierarchy
+def test_next_start_kills_what_a_dead_daemon_left(start_daemon, mounted_hierarchy):
     # What a daemon killed together with its helpers leaves: a process in its probe cgroup.
     pid_namespace = os.stat("/proc/self/ns/pid").st_ino
     dead = subprocess.Popen(["true"])
     dead.wait()
-    leftover_dir = os.path.join(DEFAULT_MOUNT_POINT, f"d-{pid_namespace}-{dead.pid}-1", "p-0")
+    leftover_dir = os.path.join(mounted_hierarchy, f"d-{pid_namespace}-{dead.pid}-1", "p-0")
     os.makedirs(leftover_dir)
     leftover = subprocess.Popen(["sleep", "4248"])
     try:
@@ -89,6 +88,27 @@ def test_next_start_kills_what_a_dead_daemon_left(start_daemon):
             leftover.wait()
 
 
+def test_the_hierarchy_is_in_no_mount_table(start_daemon, targets, tmp_path):
+    """runc mounts every v1 hierarchy of the mount table into a --cgroupns=private container (a kind
+    node) and knows no named one but systemd: a hierarchy left mounted would stop such containers."""
+    daemon = start_daemon("--containerd-namespace", "*")
+    container_id = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4250\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(hello, daemon, container_id, 5)
+        wait_for(lambda: running("sleep 4250"), "the probe to start")
+        [probe] = running("sleep 4250")
+        assert HIERARCHY in open(f"/proc/{probe}/cgroup").read()  # tracked all the same
+        for table in ("/proc/self/mountinfo", f"/proc/{daemon.process.pid}/mountinfo"):
+            assert HIERARCHY not in open(table).read(), table
+        started = subprocess.run(["docker", "run", "--rm", "--privileged", "--cgroupns=private",
+                                  "--network=none", targets.docker_image(), "true"],
+                                 capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stderr
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
+    assert gone("sleep 4250")
+
+
 def test_a_live_daemons_probes_are_left_alone(start_daemon, targets, tmp_path):
     first = start_daemon("--containerd-namespace", "*")
     container_id = targets.containerd_with_sh(tmp_path, "exec /bin/busybox sleep 4249\n")
@@ -100,3 +120,15 @@ def test_a_live_daemons_probes_are_left_alone(start_daemon, targets, tmp_path):
         with pytest.raises(grpc.RpcError):
             call.result(timeout=30)
     assert gone("sleep 4249")
+
+
+
+@pytest.fixture
+def mounted_hierarchy(tmp_path):
+    """The daemons' tracking hierarchy, mounted for this test at a directory of its own."""
+    mount_point = tmp_path / "probes"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "cgroup", "-o", f"none,{HIERARCHY}", "pytest-chaos-probes", str(mount_point)],
+                   check=True)
+    yield str(mount_point)
+    subprocess.run(["umount", str(mount_point)], check=True)

@@ -140,12 +140,13 @@ class ChildProcesses:
     async def stop(self, cgroup: str) -> int:
         """End a started program (SIGTERM, then SIGKILL to everything in its tracking cgroup ``cgroup``) and
         remove the cgroup; how many processes it held when stopping began."""
-        members = len(_members(cgroup))
+        real = self.tracker.real(cgroup)
+        members = len(_members(real))
         started = self._started.pop(cgroup, None)
         if started is not None:
-            _terminate(started.process.pid, cgroup)
+            _terminate(started.process.pid, real)
             deadline = time.monotonic() + STOP_WAIT_S
-            while _program_of(started.process.pid, cgroup) and time.monotonic() < deadline:
+            while _program_of(started.process.pid, real) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         killed = self.tracker.discard(cgroup)
         if started is not None:
@@ -177,20 +178,21 @@ class ChildProcesses:
 
     def _kill(self, process: asyncio.subprocess.Process, probe: Probe | None) -> None:
         if probe is not None:
-            kill_cgroup(probe.path)
+            kill_cgroup(probe.real)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
 
     def kill_all(self) -> None:
         for process, probe in list(self._running.items()):
             self._kill(process, probe)
-        for cgroup, started in self._started.items():
-            _terminate(started.process.pid, cgroup)
+        started_in = {self.tracker.real(cgroup): started for cgroup, started in self._started.items()}
+        for real, started in started_in.items():
+            _terminate(started.process.pid, real)
         deadline = time.monotonic() + STOP_WAIT_S
-        while any(_program_of(s.process.pid, c) for c, s in self._started.items()) and time.monotonic() < deadline:
+        while any(_program_of(s.process.pid, c) for c, s in started_in.items()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        for cgroup, started in list(self._started.items()):
-            kill_cgroup(cgroup)
+        for real, started in started_in.items():
+            kill_cgroup(real)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(started.process.pid, signal.SIGKILL)
 
@@ -260,7 +262,11 @@ class Confiner:
         ready: Callable[[], bool], env: Mapping[str, str] | None, timeout_s: float, where: str,
     ) -> str:
         try:
-            track = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            real = self.children.tracker.real(cgroup)
+        except ValueError as err:  # a journaled path that is not a tracking cgroup
+            raise FailedPrecondition(str(err)) from None
+        try:
+            track = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             raise FailedPrecondition(f"the tracking cgroup {cgroup} is gone: {err.strerror}") from None
         argv = [self.helper, "--track-fd", str(track), *confine_args, "--", *program]
@@ -283,6 +289,20 @@ class Confiner:
         finally:
             exited.cancel()
         return cgroup
+
+    def members(self, cgroup: str) -> set[int]:
+        """The processes in the tracking cgroup named ``cgroup`` (none once it is gone)."""
+        try:
+            return _members(self.children.tracker.real(cgroup))
+        except ValueError:
+            return set()
+
+    def exists(self, cgroup: str) -> bool:
+        """Whether the tracking cgroup named ``cgroup`` is still there."""
+        try:
+            return os.path.isdir(self.children.tracker.real(cgroup))
+        except ValueError:
+            return False
 
     async def stop(self, cgroup: str) -> int:
         """Kill everything ``start`` left running in ``cgroup`` (or a daemon that is gone did) and remove the

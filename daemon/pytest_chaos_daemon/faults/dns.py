@@ -108,18 +108,9 @@ async def _start_responder(ctx: FaultContext, namespace: rules.Namespace, params
     cgroup = undo["cgroups"][0]
 
     def ready() -> bool:
-        return _listening_in(cgroup, undo["port"])
+        return any(_listening(pid, undo["port"]) for pid in ctx.confiner.members(cgroup))
 
     await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where)
-
-
-def _listening_in(cgroup: str, port: int) -> bool:
-    try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            pids = f.read().split()
-    except OSError:
-        return False
-    return any(_listening(pid, port) for pid in pids)
 
 
 def _listening(pid: int | str, port: int) -> bool:

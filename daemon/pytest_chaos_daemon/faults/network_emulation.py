@@ -147,15 +147,8 @@ async def _start_queues(ctx: FaultContext, namespace: rules.Namespace, params: d
             program += ["--seed", str(params["seed"])]
 
         def ready(queue: int = queue, cgroup: str = cgroup) -> bool:
-            return any(queue in rules.bound_queues(pid) for pid in _members(cgroup))
+            return any(queue in rules.bound_queues(pid) for pid in ctx.confiner.members(cgroup))
 
         await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where)
 
-
-def _members(cgroup: str) -> list[int]:
-    try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            return [int(pid) for pid in f.read().split()]
-    except OSError:
-        return []
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from .. import procfs
@@ -90,11 +91,11 @@ class Stress:
 
     async def recover(self, ctx: FaultContext, record: Record) -> str:
         cgroup, tag = record.plan["cgroup"], record.plan["tag"]
-        running = len(_stress_ng_in(cgroup))
+        running = len(_stress_ng_among(ctx.confiner.members(cgroup)))
         await ctx.confiner.stop(cgroup)
         # Checked from /proc, not taken from the kill: a recovery that missed them must not pass.
         left = tagged_stressors(tag)
-        if left or os.path.isdir(cgroup):
+        if left or ctx.confiner.exists(cgroup):
             raise FailedPrecondition(f"stress-ng is still running after recovery: host pids {left or '?'} "
                                      f"(tracking cgroup {cgroup})")
         if not running:
@@ -147,7 +148,7 @@ async def _start(ctx: FaultContext, target: HeldTarget, params: dict[str, Any], 
     cgroup = undo["cgroup"]
 
     def ready() -> bool:  # stress-ng runs and has dispatched at least one worker
-        return len(_stress_ng_in(cgroup)) >= 2
+        return len(_stress_ng_among(ctx.confiner.members(cgroup))) >= 2
 
     await ctx.confiner.start(
         target, [_stress_ng(), *stress_ng_arguments(params)], cgroup, ready,
@@ -164,12 +165,7 @@ def _is_stress_ng(pid: int | str) -> bool:
         return False
 
 
-def _stress_ng_in(cgroup: str) -> list[int]:
-    try:
-        with open(os.path.join(cgroup, "cgroup.procs")) as f:
-            pids = [int(line) for line in f if line.strip()]
-    except OSError:
-        return []
+def _stress_ng_among(pids: Iterable[int]) -> list[int]:
     return [pid for pid in pids if _is_stress_ng(pid)]
 
 
