@@ -17,6 +17,7 @@ The small ``pause`` binary for the sandbox image is built here too.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -32,7 +33,8 @@ from pathlib import Path
 from .settings import Layout
 from .util import ClusterError, log, require_tools
 
-K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl")
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl",
+                "kubeadm", "kube-proxy")  # the last two for the kind node image
 
 _LOCAL_REPLACE = re.compile(r"^\s*(?:replace\s+)?(\S+)\s*=>\s*(\.\.?/\S+)\s*$", re.M)
 _GO_DIRECTIVE = re.compile(r"^go\s+(\S+)\s*$", re.M)
@@ -297,6 +299,26 @@ def build_pause(layout: Layout) -> Path:
     src.mkdir(parents=True, exist_ok=True)
     (src / "go.mod").write_text("module pytest-chaos.local/pause\n\ngo 1.21\n")
     (src / "main.go").write_text(PAUSE_SOURCE)
+    subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + ".tmp", "."],
+                   cwd=src, env=go_env(), check=True)
+    os.replace(str(out) + ".tmp", out)
+    return out
+
+
+BOUNDED_RUNC_SOURCE = Path(__file__).with_name("native") / "runc_bounded_caps.go"
+
+
+def build_bounded_runc(layout: Layout) -> Path:
+    """Build the static ``runc-bounded-caps`` (native/runc_bounded_caps.go), cached by its source's digest."""
+    source = BOUNDED_RUNC_SOURCE.read_bytes()
+    out = layout.cache / "runc-bounded-caps" / hashlib.sha256(source).hexdigest()[:12] / "runc-bounded-caps"
+    if out.is_file():
+        return out
+    require_tools(GO_REQUIREMENT)
+    src = out.parent / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text("module pytest-chaos.local/runc-bounded-caps\n\ngo 1.22\n")
+    (src / "main.go").write_bytes(source)
     subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + ".tmp", "."],
                    cwd=src, env=go_env(), check=True)
     os.replace(str(out) + ".tmp", out)
