@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine, as root, for pytest-chaos and its tests:
 # Debian packages, the Python package, crictl, running containerd and Docker
-# Engine daemons, and a single-node Kubernetes cluster (pytest-chaos-cluster)
+# Engine daemons, and a three-node kind cluster (pytest-chaos-cluster kind up)
 # with the chaos daemon deployed and the tutorial's busybox workload.
 # Idempotent: run it again at any time.
 #
-#   scripts/setup.sh               # everything (a first run builds Kubernetes: ~6 min on 2 cores)
+#   scripts/setup.sh               # everything (a first run builds Kubernetes, kind and CoreDNS: ~12 min on 2 cores)
 #   scripts/setup.sh --no-cluster  # the local backend only
 #   SKIP_APT=1 scripts/setup.sh    # Debian packages already installed
 set -euo pipefail
@@ -89,40 +89,57 @@ if ! ctr version >/dev/null 2>&1; then
     wait_for 30 containerd ctr version
 fi
 
+# Docker 20.10 gives a --privileged container (a kind node) every capability the kernel knows; where this
+# machine's bounding set lacks some, runc refuses, so dockerd runs them through runc-bounded-caps.
+dockerd_args=(--containerd=/run/containerd/containerd.sock --bridge=none --iptables=false)
+if [[ $(awk '/^CapBnd:/ {print $2}' /proc/self/status) != $(printf '%016x' $(( (1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1 ))) ]]; then
+    bounded_runc=$(python3 -m pytest_chaos_cluster kind docker-runtime)
+    dockerd_args+=(--add-runtime "bounded-runc=$bounded_runc" --default-runtime bounded-runc)
+    if docker version >/dev/null 2>&1 && [[ $(docker info --format '{{.DefaultRuntime}}') != bounded-runc ]]; then
+        step "restarting dockerd with the runtime bounded-runc (this machine lacks capabilities)"
+        pkill -x dockerd
+        wait_for 60 "dockerd to stop" sh -c '! pgrep -x dockerd'
+    fi
+fi
 if ! docker version >/dev/null 2>&1; then
     step "starting dockerd on the system containerd, off the host network (log: $LOG_DIR/dockerd.log)"
-    nohup dockerd --containerd=/run/containerd/containerd.sock --bridge=none --iptables=false \
-        >"$LOG_DIR/dockerd.log" 2>&1 &
+    nohup dockerd "${dockerd_args[@]}" >"$LOG_DIR/dockerd.log" 2>&1 &
     wait_for 60 dockerd docker version
 fi
 
 if [[ -n $WITH_CLUSTER ]]; then
-    step "Kubernetes: pytest-chaos-cluster up (builds the binaries on its first run)"
-    kubeconfig=$(python3 -m pytest_chaos_cluster up | tail -n 1)
+    step "Kubernetes: the kind bed (one control plane, two workers; builds kind and its images on its first run)"
+    kubeconfig=$(python3 -m pytest_chaos_cluster kind up | tail -n 1)
     bin_dir=$(python3 -c 'from pytest_chaos_cluster.settings import Layout; print(Layout().k8s_bin)')
-    kubectl=("$bin_dir/kubectl" "--kubeconfig=$kubeconfig")
-    if ! command -v kubectl >/dev/null; then
-        ln -sf "$bin_dir/kubectl" /usr/local/bin/kubectl
-    fi
-    if [[ ! -e ~/.kube/config ]]; then
-        mkdir -p ~/.kube && ln -s "$kubeconfig" ~/.kube/config
+    for tool in kubectl kind; do
+        if ! command -v "$tool" >/dev/null; then
+            case $tool in
+                kubectl) ln -sf "$bin_dir/kubectl" /usr/local/bin/kubectl ;;
+                kind) ln -sf "$(python3 -c 'from pytest_chaos_cluster.kind.images import kind_binary
+from pytest_chaos_cluster.settings import Layout; print(kind_binary(Layout()))')" /usr/local/bin/kind ;;
+            esac
+        fi
+    done
+    if [[ ! -e ~/.kube/config || -L ~/.kube/config ]]; then
+        mkdir -p ~/.kube && ln -sfn "$kubeconfig" ~/.kube/config
     elif [[ $(readlink -f ~/.kube/config) != "$(readlink -f "$kubeconfig")" ]]; then
         echo "note: ~/.kube/config is not this cluster's; use --chaos-kubeconfig=$kubeconfig"
     fi
 
-    step "the chaos daemon (mutual TLS; certificates in daemon/deploy/certs) and the tutorial's workload"
+    step "the chaos daemon (mutual TLS; certificates in daemon/deploy/certs) and the tutorial's workload, as the README's kind section does"
+    export KUBECONFIG=$kubeconfig
     new_certs=
     if [[ ! -e daemon/deploy/certs/ca.crt ]]; then
         pytest-chaos-daemon-certs --out daemon/deploy/certs >/dev/null
         new_certs=1
     fi
-    "${kubectl[@]}" apply -k daemon/deploy
+    kubectl apply -k daemon/deploy
     # A daemon reads its certificate at start: new certificates need new pods.
-    [[ -z $new_certs ]] || "${kubectl[@]}" -n chaos-testing rollout restart daemonset/chaos-daemon
-    "${kubectl[@]}" apply -f example_tests/kubernetes/manifests/busybox.yaml
-    "${kubectl[@]}" -n chaos-testing rollout status daemonset/chaos-daemon --timeout=180s
-    "${kubectl[@]}" -n busybox rollout status statefulset/busybox --timeout=180s
-    echo "kubeconfig: $kubeconfig    stop the cluster: python3 -m pytest_chaos_cluster down"
+    [[ -z $new_certs ]] || kubectl -n chaos-testing rollout restart daemonset/chaos-daemon
+    kubectl apply -f example_tests/kubernetes/manifests/busybox.yaml
+    kubectl -n chaos-testing rollout status daemonset/chaos-daemon --timeout=180s
+    kubectl -n busybox rollout status statefulset/busybox --timeout=180s
+    echo "kubeconfig: $kubeconfig    delete the cluster: python3 -m pytest_chaos_cluster kind down"
 fi
 
 step "ready: containerd $(ctr version 2>/dev/null | awk '/Version/{print $2; exit}'), Docker $(docker version --format '{{.Server.Version}}')"

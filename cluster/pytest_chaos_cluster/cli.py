@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from . import settings
+from .kind.bed import BOUNDED_RUNTIME
+from .kind.images import KIND_VERSION
 from .util import ClusterError
 
 
@@ -37,6 +39,23 @@ docker.io + mmdebstrap for the daemon image); Go >= 1.24 to build the binaries.
   down    stop everything `up` started and remove pods, mounts, network devices
           and iptables rules it left (idempotent)
   status  show which components run and whether the node is Ready (exit 1 if not)
+  kind    the multi-node bed instead: kind {KIND_VERSION} with one control plane and two workers,
+          on Docker Engine, from images built here (`kind --help`)
+"""
+
+
+KIND_DESCRIPTION = f"""\
+A real kind {KIND_VERSION} cluster (one control plane, two workers) for the multi-node
+end-to-end tests, with nothing pulled from a registry: kind, CoreDNS, a Debian bookworm
+base image (mmdebstrap) and a node image for Kubernetes {settings.K8S_VERSION} are built
+here and cached; the pod network is our own (kindnetd is not available here).
+
+  up      build what is missing, create the cluster (or find it up), route the nodes'
+          pod CIDRs (also from this host), wait for every node to be Ready and load the
+          daemon and busybox images with `kind load docker-image`; prints the
+          kubeconfig path last. Then deploy as the README says: kubectl apply -k daemon/deploy
+  down    delete the cluster, its Docker network and this host's routes to its pods
+  status  the nodes (exit 1 unless all are Ready)
 """
 
 
@@ -57,7 +76,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pytest_chaos_cluster", description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{build,up,down,status}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{build,up,down,status,kind}")
 
     b = sub.add_parser("build", help="build and cache the binaries (seconds when cached)",
                        description="Build the cluster binaries from the Go module proxy into "
@@ -107,6 +126,31 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show components and node readiness (exit 1 unless all is up)",
                        description="Show each component's PID and whether the node is Ready.")
     _common(s)
+
+    k = sub.add_parser("kind", help="the multi-node bed: a kind cluster built without a registry",
+                       description=KIND_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kind_sub = k.add_subparsers(dest="kind_command", required=True, metavar="{up,down,status,docker-runtime}")
+    ku = kind_sub.add_parser("up", help="build, create and prepare the kind cluster; prints its kubeconfig")
+    _common(ku)
+    ku.add_argument("--workers", type=int, default=2, help="worker nodes besides the control plane "
+                                                           "(default: %(default)s)")
+    ku.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
+                    help="how long to wait for the nodes (default: %(default)s)")
+    ku.add_argument("--repo", type=Path, default=None,
+                    help="pytest-chaos checkout whose daemon/Dockerfile builds the daemon image")
+    kd = kind_sub.add_parser("down", help="delete the cluster, its network and routes (idempotent)")
+    _common(kd)
+    kd.add_argument("--verify", action="store_true",
+                    help="then exit 1, naming them, if node containers, the network, dangling volumes, "
+                         "routes or mounts of the bed are left")
+    _common(kind_sub.add_parser("status", help="show the nodes; exit 1 unless all are Ready"))
+    _common(kind_sub.add_parser(
+        "docker-runtime", help="build runc-bounded-caps and print its path",
+        description="Docker 20.10 gives a --privileged container (a kind node) every capability the kernel "
+                    "knows; where this machine's bounding set lacks some, runc refuses. runc-bounded-caps "
+                    "narrows a container's capabilities to the bounding set, then runs runc. Run dockerd with "
+                    f"--add-runtime {BOUNDED_RUNTIME}=PATH --default-runtime {BOUNDED_RUNTIME} "
+                    "(scripts/setup.sh does)."))
     return ap
 
 
@@ -126,10 +170,33 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down(layout, keep_data=args.keep_data, purge=args.purge)
         elif args.command == "status":
             return 0 if cluster.status(layout) else 1
+        elif args.command == "kind":
+            return _kind(args, layout)
     except ClusterError as exc:
         print(f"pytest-chaos-cluster: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pytest-chaos-cluster: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _kind(args: argparse.Namespace, layout: settings.Layout) -> int:
+    from .kind import bed
+    if args.kind_command == "up":
+        if args.workers < 1:
+            raise ClusterError(f"--workers must be at least 1 (got {args.workers}): the bed is multi-node")
+        kubeconfig = bed.up(layout, repo=(args.repo or default_repo()).resolve(), workers=args.workers,
+                            timeout=args.timeout)
+        print(kubeconfig)
+    elif args.kind_command == "down":
+        bed.down(layout)
+        left = bed.leftovers() if args.verify else []
+        if left:
+            raise ClusterError("the kind bed left: " + ", ".join(left))
+    elif args.kind_command == "docker-runtime":
+        from .build import build_bounded_runc
+        print(build_bounded_runc(layout))
+    else:
+        return 0 if bed.status(layout) else 1
     return 0

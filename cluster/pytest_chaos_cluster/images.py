@@ -368,40 +368,45 @@ def _pip_build_args(ctx: Path) -> list[str]:
     return args
 
 
-def ensure_daemon_image(inst: Containerd, layout: settings.Layout, repo: Path,
-                        image: str = settings.DAEMON_IMAGE) -> None:
-    """docker build daemon/Dockerfile (base: local Debian rootfs) and import into containerd."""
+def build_daemon_image(layout: settings.Layout, repo: Path, image: str = settings.DAEMON_IMAGE) -> str:
+    """docker build daemon/Dockerfile on the local Debian base (a running Docker Engine); returns the image id."""
     dockerfile = repo / "daemon" / "Dockerfile"
     if not dockerfile.is_file():
         raise ClusterError(f"{dockerfile} not found (pass --repo, or --no-daemon-image)")
     rootfs_tar = ensure_debian_rootfs(layout.images_cache)
+    base = settings.DAEMON_BASE_IMAGE
+    stamp = layout.images_cache / "debian-bookworm-python.imported"
+    marker = f"{rootfs_tar.stat().st_mtime_ns}"
+    if (run(["docker", "image", "inspect", base], check=False).returncode != 0
+            or not stamp.is_file() or stamp.read_text() != marker):
+        log(f"docker import {rootfs_tar.name} {base}")
+        run(["docker", "import", str(rootfs_tar), base], timeout=600)
+        stamp.write_text(marker)
+    with tempfile.TemporaryDirectory(prefix="pytest-chaos-ctx-") as ctx:
+        _build_context(repo, Path(ctx))
+        build_args = [f"BASE_IMAGE={base}", *_pip_build_args(Path(ctx))]
+        log(f"docker build -f daemon/Dockerfile -t {image} (BASE_IMAGE={base}) ...")
+        env = dict(os.environ, DOCKER_BUILDKIT="0")
+        build_log = layout.logs / "daemon-image-build.log"
+        build_log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["docker", "build", "--network", "host"]
+        for arg in build_args:
+            cmd += ["--build-arg", arg]
+        cmd += ["-f", str(Path(ctx) / "daemon" / "Dockerfile"), "-t", image, ctx]
+        with build_log.open("w") as lf:
+            proc = subprocess.run(cmd, env=env, stdout=lf, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join(build_log.read_text().splitlines()[-25:])
+            raise ClusterError(f"docker build of {image} failed; log: {build_log}\n{tail}")
+    return run(["docker", "image", "inspect", "--format", "{{.Id}}", image]).stdout.strip()
+
+
+def ensure_daemon_image(inst: Containerd, layout: settings.Layout, repo: Path,
+                        image: str = settings.DAEMON_IMAGE) -> None:
+    """docker build daemon/Dockerfile (base: local Debian rootfs) and import into containerd."""
     t0 = time.monotonic()
     with Dockerd(layout.state, inst.socket):
-        base = settings.DAEMON_BASE_IMAGE
-        stamp = layout.images_cache / "debian-bookworm-python.imported"
-        marker = f"{rootfs_tar.stat().st_mtime_ns}"
-        if (run(["docker", "image", "inspect", base], check=False).returncode != 0
-                or not stamp.is_file() or stamp.read_text() != marker):
-            log(f"docker import {rootfs_tar.name} {base}")
-            run(["docker", "import", str(rootfs_tar), base], timeout=600)
-            stamp.write_text(marker)
-        with tempfile.TemporaryDirectory(prefix="pytest-chaos-ctx-") as ctx:
-            _build_context(repo, Path(ctx))
-            build_args = [f"BASE_IMAGE={base}", *_pip_build_args(Path(ctx))]
-            log(f"docker build -f daemon/Dockerfile -t {image} (BASE_IMAGE={base}) ...")
-            env = dict(os.environ, DOCKER_BUILDKIT="0")
-            build_log = layout.logs / "daemon-image-build.log"
-            build_log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = ["docker", "build", "--network", "host"]
-            for arg in build_args:
-                cmd += ["--build-arg", arg]
-            cmd += ["-f", str(Path(ctx) / "daemon" / "Dockerfile"), "-t", image, ctx]
-            with build_log.open("w") as lf:
-                proc = subprocess.run(cmd, env=env, stdout=lf, stderr=subprocess.STDOUT, check=False)
-            if proc.returncode != 0:
-                tail = "\n".join(build_log.read_text().splitlines()[-25:])
-                raise ClusterError(f"docker build of {image} failed; log: {build_log}\n{tail}")
-        image_id = run(["docker", "image", "inspect", "--format", "{{.Id}}", image]).stdout.strip()
+        image_id = build_daemon_image(layout, repo, image)
         id_stamp = layout.images_cache / f"daemon-image.{inst.mode}.id"
         if image_digest(inst, image) is not None and id_stamp.is_file() and id_stamp.read_text() == image_id:
             log(f"image {image}: unchanged, already in containerd")

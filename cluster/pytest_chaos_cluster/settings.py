@@ -102,6 +102,11 @@ class Layout:
     def admin_kubeconfig(self) -> Path:
         return self.state / "admin.kubeconfig"
 
+    @property
+    def kind_kubeconfig(self) -> Path:
+        """The kind bed's admin kubeconfig (``pytest-chaos-cluster kind up``)."""
+        return self.state / "kind" / "kubeconfig"
+
     def binary(self, name: str) -> Path:
         """Path of a cached binary (``etcd`` or a Kubernetes component)."""
         if name == "etcd":

@@ -1,4 +1,4 @@
-"""A real cluster for end-to-end tests: the one ``pytest-chaos-cluster up`` brings up.
+"""A real cluster for end-to-end tests: the kind bed ``pytest-chaos-cluster kind up`` brings up.
 
 Needs the cluster running with the daemon deployed; its kubeconfig comes from
 ``PYTEST_CHAOS_KUBECONFIG`` or the cluster tool's default path. Missing, the
@@ -21,7 +21,7 @@ from tests.support.targets import require
 
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parents[1]
-DEFAULT_KUBECONFIG = str(Layout().admin_kubeconfig)
+DEFAULT_KUBECONFIG = str(Layout().kind_kubeconfig)
 TUTORIAL = REPO / "example_tests" / "kubernetes" / "manifests" / "busybox.yaml"
 WORKLOADS = HERE / "manifests" / "workloads.yaml"
 
@@ -31,12 +31,20 @@ class Kube:
         self.kubeconfig = kubeconfig
         self.kubectl_path = kubectl
 
-    def kubectl(self, *args: str, timeout: float = 180) -> str:
+    def kubectl(self, *args: str, timeout: float = 180, input_text: str | None = None) -> str:
         result = subprocess.run([self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, timeout=timeout, input=input_text)
         if result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
+
+    def daemon_pod_on(self, node: str) -> str:
+        """``pod/NAME`` of the chaos daemon on ``node``: on a multi-node cluster, ``daemonset/chaos-daemon``
+        would name any one of them."""
+        name = self.kubectl("-n", "chaos-testing", "get", "pods", "-l", "app.kubernetes.io/name=chaos-daemon",
+                            f"--field-selector=spec.nodeName={node}", "-o", "jsonpath={.items[*].metadata.name}")
+        assert len(name.split()) == 1, f"want one chaos daemon on node {node}, found {name!r}"
+        return f"pod/{name}"
 
     def backend(self, **kwargs) -> KubernetesBackend:
         return KubernetesBackend(kubeconfig=self.kubeconfig, **kwargs)
@@ -56,7 +64,7 @@ def kube(request) -> Kube:
     kubeconfig = os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG)
     kubectl = os.environ.get("PYTEST_CHAOS_KUBECTL") or _cluster_kubectl() or shutil.which("kubectl")
     require(os.path.exists(kubeconfig) and kubectl is not None,
-            f"a running cluster (kubeconfig {kubeconfig}, kubectl): run pytest-chaos-cluster up")
+            f"a running cluster (kubeconfig {kubeconfig}, kubectl): run pytest-chaos-cluster kind up")
     kube = Kube(kubeconfig, kubectl)
     try:
         kube.kubectl("get", "--raw=/readyz", timeout=10)

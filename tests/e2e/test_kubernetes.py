@@ -43,16 +43,17 @@ def test_tutorial_scenario_through_the_marker(pytester, kube):
                 assert t.container_id.startswith("containerd://")
                 assert t.pid > 0
                 assert [(p.pid, p.command) for p in t.processes] == [(1, "sleep 3600")]
-                print("TARGET", t.container_id)
+                print("TARGET", t.container_id, t.node)
     """, "-rA", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*Captured chaos setup*", "*--- busybox/busybox-*/busybox on *", "*sleep 3600*"])
     # The daemon's log on the node holds the request, with the caller's certificate, and the command it ran
     # (the process list itself only at debug level).
-    container_ids = [line.split("TARGET ")[1] for line in result.outlines if "TARGET " in line]
-    logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=2000")
-    entries = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
-    for container_id in container_ids:
+    targets = [line.split("TARGET ")[1].split() for line in result.outlines if "TARGET " in line]
+    assert len(targets) == 2
+    for container_id, node in targets:
+        logs = kube.kubectl("-n", "chaos-testing", "logs", kube.daemon_pod_on(node), "--tail=2000")
+        entries = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
         mine = [e for e in entries if e.get("container_id") == container_id
                 or e.get("request", {}).get("container_id") == container_id]
         assert {"ExecHelloWorldChaos", "command ran"} <= {e["msg"] for e in mine}
@@ -135,17 +136,20 @@ def test_selectors(kube, selector, container_names, expected):
 
 
 def test_node_selectors(kube):
-    node = kube.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}")
+    node = kube.kubectl("-n", "chaos-e2e", "get", "pod", "pod-a", "-o", "jsonpath={.spec.nodeName}")
     labels = json.loads(kube.kubectl("get", "node", node, "-o", "jsonpath={.metadata.labels}"))
     base = {"namespaces": E2E, "labelSelectors": {"app": "e2e"}}
-    assert len(selected(kube, {**base, "nodes": [node]})) == 3
+    on_node = len(kube.kubectl("-n", "chaos-e2e", "get", "pods", "-l", "app=e2e", "-o", "name",
+                               f"--field-selector=spec.nodeName={node},status.phase=Running").split())
+    assert on_node >= 1
+    assert len(selected(kube, {**base, "nodes": [node]})) == on_node
     assert selected(kube, {**base, "nodes": ["no-such-node"]}) == []
     hostname = labels["kubernetes.io/hostname"]
-    assert len(selected(kube, {**base, "nodeSelectors": {"kubernetes.io/hostname": hostname}})) == 3
+    assert len(selected(kube, {**base, "nodeSelectors": {"kubernetes.io/hostname": hostname}})) == on_node
     assert selected(kube, {**base, "nodeSelectors": {"kubernetes.io/hostname": "elsewhere"}}) == []
     # nodes and nodeSelectors unite
     assert len(selected(kube, {**base, "nodes": ["no-such-node"],
-                               "nodeSelectors": {"kubernetes.io/hostname": hostname}})) == 3
+                               "nodeSelectors": {"kubernetes.io/hostname": hostname}})) == on_node
 
 
 def test_nothing_selected_errors_the_test(pytester, kube):

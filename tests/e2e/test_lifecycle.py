@@ -4,10 +4,11 @@ force leaves it to its successor, which recovers it from the journal on the node
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
+
+from tests.support.targets import container_init_pid, pid_on_node
 
 NAMESPACE = "chaos-e2e-lifecycle"
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done"
@@ -40,11 +41,9 @@ def counter_pod(kube, tmp_path_factory):
 
 
 def counter_pid(kube) -> int:
-    """The counter container's host PID, from the node's containerd, by the pod's container id."""
-    container_id = kube.kubectl("-n", NAMESPACE, "get", "pod", "counter", "-o",
-                                "jsonpath={.status.containerStatuses[0].containerID}").removeprefix("containerd://")
-    tasks = subprocess.run(["ctr", "-n", "k8s.io", "tasks", "ls"], capture_output=True, text=True, check=True).stdout
-    return int(next(line.split()[1] for line in tasks.splitlines() if line.startswith(container_id)))
+    """The counter container's PID on this host, by the pod's container id."""
+    return container_init_pid(kube.kubectl("-n", NAMESPACE, "get", "pod", "counter", "-o",
+                                           "jsonpath={.status.containerStatuses[0].containerID}"))
 
 
 def count(pid: int) -> int:
@@ -74,7 +73,7 @@ def test_a_paused_pod_stops_and_resumes(pytester, kube, counter_pod):
         @pytest.mark.chaos("container-pause", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all")
         def test_paused(chaos):
             [target] = chaos.experiments[0].targets
-            assert target.pid == {pid} and target.mechanism.startswith("cgroup")
+            assert target.pid == {pid_on_node(pid)} and target.mechanism.startswith("cgroup")
             before = count()
             time.sleep(0.6)
             assert count() == before
@@ -127,7 +126,7 @@ def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, k
     """, "--chaos-lease=60")
     result.assert_outcomes(passed=1)
     assert advancing(pid)  # teardown reached the new daemon, which thawed it
-    logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=200")
+    logs = kube.kubectl("-n", "chaos-testing", "logs", "-l", "app.kubernetes.io/name=chaos-daemon", "--tail=200")
     assert '"adopted from the journal"' in logs and '"kind": "container-pause"' in logs
 
 

@@ -29,7 +29,7 @@ from tests.support.network_bed import (
     udp_probe,
     udp_send,
 )
-from tests.support.targets import run, wait_for
+from tests.support.targets import container_init_pid, wait_for
 
 NAMESPACE = "chaos-e2e-net"
 PORT = 7200
@@ -60,8 +60,7 @@ def selector(name: str) -> dict:
 def pod_target(kube, name: str) -> NetTarget:
     pod = json.loads(kube.kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "json"))
     container_id = pod["status"]["containerStatuses"][0]["containerID"]
-    pid = int(run("crictl", "inspect", "-o", "go-template", "--template", "{{.info.pid}}",
-                  container_id.split("://", 1)[1]).stdout.strip())
+    pid = container_init_pid(container_id)
     return NetTarget(container_id, pid, pod["status"]["podIP"], f"/proc/{pid}/ns/net", selector(name), name=name)
 
 
@@ -176,7 +175,7 @@ def test_rules_are_removed_after_the_target_container_restarted_in_its_pod(sessi
 def _restarted(kube, name: str, old_pid: int) -> NetTarget | None:
     try:
         target = pod_target(kube, name)
-    except (KeyError, RuntimeError, ValueError):
+    except (KeyError, LookupError):
         return None
     return target if target.pid not in (0, old_pid) else None
 

@@ -16,7 +16,7 @@ import pytest
 from pytest_chaos_daemon import procfs
 
 from pytest_chaos.errors import ChaosError
-from tests.support.targets import wait_for
+from tests.support.targets import container_init_pid, pid_on_node, wait_for
 
 NAMESPACE = "chaos-e2e-stress"
 MANIFEST = f"""
@@ -100,6 +100,7 @@ def run_suite(pytester, kube, source: str, *args: str):
 
 
 def test_stress_raises_the_pods_container_cpu_usage_until_recovered(pytester, kube, pods):
+    host_pid = container_init_pid(pod(kube, "stressed")["status"]["containerStatuses"][0]["containerID"])
     result = run_suite(pytester, kube, f"""
         import os
         import time
@@ -128,19 +129,18 @@ def test_stress_raises_the_pods_container_cpu_usage_until_recovered(pytester, ku
         def test_stressed(chaos):
             [target] = chaos.experiments[0].targets
             assert target.pod == "stressed" and target.mechanism.startswith("stress-ng")
-            busy = cpu_seconds(target.pid)
+            assert target.pid == {pid_on_node(host_pid)}  # as its node's daemon sees it
+            busy = cpu_seconds({host_pid})
             assert busy > 0.3, busy
-            stressors = stress_ng_in(target.pid)
+            stressors = stress_ng_in({host_pid})
             assert stressors
             for stressor in stressors:
-                assert cgroup_of(stressor, "cpuacct") == cgroup_of(target.pid, "cpuacct")
-            print("PID", target.pid)
+                assert cgroup_of(stressor, "cpuacct") == cgroup_of({host_pid}, "cpuacct")
     """, "-rA", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*chaos stress mode=all: 1 target * recovered*"])
-    [pid] = [int(line.split("PID ")[1]) for line in result.outlines if "PID " in line]
     assert stress_ng_processes() == []
-    assert cpu_seconds(pid, 0.5) < 0.15
+    assert cpu_seconds(host_pid, 0.5) < 0.15
 
 
 def pod(kube, name: str) -> dict:
@@ -168,7 +168,7 @@ def test_pod_kill_deletes_the_pod_once_and_its_statefulset_replaces_it(pytester,
     wait_for(lambda: _ready_uid(kube, "victim-0") not in (None, before["metadata"]["uid"]),
              "the StatefulSet to replace victim-0 with a new pod", timeout=120)
     # The plugin alone deleted it: no daemon heard of its containers.
-    logs = kube.kubectl("-n", "chaos-testing", "logs", "daemonset/chaos-daemon", "--tail=500")
+    logs = kube.kubectl("-n", "chaos-testing", "logs", "-l", "app.kubernetes.io/name=chaos-daemon", "--tail=500")
     assert not any(container_id in logs for container_id in container_ids)
 
 

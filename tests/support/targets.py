@@ -84,6 +84,35 @@ def running(argument: str) -> list[int]:
     return found
 
 
+def container_init_pid(container_id: str) -> int:
+    """This host's PID of a container's init process: the process in the container's cgroup that is PID 1 of
+    its own pid namespace. Read from this host's /proc, so it finds a pod's container on any node that shares
+    this kernel (a kind node is a container here), whatever PID the node's runtime reports."""
+    bare = container_id.split("://", 1)[-1]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cgroup") as f:
+                if bare not in f.read():
+                    continue
+            with open(f"/proc/{entry}/status") as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if nspid[-1] == "1":
+            return int(entry)
+    raise LookupError(f"no init process of container {container_id} on this host")
+
+
+def pid_on_node(host_pid: int) -> int:
+    """The PID a node's daemon reports for this host's process ``host_pid``, a container's init: its PID in the
+    pid namespace just above the container's own (a kind node's; this host's when the node is this host)."""
+    with open(f"/proc/{host_pid}/status") as f:
+        nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    return int(nspid[-2]) if len(nspid) >= 2 else int(nspid[0])
+
+
 def gone(argument: str, timeout: float = 10.0) -> bool:
     """Wait until no process's command line holds ``argument``."""
     wait_for(lambda: not running(argument), f"every '{argument}' process to end", timeout)
