@@ -30,7 +30,7 @@ from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import Layout
 from tests.support.targets import Targets, make_busybox_rootfs
 
-DEFAULT_KUBECONFIG = str(Layout().kind_kubeconfig)
+DEFAULT_KUBECONFIG = str(Layout().kubeconfig)
 GOAL = 1.2  # the cluster's whole experiment, at most this many times the local backend's
 
 

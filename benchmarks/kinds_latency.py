@@ -63,7 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--kill-targets", type=int, default=3)
-    parser.add_argument("--kubeconfig", default=os.environ.get("PYTEST_CHAOS_KUBECONFIG", str(Layout().kind_kubeconfig)))
+    parser.add_argument("--kubeconfig", default=os.environ.get("PYTEST_CHAOS_KUBECONFIG", str(Layout().kubeconfig)))
     args = parser.parse_args()
     kubectl = [str(Layout().binary("kubectl")), f"--kubeconfig={args.kubeconfig}"]
     daemon = EmbeddedDaemon(["--containerd-namespace", "*", "--recover-on-exit"])

@@ -43,7 +43,7 @@ from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import PAGE_SIZE, KubernetesBackend
 from pytest_chaos_cluster.settings import Layout
 
-DEFAULT_KUBECONFIG = os.environ.get("PYTEST_CHAOS_KUBECONFIG", str(Layout().kind_kubeconfig))
+DEFAULT_KUBECONFIG = os.environ.get("PYTEST_CHAOS_KUBECONFIG", str(Layout().kubeconfig))
 NAMESPACE_PREFIX = "chaos-bench-select-"
 # Namespaces are found by this label at the start, to remove what an interrupted run left.
 OWNER_LABEL = ("pytest-chaos-bench", "selection-scale")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine, as root, for pytest-chaos and its tests:
 # Debian packages, the Python package, crictl, running containerd and Docker
-# Engine daemons, and a three-node kind cluster (pytest-chaos-cluster kind up)
+# Engine daemons, and a three-node kind cluster (pytest-chaos-cluster up)
 # with the chaos daemon deployed and the tutorial's busybox workload.
 # Idempotent: run it again at any time.
 #
@@ -93,7 +93,7 @@ fi
 # machine's bounding set lacks some, runc refuses, so dockerd runs them through runc-bounded-caps.
 dockerd_args=(--containerd=/run/containerd/containerd.sock --bridge=none --iptables=false)
 if [[ $(awk '/^CapBnd:/ {print $2}' /proc/self/status) != $(printf '%016x' $(( (1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1 ))) ]]; then
-    bounded_runc=$(python3 -m pytest_chaos_cluster kind docker-runtime)
+    bounded_runc=$(python3 -m pytest_chaos_cluster docker-runtime)
     dockerd_args+=(--add-runtime "bounded-runc=$bounded_runc" --default-runtime bounded-runc)
     if docker version >/dev/null 2>&1 && [[ $(docker info --format '{{.DefaultRuntime}}') != bounded-runc ]]; then
         step "restarting dockerd with the runtime bounded-runc (this machine lacks capabilities)"
@@ -109,7 +109,7 @@ fi
 
 if [[ -n $WITH_CLUSTER ]]; then
     step "Kubernetes: the kind bed (one control plane, two workers; builds kind and its images on its first run)"
-    kubeconfig=$(python3 -m pytest_chaos_cluster kind up | tail -n 1)
+    kubeconfig=$(python3 -m pytest_chaos_cluster up | tail -n 1)
     bin_dir=$(python3 -c 'from pytest_chaos_cluster.settings import Layout; print(Layout().k8s_bin)')
     for tool in kubectl kind; do
         if ! command -v "$tool" >/dev/null; then
@@ -139,7 +139,7 @@ from pytest_chaos_cluster.settings import Layout; print(kind_binary(Layout()))')
     kubectl apply -f example_tests/kubernetes/manifests/busybox.yaml
     kubectl -n chaos-testing rollout status daemonset/chaos-daemon --timeout=180s
     kubectl -n busybox rollout status statefulset/busybox --timeout=180s
-    echo "kubeconfig: $kubeconfig    delete the cluster: python3 -m pytest_chaos_cluster kind down"
+    echo "kubeconfig: $kubeconfig    delete the cluster: python3 -m pytest_chaos_cluster down"
 fi
 
 step "ready: containerd $(ctr version 2>/dev/null | awk '/Version/{print $2; exit}'), Docker $(docker version --format '{{.Server.Version}}')"

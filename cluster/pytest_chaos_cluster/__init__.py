@@ -1,13 +1,14 @@
-"""pytest-chaos-cluster: a single-node Kubernetes cluster from upstream components.
+"""pytest-chaos-cluster: the project's multi-node test bed, a real kind cluster built without a registry.
 
-Builds the Kubernetes and etcd binaries from the Go module proxy, runs them with
-Debian's containerd, and brings a node Ready for the project's end-to-end tests
-(``python -m pytest_chaos_cluster up|down|status|build``). Standard library only.
+Builds kind, CoreDNS, the Kubernetes and etcd binaries from the Go module proxy,
+a Debian base image and a kind node image with every image kubeadm needs, then
+creates a cluster of one control plane and two workers with its own pod
+network (``python -m pytest_chaos_cluster build|up|down|status``). Standard
+library only; drives go, mmdebstrap, docker and kind as programs.
 
-Modules: settings (pins, paths), build (binaries), pki (certs, kubeconfigs),
-images (local OCI/Docker images), containerd (CRI config), network (CNI, teardown),
-components (component flags, start/stop, health), procs (process handling),
-cleanup (mounts, leftovers), cluster (up/down/status), cli (argparse).
+Modules: settings (pins, paths), build (binaries), images (images made here),
+kind.images (kind, the base and node images), kind.network (the pod network),
+kind.bed (up/down/status), cli (argparse), native/ (runc-bounded-caps).
 """
 
 from .settings import ETCD_VERSION, K8S_VERSION

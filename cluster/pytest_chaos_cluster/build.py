@@ -4,14 +4,15 @@
 staging module with a local path (``k8s.io/api => ./staging/src/k8s.io/api``).
 So a throw-away *wrapper module* is generated that requires
 ``k8s.io/kubernetes vX.Y.Z`` and replaces each staging module with its published
-twin ``k8s.io/<name> v0.Y.Z``; all five binaries are then built by ONE
+twin ``k8s.io/<name> v0.Y.Z``; all seven binaries are then built by ONE
 ``go build -o DIR pkg...`` invocation, so shared packages compile once (that
 matters on a 2-core machine). etcd is built the same way from
 ``go.etcd.io/etcd/server/v3`` (its go.mod replaces sibling modules with ``../x``).
 
 Results land in ``<cache>/k8s-<version>/bin`` and ``<cache>/etcd-<version>/bin``
 with a ``.complete`` marker; a cached version is reused without running Go.
-The small ``pause`` binary for the sandbox image is built here too.
+The small ``pause`` binary for the sandbox image, and ``runc-bounded-caps``
+(native/), are built here too.
 """
 
 from __future__ import annotations
@@ -289,20 +290,24 @@ def _build_from_proxy(
     return bindir
 
 
-def build_pause(layout: Layout) -> Path:
-    """Build the static ``pause`` binary used as the pod sandbox image's entrypoint."""
-    out = layout.cache / "pause" / "pause"
+def _build_single_file(out: Path, name: str, source: bytes) -> Path:
+    """Build one stdlib-only Go ``source`` file into the static binary ``out`` (once)."""
     if out.is_file():
         return out
     require_tools(GO_REQUIREMENT)
     src = out.parent / "src"
     src.mkdir(parents=True, exist_ok=True)
-    (src / "go.mod").write_text("module pytest-chaos.local/pause\n\ngo 1.21\n")
-    (src / "main.go").write_text(PAUSE_SOURCE)
+    (src / "go.mod").write_text(f"module pytest-chaos.local/{name}\n\ngo 1.22\n")
+    (src / "main.go").write_bytes(source)
     subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + ".tmp", "."],
                    cwd=src, env=go_env(), check=True)
     os.replace(str(out) + ".tmp", out)
     return out
+
+
+def build_pause(layout: Layout) -> Path:
+    """Build the static ``pause`` binary used as the pod sandbox image's entrypoint."""
+    return _build_single_file(layout.cache / "pause" / "pause", "pause", PAUSE_SOURCE.encode())
 
 
 BOUNDED_RUNC_SOURCE = Path(__file__).with_name("native") / "runc_bounded_caps.go"
@@ -311,18 +316,9 @@ BOUNDED_RUNC_SOURCE = Path(__file__).with_name("native") / "runc_bounded_caps.go
 def build_bounded_runc(layout: Layout) -> Path:
     """Build the static ``runc-bounded-caps`` (native/runc_bounded_caps.go), cached by its source's digest."""
     source = BOUNDED_RUNC_SOURCE.read_bytes()
-    out = layout.cache / "runc-bounded-caps" / hashlib.sha256(source).hexdigest()[:12] / "runc-bounded-caps"
-    if out.is_file():
-        return out
-    require_tools(GO_REQUIREMENT)
-    src = out.parent / "src"
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "go.mod").write_text("module pytest-chaos.local/runc-bounded-caps\n\ngo 1.22\n")
-    (src / "main.go").write_bytes(source)
-    subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out) + ".tmp", "."],
-                   cwd=src, env=go_env(), check=True)
-    os.replace(str(out) + ".tmp", out)
-    return out
+    digest = hashlib.sha256(source).hexdigest()[:12]
+    return _build_single_file(layout.cache / "runc-bounded-caps" / digest / "runc-bounded-caps",
+                              "runc-bounded-caps", source)
 
 
 def _finish(tmp_bin: Path, bindir: Path, info: dict[str, object]) -> None:
@@ -330,12 +326,3 @@ def _finish(tmp_bin: Path, bindir: Path, info: dict[str, object]) -> None:
     if bindir.exists():
         shutil.rmtree(bindir)
     tmp_bin.rename(bindir)
-
-
-def build_all(layout: Layout, force: bool = False) -> None:
-    """Build every binary the cluster needs (no-op when all are cached)."""
-    t0 = time.monotonic()
-    build_etcd(layout, force)
-    build_kubernetes(layout, force)
-    build_pause(layout)
-    log(f"binaries ready in {time.monotonic() - t0:.0f}s: {layout.k8s_bin}, {layout.etcd_bin}")

@@ -1,4 +1,4 @@
-"""Container images built on this machine, with no registry, and imported into containerd.
+"""Container images built on this machine, with no registry.
 
 * ``pause`` (the CRI sandbox image): one static Go binary (see build.py) that
   sleeps until SIGTERM/SIGINT and reaps zombies;
@@ -7,14 +7,14 @@
   other applet linked;
 * the daemon image (``localhost/pytest-chaos/daemon:dev``): built by Docker
   Engine from the project's ``daemon/Dockerfile`` on a base image imported from
-  an mmdebstrap'd Debian bookworm rootfs, then ``docker save``-d into containerd.
+  an mmdebstrap'd Debian bookworm rootfs.
 
-The first two are written by hand as OCI image-layout tarballs: ``oci-layout``,
-``index.json`` whose manifest descriptor carries ``io.containerd.image.name``,
-and ``blobs/sha256/`` with the manifest, the config (``rootfs.diff_ids``) and one
-uncompressed layer tar. Tarballs are deterministic (fixed mtimes, sorted
-entries), so an unchanged image has an unchanged digest and is not re-imported.
-All go to containerd's ``k8s.io`` namespace, the one the CRI plugin uses.
+The first two are written by hand (``Rootfs``), and packed as OCI image-layout
+tarballs (``oci-layout``, ``index.json`` whose manifest descriptor carries
+``io.containerd.image.name``, and ``blobs/sha256/`` with the manifest, the
+config and one uncompressed layer tar) for a node image's containerd, or as a
+plain layer for ``docker import``. Tarballs are deterministic (fixed mtimes,
+sorted entries), so an unchanged image has an unchanged digest.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -33,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import settings
-from .containerd import Containerd
-from .util import ClusterError, log, run
+from .util import ClusterError, log, require_tools, run
 
 NAMESPACE = "k8s.io"
 _PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -139,37 +137,6 @@ def oci_layout_tar(name: str, rootfs: Rootfs, entrypoint: list[str], cmd: list[s
     return blob, manifest_digest
 
 
-def image_digest(inst: Containerd, name: str) -> str | None:
-    """Digest of ``name`` in containerd's k8s.io namespace, or None if absent."""
-    proc = run(inst.ctr("images", "ls", f"name=={name}", namespace=NAMESPACE), check=False)
-    for line in proc.stdout.splitlines()[1:]:
-        cols = line.split()
-        if cols and cols[0] == name:
-            for col in cols:
-                if col.startswith("sha256:"):
-                    return col
-    return None
-
-
-def import_tar(inst: Containerd, path: Path, name: str) -> None:
-    """``ctr -n k8s.io images import`` a tarball (OCI layout or docker save)."""
-    run(inst.ctr("images", "import", "--no-unpack", str(path), namespace=NAMESPACE), timeout=600)
-    if image_digest(inst, name) is None:
-        raise ClusterError(f"importing {path} did not create image {name}")
-
-
-def ensure_oci_image(inst: Containerd, name: str, rootfs: Rootfs, entrypoint: list[str],
-                     cmd: list[str] | None, cache: Path) -> None:
-    """Build ``name`` as an OCI layout tarball and import it unless already present."""
-    tar_path = cache / (name.replace("/", "_").replace(":", "_") + ".oci.tar")
-    _, digest = oci_layout_tar(name, rootfs, entrypoint, cmd, tar_path)
-    if image_digest(inst, name) == digest:
-        log(f"image {name}: up to date ({digest[:19]})")
-        return
-    import_tar(inst, tar_path, name)
-    log(f"image {name}: imported ({digest[:19]})")
-
-
 def busybox_path() -> Path:
     """The static busybox binary from Debian's busybox-static package."""
     for cand in (Path("/bin/busybox"), Path("/usr/bin/busybox")):
@@ -220,20 +187,6 @@ def pause_rootfs(pause_binary: Path) -> Rootfs:
     return fs
 
 
-def ensure_base_images(inst: Containerd, layout: settings.Layout, pause_binary: Path,
-                       sandbox_image: str = settings.PAUSE_IMAGE) -> None:
-    """Import the pause (sandbox) and busybox images into containerd.
-
-    The pause image is also imported as ``sandbox_image`` when containerd is
-    configured with another name (e.g. Debian's default ``registry.k8s.io/pause:3.6``,
-    which cannot be pulled here).
-    """
-    pause = pause_rootfs(pause_binary)
-    for name in dict.fromkeys((settings.PAUSE_IMAGE, sandbox_image)):
-        ensure_oci_image(inst, name, pause, ["/pause"], None, layout.images_cache)
-    ensure_oci_image(inst, settings.BUSYBOX_IMAGE, busybox_rootfs(), [], ["/bin/sh"], layout.images_cache)
-
-
 # --- the daemon image (Docker Engine) ------------------------------------------------
 
 DEBIAN_BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "util-linux", "procps",
@@ -261,65 +214,30 @@ def debian_mirror() -> str:
     )
 
 
-def ensure_debian_rootfs(cache: Path) -> Path:
-    """mmdebstrap a bookworm rootfs tarball with python3 & friends (cached)."""
-    out = cache / "debian-bookworm-python.tar"
+def debian_rootfs(cache: Path, name: str, packages: tuple[str, ...], variant: str = "minbase") -> Path:
+    """A bookworm rootfs tarball from mmdebstrap (``variant`` plus ``packages``), cached by its package list."""
+    out = cache / f"{name}.tar"
     stamp = out.with_suffix(".packages")
-    want = " ".join(DEBIAN_BASE_PACKAGES)
+    want = " ".join(packages) if variant == "apt" else f"{variant}: {' '.join(packages)}"
     if out.is_file() and stamp.is_file() and stamp.read_text() == want:
         return out
+    require_tools({"mmdebstrap": "apt-get install mmdebstrap"})
     cache.mkdir(parents=True, exist_ok=True)
     mirror = debian_mirror()
-    log(f"mmdebstrap: building a bookworm rootfs ({want}) from {mirror} ...")
+    log(f"mmdebstrap: a bookworm rootfs for {name} ({want}) from {mirror} ...")
     t0 = time.monotonic()
     tmp = out.with_suffix(".tmp.tar")
-    run(["mmdebstrap", "--variant=apt", f"--include={','.join(DEBIAN_BASE_PACKAGES)}",
+    run(["mmdebstrap", f"--variant={variant}", f"--include={','.join(packages)}",
          "--aptopt=Acquire::Retries \"3\"", "bookworm", str(tmp), mirror], timeout=1800)
     tmp.replace(out)
     stamp.write_text(want)
-    log(f"mmdebstrap: done in {time.monotonic() - t0:.0f}s ({out.stat().st_size >> 20} MiB)")
+    log(f"mmdebstrap: {name} done in {time.monotonic() - t0:.0f}s ({out.stat().st_size >> 20} MiB)")
     return out
 
 
-class Dockerd:
-    """Use a running Docker Engine, or start one on the system containerd for the build."""
-
-    def __init__(self, state: Path, containerd_socket: str) -> None:
-        self.state = state
-        self.containerd_socket = containerd_socket
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Dockerd:
-        if run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).returncode == 0:
-            return self
-        logs = self.state / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log("dockerd: starting (on the system containerd, --bridge=none --iptables=false)")
-        with (logs / "dockerd.log").open("ab") as lf:
-            self.proc = subprocess.Popen(
-                ["dockerd", f"--containerd={self.containerd_socket}", "--bridge=none",
-                 "--iptables=false", "--ip-masq=false", "--ip-forward=false",
-                 f"--pidfile={self.state / 'run' / 'dockerd.pid'}"],
-                stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        (self.state / "run").mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ClusterError(f"dockerd exited (see {logs / 'dockerd.log'})")
-            if run(["docker", "version"], check=False).returncode == 0:
-                return self
-            time.sleep(0.5)
-        raise ClusterError(f"dockerd did not come up in 60s (see {logs / 'dockerd.log'})")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            log("dockerd: stopped")
+def ensure_debian_rootfs(cache: Path) -> Path:
+    """The daemon image's base: bookworm with python3 & friends (cached)."""
+    return debian_rootfs(cache, "debian-bookworm-python", DEBIAN_BASE_PACKAGES, variant="apt")
 
 
 def _build_context(repo: Path, dest: Path) -> None:
@@ -399,21 +317,3 @@ def build_daemon_image(layout: settings.Layout, repo: Path, image: str = setting
             tail = "\n".join(build_log.read_text().splitlines()[-25:])
             raise ClusterError(f"docker build of {image} failed; log: {build_log}\n{tail}")
     return run(["docker", "image", "inspect", "--format", "{{.Id}}", image]).stdout.strip()
-
-
-def ensure_daemon_image(inst: Containerd, layout: settings.Layout, repo: Path,
-                        image: str = settings.DAEMON_IMAGE) -> None:
-    """docker build daemon/Dockerfile (base: local Debian rootfs) and import into containerd."""
-    t0 = time.monotonic()
-    with Dockerd(layout.state, inst.socket):
-        image_id = build_daemon_image(layout, repo, image)
-        id_stamp = layout.images_cache / f"daemon-image.{inst.mode}.id"
-        if image_digest(inst, image) is not None and id_stamp.is_file() and id_stamp.read_text() == image_id:
-            log(f"image {image}: unchanged, already in containerd")
-        else:
-            with tempfile.TemporaryDirectory(prefix="pytest-chaos-save-") as tmp:
-                tar = Path(tmp) / "daemon.tar"
-                run(["docker", "save", "-o", str(tar), image], timeout=600)
-                import_tar(inst, tar, image)
-            id_stamp.write_text(image_id)
-            log(f"image {image}: imported into containerd ({time.monotonic() - t0:.0f}s)")

@@ -1,4 +1,4 @@
-"""A real cluster for end-to-end tests: the kind bed ``pytest-chaos-cluster kind up`` brings up.
+"""A real cluster for end-to-end tests: the kind bed ``pytest-chaos-cluster up`` brings up.
 
 Needs the cluster running with the daemon deployed; its kubeconfig comes from
 ``PYTEST_CHAOS_KUBECONFIG`` or the cluster tool's default path. Missing, the
@@ -21,7 +21,7 @@ from tests.support.targets import require
 
 HERE = pathlib.Path(__file__).parent
 REPO = HERE.parents[1]
-DEFAULT_KUBECONFIG = str(Layout().kind_kubeconfig)
+DEFAULT_KUBECONFIG = str(Layout().kubeconfig)
 TUTORIAL = REPO / "example_tests" / "kubernetes" / "manifests" / "busybox.yaml"
 WORKLOADS = HERE / "manifests" / "workloads.yaml"
 
@@ -64,7 +64,7 @@ def kube(request) -> Kube:
     kubeconfig = os.environ.get("PYTEST_CHAOS_KUBECONFIG", DEFAULT_KUBECONFIG)
     kubectl = os.environ.get("PYTEST_CHAOS_KUBECTL") or _cluster_kubectl() or shutil.which("kubectl")
     require(os.path.exists(kubeconfig) and kubectl is not None,
-            f"a running cluster (kubeconfig {kubeconfig}, kubectl): run pytest-chaos-cluster kind up")
+            f"a running cluster (kubeconfig {kubeconfig}, kubectl): run pytest-chaos-cluster up")
     kube = Kube(kubeconfig, kubectl)
     try:
         kube.kubectl("get", "--raw=/readyz", timeout=10)

@@ -1,4 +1,4 @@
-"""Across nodes: one daemon per node, found per target, on the kind bed (`pytest-chaos-cluster kind up`).
+"""Across nodes: one daemon per node, found per target, on the kind bed (`pytest-chaos-cluster up`).
 
 A Deployment whose pods must not share a node puts one pod on each worker.
 Each experiment's targets name their node and the daemon that served them;
@@ -59,7 +59,7 @@ def workers(kube) -> list[str]:
 def spread(kube) -> Iterator[dict[str, str]]:
     """pod name -> node, one pod on each of two workers."""
     names = workers(kube)
-    assert len(names) >= 2, f"these tests need a cluster with two workers (pytest-chaos-cluster kind up); found {names}"
+    assert len(names) >= 2, f"these tests need a cluster with two workers (pytest-chaos-cluster up); found {names}"
     kube.kubectl("apply", "-f", "-", input_text=SPREAD)
     kube.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/spread", "--timeout=180s")
     kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")

@@ -1,6 +1,6 @@
-"""The multi-node test bed: a real kind cluster (one control plane, two workers) on Docker Engine.
+"""The test bed: a real kind cluster (one control plane, two workers) on Docker Engine.
 
-``up`` builds what it needs (kind, the node image: see images.py), creates the
+``build`` makes and caches the binaries and images; ``up`` builds what it needs (kind, the node image: see images.py), creates the
 cluster from a generated kind config, gives it a pod network (network.py),
 waits for every node to be Ready, and loads the daemon and target images with
 ``kind load docker-image``. Deploying the daemon is left to the README's
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .. import settings
+from ..build import build_etcd, build_kubernetes
 from ..images import build_daemon_image
 from ..util import ClusterError, log, run
 from . import images, network
@@ -29,11 +30,11 @@ BOUNDED_RUNTIME = "bounded-runc"
 
 
 def state_dir(layout: settings.Layout) -> Path:
-    return layout.kind_kubeconfig.parent
+    return layout.kubeconfig.parent
 
 
 def kubeconfig_path(layout: settings.Layout) -> Path:
-    return layout.kind_kubeconfig
+    return layout.kubeconfig
 
 
 def kind_config(layout: settings.Layout, workers: int) -> dict[str, object]:
@@ -61,7 +62,7 @@ def kind_config(layout: settings.Layout, workers: int) -> dict[str, object]:
 def check_docker() -> None:
     """Docker Engine runs, and can start a privileged container on this machine."""
     if run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).returncode != 0:
-        raise ClusterError("Docker Engine is not running: scripts/setup.sh starts it (kind runs nodes in it)")
+        raise ClusterError("Docker Engine is not running: scripts/setup.sh starts it (kind runs the nodes in it)")
     with open("/proc/self/status") as f:
         bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
     last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -100,17 +101,28 @@ def nodes(layout: settings.Layout) -> list[network.Node]:
     return result
 
 
+def build(layout: settings.Layout, force: bool = False) -> str:
+    """Every binary and image ``up`` needs, built and cached; returns the node image."""
+    t0 = time.monotonic()
+    check_docker()
+    build_kubernetes(layout, force)
+    build_etcd(layout, force)
+    images.ensure_kind(layout)
+    node_image = images.ensure_node_image(layout)
+    log(f"built (or found cached) in {time.monotonic() - t0:.0f}s: {node_image}")
+    return node_image
+
+
 def up(layout: settings.Layout, *, repo: Path, workers: int = WORKERS, timeout: float = 300) -> Path:
     """Bring the bed up (or find it up); returns the kubeconfig path."""
     t0 = time.monotonic()
-    check_docker()
-    node_image = images.ensure_node_image(layout)
+    node_image = build(layout)
     state_dir(layout).mkdir(parents=True, exist_ok=True)
-    if exists(layout) and kubeconfig_path(layout).is_file() and _healthy(layout, workers):
+    if exists(layout) and kubeconfig_path(layout).is_file() and _healthy(layout, workers, node_image):
         log(f"kind cluster {CLUSTER_NAME}: already up")
     else:
         if exists(layout):
-            log(f"kind cluster {CLUSTER_NAME}: not healthy, recreating")
+            log(f"kind cluster {CLUSTER_NAME}: not up as asked (node count, node image or API server), recreating")
             _kind(layout, "delete", "cluster", "--name", CLUSTER_NAME)
         config = state_dir(layout) / "kind-config.json"
         config.write_text(json.dumps(kind_config(layout, workers), indent=2) + "\n")
@@ -130,10 +142,10 @@ def up(layout: settings.Layout, *, repo: Path, workers: int = WORKERS, timeout: 
     return kubeconfig_path(layout)
 
 
-def _healthy(layout: settings.Layout, workers: int) -> bool:
+def _healthy(layout: settings.Layout, workers: int, node_image: str) -> bool:
     running = run(["docker", "ps", "--filter", f"label=io.x-k8s.kind.cluster={CLUSTER_NAME}",
-                   "--format", "{{.Names}}"]).stdout.split()
-    if len(running) != workers + 1:
+                   "--format", "{{.Image}}"]).stdout.split()
+    if running != [node_image] * (workers + 1):
         return False
     return run([str(layout.binary("kubectl")), f"--kubeconfig={kubeconfig_path(layout)}", "get", "--raw=/readyz"],
                check=False, timeout=20).returncode == 0
@@ -169,12 +181,20 @@ def _cluster_dns_only(layout: settings.Layout) -> None:
 
 
 def load_images(layout: settings.Layout, repo: Path) -> None:
-    """The daemon image (daemon/Dockerfile) and the busybox target image, into every node."""
-    build_daemon_image(layout, repo)
+    """The daemon image (daemon/Dockerfile) and the busybox target image, into every node. A daemon image
+    that changed under a running DaemonSet gets its pods replaced: the tag is the same, the pods would not."""
+    daemon_id = build_daemon_image(layout, repo)
     for image in (settings.DAEMON_IMAGE, images.ensure_busybox_docker_image(layout)):
         t0 = time.monotonic()
         _kind(layout, "load", "docker-image", "--name", CLUSTER_NAME, image)
         log(f"kind load docker-image {image}: {time.monotonic() - t0:.1f}s")
+    loaded = state_dir(layout) / "daemon-image.id"
+    if loaded.is_file() and loaded.read_text() != daemon_id:
+        restarted = run([str(layout.binary("kubectl")), f"--kubeconfig={kubeconfig_path(layout)}", "-n",
+                         "chaos-testing", "rollout", "restart", "daemonset/chaos-daemon"], check=False)
+        if restarted.returncode == 0:
+            log("the daemon image changed: chaos-daemon pods restarted")
+    loaded.write_text(daemon_id)
 
 
 def down(layout: settings.Layout) -> None:
@@ -192,9 +212,9 @@ def down(layout: settings.Layout) -> None:
     removed = network.remove_host_routes()
     if removed:
         log(f"host routes removed: {', '.join(removed)}")
-    kubeconfig = kubeconfig_path(layout)
-    if kubeconfig.exists():
-        os.unlink(kubeconfig)
+    for written in (kubeconfig_path(layout), state_dir(layout) / "daemon-image.id"):
+        if written.exists():
+            os.unlink(written)
 
 
 def leftovers() -> list[str]:

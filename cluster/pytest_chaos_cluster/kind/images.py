@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from .. import settings
-from ..build import GO_REQUIREMENT, build_kubernetes, build_pause, go_env
-from ..images import Rootfs, busybox_rootfs, debian_mirror, oci_layout_tar, pause_rootfs
+from ..build import GO_REQUIREMENT, build_etcd, build_kubernetes, build_pause, go_env
+from ..images import Rootfs, busybox_rootfs, debian_rootfs, oci_layout_tar, pause_rootfs
 from ..util import ClusterError, log, require_tools, run
 
 KIND_VERSION = "v0.30.0"
@@ -87,27 +87,6 @@ def _docker_image_id(name: str) -> str:
     return run(["docker", "image", "inspect", "--format", "{{.Id}}", name]).stdout.strip()
 
 
-def _rootfs_tar(cache: Path, name: str, packages: tuple[str, ...]) -> Path:
-    """A bookworm rootfs tarball (mmdebstrap, minbase plus ``packages``), cached by its package list."""
-    out = cache / f"{name}.tar"
-    stamp = out.with_suffix(".packages")
-    want = " ".join(packages)
-    if out.is_file() and stamp.is_file() and stamp.read_text() == want:
-        return out
-    require_tools({"mmdebstrap": "apt-get install mmdebstrap"})
-    cache.mkdir(parents=True, exist_ok=True)
-    mirror = debian_mirror()
-    log(f"mmdebstrap: a bookworm rootfs for {name} ({want}) from {mirror} ...")
-    t0 = time.monotonic()
-    tmp = out.with_suffix(".tmp.tar")
-    run(["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
-         "--aptopt=Acquire::Retries \"3\"", "bookworm", str(tmp), mirror], timeout=1800)
-    tmp.replace(out)
-    stamp.write_text(want)
-    log(f"mmdebstrap: {name} done in {time.monotonic() - t0:.0f}s ({out.stat().st_size >> 20} MiB)")
-    return out
-
-
 def _imported(tar: Path, name: str, changes: tuple[str, ...] = ()) -> str:
     """``docker import`` ``tar`` as ``name:<digest of the tar's stamp>``, once; returns the tag."""
     key = hashlib.sha256(f"{tar.stat().st_size}:{tar.stat().st_mtime_ns}:{changes}".encode()).hexdigest()[:12]
@@ -132,7 +111,7 @@ def _tree_digest(*paths: Path) -> str:
 
 def ensure_base_image(layout: settings.Layout) -> str:
     """The kind base image (rootfs + node/Dockerfile); returns its tag."""
-    rootfs = _imported(_rootfs_tar(layout.images_cache, "kind-node-rootfs", NODE_PACKAGES),
+    rootfs = _imported(debian_rootfs(layout.images_cache, "kind-node-rootfs", NODE_PACKAGES),
                        f"{IMAGE_PREFIX}/kind-node-rootfs", ('ENTRYPOINT ["/bin/bash"]',))
     crictl = shutil.which("crictl")
     if crictl is None:
@@ -190,7 +169,7 @@ def image_names(layout: settings.Layout) -> dict[str, str]:
 def _node_image_tars(layout: settings.Layout, work: Path) -> list[Path]:
     """Write every image the node runs as a tarball in ``work``."""
     names = image_names(layout)
-    k8s_bin, etcd_bin = build_kubernetes(layout), layout.etcd_bin
+    k8s_bin, etcd_bin = build_kubernetes(layout), build_etcd(layout)
     tars = []
     for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         fs = _binary_image(k8s_bin / component, f"/usr/local/bin/{component}")
@@ -202,7 +181,7 @@ def _node_image_tars(layout: settings.Layout, work: Path) -> list[Path]:
                            _binary_image(ensure_coredns(layout), "/coredns"), ["/coredns"]))
     tars.append(_write_oci(work, names["pause"], pause_rootfs(build_pause(layout)), ["/pause"]))
     # kube-proxy's iptables mode runs iptables: a small Debian with it.
-    proxy_base = _imported(_rootfs_tar(layout.images_cache, "kube-proxy-rootfs", PROXY_PACKAGES),
+    proxy_base = _imported(debian_rootfs(layout.images_cache, "kube-proxy-rootfs", PROXY_PACKAGES),
                            f"{IMAGE_PREFIX}/kube-proxy-rootfs")
     with tempfile.TemporaryDirectory(prefix="pytest-chaos-kube-proxy-") as ctx:
         shutil.copy2(k8s_bin / "kube-proxy", Path(ctx) / "kube-proxy")
@@ -227,7 +206,7 @@ def ensure_node_image(layout: settings.Layout) -> str:
     base = ensure_base_image(layout)
     k8s_bin = build_kubernetes(layout)
     key = _tree_digest(*(k8s_bin / b for b in ("kubeadm", "kubelet", "kubectl", "kube-proxy", "kube-apiserver")),
-                       layout.etcd_bin / "etcd", ensure_coredns(layout))
+                       build_etcd(layout) / "etcd", ensure_coredns(layout))
     tag = f"{IMAGE_PREFIX}/kind-node:{layout.k8s_version}-{key}-{base.rsplit(':', 1)[1][:12]}"
     if _docker_image_exists(tag):
         log(f"image {tag}: cached")
