@@ -55,6 +55,17 @@ def test_a_paused_target_stops_counting_until_it_is_recovered(daemon, counting):
     counting.wait_advancing()
 
 
+def test_a_pid_target_whose_children_come_and_go_is_paused_every_time(daemon, targets):
+    # Its children end between the daemon listing the process tree and reading each one's start time.
+    pid = targets.process("sh", "-c", "while :; do /bin/true; done")
+    for attempt in range(40):
+        reply = apply_pause(daemon.stub, f"pid://{pid}", f"churn-{attempt}")
+        assert reply.status.state == ACTIVE, reply.status.detail
+        assert process_state(pid) == "T"
+        [status] = recover(daemon.stub, f"churn-{attempt}")
+        assert status.state == RECOVERED, status.detail
+
+
 def test_the_marker_pauses_the_target_during_the_test_and_recovers_it_after(pytester, counting):
     # What the kernel says of the target: its process state, or its freezer cgroup's.
     if counting.runtime == "pid":

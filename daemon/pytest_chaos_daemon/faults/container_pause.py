@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import procfs
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..errors import FailedPrecondition, PermissionDenied
+from ..errors import FailedPrecondition, NotFound, PermissionDenied
 from ..journal import Record
 from ..target import HeldTarget
 from .base import FaultContext, Plan
@@ -37,7 +37,13 @@ class ContainerPause:
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         if target.description.startswith("pid://"):
-            tree = [[pid, procfs.read_stat(pid).start_ticks] for pid in _process_tree(target.pid)]
+            tree = []
+            for pid in _process_tree(target.pid):
+                try:
+                    tree.append([pid, procfs.read_stat(pid).start_ticks])
+                except (FileNotFoundError, ProcessLookupError):  # a descendant that ended since it was listed
+                    if pid == target.pid:
+                        raise NotFound(f"target {target.description} exited") from None
             return Plan({"processes": tree}, SIGSTOP)
         return _freezer_plan(target)
 
