@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     _common(d)
     d.add_argument("--verify", action="store_true",
                    help="then exit 1, naming them, if node containers, the network, dangling volumes, "
-                        "routes or mounts of the cluster are left")
+                        "routes, mounts or Kubernetes/CNI iptables chains of the cluster are left on this host")
 
     _common(sub.add_parser("status", help="show the nodes; exit 1 unless all are Ready"))
     _common(sub.add_parser(

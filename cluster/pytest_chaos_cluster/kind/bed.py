@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -218,8 +219,8 @@ def down(layout: settings.Layout) -> None:
 
 
 def leftovers() -> list[str]:
-    """What of a bed is still here: node containers, the Docker network, host routes into the pod subnet,
-    mounts of its nodes' volumes."""
+    """What of a bed is still here: node containers, the Docker network, dangling volumes, host routes into
+    the pod subnet, mounts of its nodes, Kubernetes' or CNI's iptables chains and rules on the host."""
     found = []
     if run(["docker", "version"], check=False).returncode == 0:
         containers = run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={CLUSTER_NAME}",
@@ -234,6 +235,12 @@ def leftovers() -> list[str]:
               if line.startswith(subnet)]
     with open("/proc/self/mountinfo") as f:
         found += [f"mount {line.split()[4]}" for line in f if f"{CLUSTER_NAME}-" in line.split()[4]]
+    # Kubernetes' and the CNI plugins' chains belong in the nodes' network namespaces, never on the host.
+    for save in ("iptables-save", "iptables-legacy-save"):
+        listed = run([save], check=False).stdout if shutil.which(save) else ""
+        found += [f"iptables chain {line.split()[0][1:]} ({save})" for line in listed.splitlines()
+                  if re.match(r":(KUBE|CNI|KIND)-", line)]
+        found += [f"iptables rule {line!r} ({save})" for line in listed.splitlines() if subnet in line]
     return found
 
 
