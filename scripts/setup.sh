@@ -5,7 +5,7 @@
 # with the chaos daemon deployed and the tutorial's busybox workload.
 # Idempotent: run it again at any time.
 #
-#   scripts/setup.sh               # everything (a first run builds Kubernetes, kind and CoreDNS: ~12 min on 2 cores)
+#   scripts/setup.sh               # everything (a first run builds Kubernetes, kind and CoreDNS: ~9 min on 2 cores)
 #   scripts/setup.sh --no-cluster  # the local backend only
 #   SKIP_APT=1 scripts/setup.sh    # Debian packages already installed
 set -euo pipefail
