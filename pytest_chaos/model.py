@@ -36,6 +36,7 @@ class Target:
     state: str = "pending"  # applied, recovered, expired (the daemon recovered it), failed
     detail: str = ""  # how it ended, or why it failed, as the daemon said
     mechanism: str = ""  # how the fault was made on the node ("cgroup v1 freezer", ...)
+    cgroup: str = ""  # the node's cgroup layout, as its daemon said: "cgroup v2", "cgroup v1 (hybrid)", ...
 
     def describe(self) -> str:
         """``ns/pod/container on node (id, host pid N)``, ``name (id, ...)`` or ``id (host pid N)``; the pid
@@ -109,5 +110,6 @@ class Experiment:
                     f"[{', '.join(p.address or p.container_id for p in self.peers)}]"
         line += f" {self.outcome}"
         line = f"{line} ({self.detail})" if self.detail else line
-        mechanisms = sorted({t.mechanism for t in self.targets if t.mechanism})
+        mechanisms = sorted({f"{t.mechanism} ({t.cgroup})" if t.cgroup else t.mechanism
+                             for t in self.targets if t.mechanism})
         return f"{line}; mechanism: {', '.join(mechanisms)}" if mechanisms else line

@@ -67,7 +67,8 @@ for (const test of data.tests) {
       details.style.display = "block";
       details.textContent = [experiment.summary, ""].concat(experiment.targets.map(
         t => "--- " + t.target + ": " + t.state + (t.detail ? " (" + t.detail + ")" : "") +
-             (t.mechanism ? "\\nmechanism: " + t.mechanism : "") + (t.output ? "\\n" + t.output : ""))).join("\\n");
+             (t.mechanism ? "\\nmechanism: " + t.mechanism + (t.cgroup ? " (" + t.cgroup + ")" : "") : "") +
+             (t.output ? "\\n" + t.output : ""))).join("\\n");
     });
   }
   rows.appendChild(row);
@@ -82,7 +83,7 @@ def experiment_entry(experiment: Experiment) -> dict[str, Any]:
         "kind": experiment.kind, "outcome": experiment.outcome, "summary": experiment.summary(),
         "applied_at": experiment.applied_at, "ended_at": experiment.ended_at,
         "targets": [{"target": t.describe(), "state": t.state, "detail": t.detail, "mechanism": t.mechanism,
-                     "output": t.output} for t in experiment.targets],
+                     "cgroup": t.cgroup, "output": t.output} for t in experiment.targets],
     }
 
 

@@ -12,10 +12,13 @@ import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
+from tests.support import pod_placement
 from tests.support.network_bed import NetworkBed
 from tests.support.targets import require
 
 pytest_plugins = ["pytester"]
+# "pod": every daemon a test starts runs as a DaemonSet pod does on a cgroup v2 node (tests/support/pod_placement.py).
+PLACEMENT_VARIABLE = "PYTEST_CHAOS_TEST_DAEMON_PLACEMENT"
 
 
 class RunningDaemon:
@@ -41,12 +44,17 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     """Start ``pytest-chaos-daemon`` on a fresh unix socket with extra ``args`` (run under ``wrapper``,
     e.g. a setpriv command line); stopped after the test."""
     daemons: list[RunningDaemon] = []
+    placements: list[str] = []
 
     def start(*args: str, listen: str | None = None, wrapper: Sequence[str] = ()) -> RunningDaemon:
         directory = tmp_path_factory.mktemp("daemon")
         address = listen or f"unix://{directory}/daemon.sock"
         if "--state-dir" not in args:  # a journal of its own, unless the test shares one on purpose
             args = (*args, "--state-dir", str(directory / "state"))
+        if os.environ.get(PLACEMENT_VARIABLE) == "pod":  # as a DaemonSet pod on a cgroup v2 node (the VM lane)
+            placement = f"pytest-chaos-pod-{os.getpid()}-{len(daemons)}"
+            placements.append(placement)
+            wrapper = [sys.executable, pod_placement.__file__, "--cgroup", placement, "--", *wrapper]
         log_path = str(directory / "daemon.log")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -62,6 +70,8 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     yield start
     for daemon in daemons:
         daemon.stop()
+    for placement in placements:
+        pod_placement.remove(placement)
 
 
 def _wait_until_started(daemon: RunningDaemon) -> None:

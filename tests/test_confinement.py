@@ -18,6 +18,7 @@ from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.tracking import HIERARCHY
 
+from tests.support.cgroups import tracking_modes
 from tests.support.targets import require, wait_for
 
 NOBODY = 65534
@@ -136,7 +137,7 @@ def recording_rootfs(busybox_rootfs: str, directory) -> str:
     os.unlink(os.path.join(root, "bin", "sh"))
     with open(os.path.join(root, "bin", "sh"), "w") as f:
         f.write("#!/bin/busybox sh\ncat /proc/self/status > /record.status\ncat /proc/self/cgroup > /record.cgroup\n"
-                'exec /bin/busybox sh "$@"\n')
+                'cat /proc/1/cgroup > /record.init-cgroup\nexec /bin/busybox sh "$@"\n')
     os.chmod(os.path.join(root, "bin", "sh"), 0o755)
     return root
 
@@ -145,7 +146,10 @@ def fields(status_text: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in status_text.splitlines() if ":\t" in line)
 
 
-def test_probe_in_a_container_has_the_containers_credentials_cgroups_and_no_new_privs(daemon, targets, tmp_path):
+@pytest.mark.parametrize("tracking", tracking_modes())
+def test_probe_in_a_container_has_the_containers_credentials_cgroups_and_no_new_privs(start_daemon, targets, tmp_path,
+                                                                                     tracking):
+    daemon = start_daemon("--containerd-namespace", "*", "--probe-tracking", tracking)
     rootfs = recording_rootfs(targets.rootfs, tmp_path)
     container_id = targets.containerd("sleep", "3600", rootfs=rootfs)
     reply = hello(daemon, f"containerd://{container_id}")
@@ -156,8 +160,19 @@ def test_probe_in_a_container_has_the_containers_credentials_cgroups_and_no_new_
     assert int(probe["CapEff"], 16) == int(init["CapEff"], 16) != int(fields(open("/proc/self/status").read())["CapEff"], 16)
     assert int(probe["CapBnd"], 16) == int(init["CapBnd"], 16)
     assert probe["NoNewPrivs"].strip() == "1"
-    ours = lambda text: sorted(line for line in text.splitlines() if HIERARCHY not in line)  # noqa: E731
-    assert ours(open(os.path.join(rootfs, "record.cgroup")).read()) == ours(open(f"/proc/{reply.status.pid}/cgroup").read())
+    # Both as seen from inside the container (its cgroup namespace), the daemon's tracking hierarchy left out;
+    # a cgroup v2 probe is a child of the container's cgroup.
+    probe_cgroups, init_cgroups = (own_cgroups(open(os.path.join(rootfs, name)).read())
+                                   for name in ("record.cgroup", "record.init-cgroup"))
+    assert probe_cgroups.keys() == init_cgroups.keys()
+    for hierarchy, path in init_cgroups.items():
+        tracked_below = hierarchy == "" and probe_cgroups[hierarchy].startswith(f"{path.rstrip('/')}/pytest-chaos-probe.")
+        assert probe_cgroups[hierarchy] == path or tracked_below, (hierarchy, probe_cgroups[hierarchy], path)
+
+
+def own_cgroups(text: str) -> dict[str, str]:
+    """``/proc/PID/cgroup`` as {controllers: path}, the daemon's tracking hierarchy left out."""
+    return {line.split(":")[1]: line.split(":", 2)[2] for line in text.splitlines() if HIERARCHY not in line}
 
 
 def test_probe_of_a_non_root_process_runs_as_that_user(daemon):

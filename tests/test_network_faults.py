@@ -10,6 +10,7 @@ computed from the requested rate, never a tolerance picked to pass.
 
 from __future__ import annotations
 
+import re
 import signal
 import statistics
 import subprocess
@@ -26,6 +27,7 @@ from tests.support.network_bed import (
     NetworkBed,
     binomial_interval,
     dns_query,
+    emulations,
     measured,
     snapshot,
     tcp_connects,
@@ -49,12 +51,36 @@ def daemon(start_daemon):
 
 @pytest.fixture
 def session(daemon):
+    yield from session_of(daemon)
+
+
+def session_of(daemon):
     backend = LocalBackend(lambda: daemon.address)
     chaos = ChaosSession(backend, seed=1)
     yield chaos
     for _, experiment in chaos.experiments:  # what a failed test left: now, not at its lease's end
         chaos.recover(experiment)
     chaos.close()
+
+
+def pytest_generate_tests(metafunc):
+    # The netem kinds' tests run once per mechanism this kernel offers (both where it has netem).
+    if "emulation" in metafunc.fixturenames:
+        metafunc.parametrize("emulation", emulations())
+
+
+@pytest.fixture
+def emulating(start_daemon, emulation):
+    """A session whose daemon makes the netem kinds with ``emulation``: netem, or the packet queue."""
+    yield from session_of(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
+                                       "--network-emulation", emulation))
+
+
+MECHANISMS = {"netem": "tc netem on the device's egress", "queue": "packet queue (iptables NFQUEUE)"}
+
+
+def assert_made_with(experiment, emulation: str) -> None:
+    assert experiment.targets[0].mechanism.startswith(MECHANISMS[emulation]), experiment.targets[0].mechanism
 
 
 def apply(session: ChaosSession, kind: str, source, **params):
@@ -115,51 +141,59 @@ def test_partition_of_an_external_target_cidr(session, network_bed):
     assert tcp_connects(target, peer.ip, PORT)
 
 
-def test_loss_30_percent_over_1000_packets_is_within_a_binomial_interval(session, trio):
+def test_loss_30_percent_over_1000_packets_is_within_a_binomial_interval(emulating, emulation, trio):
+    session = emulating
     target, peer, other = trio
     receiver, bystander = udp_receiver(peer, PORT), udp_receiver(other, PORT)
     before = snapshot(target)
     experiment = apply(session, "network-loss", target, target=peers(peer), loss="30")
+    assert_made_with(experiment, emulation)
     sent = udp_send(target, peer.ip, PORT, 1000)
-    assert sent == 1000  # dropped later by the queue: sendto never fails, as with netem
+    assert sent == 1000  # dropped later, by netem or the queue: sendto never fails
     udp_send(target, other.ip, PORT, 200)
     counts, others = receiver.result(), bystander.result()
     low, high = binomial_interval(1000, 0.7)
-    measured("network-loss 30% over 1000 UDP datagrams: loss", 1 - counts.received / 1000, "0.30")
+    measured(f"network-loss 30% ({emulation}) over 1000 UDP datagrams: loss", 1 - counts.received / 1000, "0.30")
     assert low <= counts.received <= high, f"{counts.received} of 1000 arrived; expected {low:.0f} to {high:.0f}"
     assert others.received == 200  # only towards the selected peer
     session.recover(experiment)
     assert snapshot(target) == before
 
 
-def test_delay_100ms_with_jitter_raises_the_round_trip_to_the_peer_only(session, trio):
+def test_delay_100ms_with_jitter_raises_the_round_trip_to_the_peer_only(emulating, emulation, trio):
+    session = emulating
     target, peer, other = trio
     udp_echo_server(peer, PORT)
     udp_echo_server(other, PORT)
     baseline = udp_probe(target, peer.ip, PORT, count=40).median_rtt_ms
     before = snapshot(target)
     experiment = apply(session, "network-delay", target, target=peers(peer), latency="100ms", jitter="10ms")
+    assert_made_with(experiment, emulation)
     delayed = udp_probe(target, peer.ip, PORT, count=60, interval_s=0.02)
     elsewhere = udp_probe(target, other.ip, PORT, count=20).median_rtt_ms
     rise = statistics.median(delayed.rtts_ms) - baseline
-    measured(f"network-delay 100ms jitter 10ms: round-trip rise in ms (baseline {baseline:.2f} ms, "
+    measured(f"network-delay 100ms jitter 10ms ({emulation}): round-trip rise in ms (baseline {baseline:.2f} ms, "
              f"min {min(delayed.rtts_ms) - baseline:.1f}, max {max(delayed.rtts_ms) - baseline:.1f})", rise, "100")
     # The median of uniform jitter is the latency; the queue's own scheduling adds under a few ms.
     assert 95 <= rise <= 110, f"round trip rose by {rise:.1f} ms"
-    assert 85 <= min(delayed.rtts_ms) - baseline and max(delayed.rtts_ms) - baseline <= 130
+    # Jitter spreads the rest by ±10 ms; a busy machine may hold a rare packet longer (deciles, not extremes).
+    deciles = statistics.quantiles(delayed.rtts_ms, n=10)
+    assert 85 <= deciles[0] - baseline and deciles[-1] - baseline <= 130, deciles
     assert elsewhere < 20
     session.recover(experiment)
     assert udp_probe(target, peer.ip, PORT, count=20).median_rtt_ms < 20
     assert snapshot(target) == before
 
 
-def test_reorder_sends_a_share_at_once(session, network_bed):
+def test_reorder_sends_a_share_at_once(emulating, emulation, network_bed):
+    session = emulating
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     experiment = apply(session, "network-delay", target, latency="50ms", reorder={"reorder": "50", "gap": 0})
+    assert_made_with(experiment, emulation)
     result = udp_probe(target, peer.ip, PORT, count=200, interval_s=0.005)
     fast = sum(rtt < 25 for rtt in result.rtts_ms)
-    measured(f"network-delay 50ms reorder 50%: share sent at once ({result.out_of_order} out of order)",
+    measured(f"network-delay 50ms reorder 50% ({emulation}): share sent at once ({result.out_of_order} out of order)",
              fast / result.received, "0.50")
     low, high = binomial_interval(result.received, 0.5)
     assert low <= fast <= high
@@ -167,32 +201,36 @@ def test_reorder_sends_a_share_at_once(session, network_bed):
     session.recover(experiment)
 
 
-def test_duplicate_50_percent(session, network_bed):
+def test_duplicate_50_percent(emulating, emulation, network_bed):
+    session = emulating
     target, peer = network_bed.process(), network_bed.process()
     receiver = udp_receiver(peer, PORT)
     before = snapshot(target)
     experiment = apply(session, "network-duplicate", target, duplicate="50")
+    assert_made_with(experiment, emulation)
     udp_send(target, peer.ip, PORT, 1000)
     counts = receiver.result()
     low, high = binomial_interval(1000, 0.5)
-    measured("network-duplicate 50% over 1000 UDP datagrams: duplicate share", counts.duplicates / 1000, "0.50")
+    measured(f"network-duplicate 50% ({emulation}) over 1000 UDP datagrams: duplicate share", counts.duplicates / 1000, "0.50")
     assert counts.received == 1000
     assert low <= counts.duplicates <= high, f"{counts.duplicates} duplicates; expected {low:.0f} to {high:.0f}"
     session.recover(experiment)
     assert snapshot(target) == before
 
 
-def test_corrupt_40_percent_is_dropped_by_the_receiver_on_its_checksum(session, network_bed):
+def test_corrupt_40_percent_is_dropped_by_the_receiver_on_its_checksum(emulating, emulation, network_bed):
+    session = emulating
     target, peer = network_bed.process(), network_bed.process()
     receiver = udp_receiver(peer, PORT)
     errors_before = udp_snmp(peer)["InCsumErrors"]
     before = snapshot(target)
     experiment = apply(session, "network-corrupt", target, corrupt="40")
+    assert_made_with(experiment, emulation)
     udp_send(target, peer.ip, PORT, 1000)
     counts = receiver.result()
     checksum_errors = udp_snmp(peer)["InCsumErrors"] - errors_before
     low, high = binomial_interval(1000, 0.6)
-    measured(f"network-corrupt 40% over 1000 UDP datagrams: share dropped ({checksum_errors} checksum errors)",
+    measured(f"network-corrupt 40% ({emulation}) over 1000 UDP datagrams: share dropped ({checksum_errors} checksum errors)",
              1 - counts.received / 1000, "0.40")
     assert low <= counts.received <= high, f"{counts.received} of 1000 arrived intact"
     # A flipped bit in the UDP header's ports or length can miss the socket instead of failing the sum.
@@ -217,12 +255,17 @@ def test_bandwidth_1mbps_holds_a_bulk_transfer_to_the_rate(session, network_bed,
     assert snapshot(target) == before
 
 
-def test_two_faults_on_the_same_traffic_compose_and_recover_apart(session, network_bed):
+def test_two_faults_on_the_same_traffic_compose_and_recover_apart(emulating, emulation, network_bed):
+    session = emulating
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     before = snapshot(target)
     delay = apply(session, "network-delay", target, latency="50ms", target=peers(peer))
     loss = apply(session, "network-loss", target, loss="50", target=peers(peer))
+    assert_made_with(delay, emulation)
+    # The device's root qdisc holds the first fault's netem: the second goes through the queue, and says why.
+    assert_made_with(loss, "queue")
+    assert emulation == "queue" or "already has a root qdisc" in loss.targets[0].mechanism
     both = udp_probe(target, peer.ip, PORT, count=300, interval_s=0.005)
     low, high = binomial_interval(300, 0.5)
     assert low <= both.received <= high
@@ -258,8 +301,9 @@ def delay_80ms(target, injection_id: str, lease_s: int) -> pb.ApplyRequest:
     return request
 
 
-def test_a_lease_that_runs_out_recovers_the_fault_with_no_runner(daemon, network_bed):
+def test_a_lease_that_runs_out_recovers_the_fault_with_no_runner(start_daemon, emulation, network_bed):
     """What a SIGKILLed runner leaves: an injection nobody renews."""
+    daemon = start_daemon("--allow-pid-targets", "--network-emulation", emulation)
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     before = snapshot(target)
@@ -269,22 +313,53 @@ def test_a_lease_that_runs_out_recovers_the_fault_with_no_runner(daemon, network
     assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
 
 
-def test_a_restarted_daemon_serves_the_queue_again_and_recovers(start_daemon, network_bed, tmp_path):
+def test_a_restarted_daemon_keeps_the_delay_and_recovers_it(start_daemon, emulation, network_bed, tmp_path):
     state = str(tmp_path / "state")
-    first = start_daemon("--allow-pid-targets", "--state-dir", state)
+    daemon_args = ("--allow-pid-targets", "--state-dir", state, "--network-emulation", emulation)
+    first = start_daemon(*daemon_args)
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     before = snapshot(target)
     first.stub.Apply(delay_80ms(target, "kept-delay", lease_s=120), timeout=30)
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
-    # The queue's program died with it: --queue-bypass lets traffic through undelayed meanwhile.
-    assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
-    second = start_daemon("--allow-pid-targets", "--state-dir", state)
+    if emulation == "queue":
+        # The queue's program died with it: --queue-bypass lets traffic through undelayed meanwhile.
+        assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms < 20
+    else:  # netem is the kernel's: it holds without any daemon
+        assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms >= 75
+    second = start_daemon(*daemon_args)
     wait_for(lambda: udp_probe(target, peer.ip, PORT, count=3).median_rtt_ms >= 75, "the delay to be served again", 15)
     assert udp_probe(target, peer.ip, PORT, count=10).median_rtt_ms >= 75
     [status] = second.stub.Recover(pb.RecoverRequest(injection_ids=["kept-delay"]), timeout=30).injections
     assert status.state == pb.InjectionStatus.RECOVERED, status.detail
+    assert snapshot(target) == before
+
+
+def test_netem_parameters_are_honoured_by_netem_and_refused_by_the_queue(emulating, emulation, network_bed):
+    """Chaos Mesh's reorder gap: with netem, every 5th packet goes at once (reorder 100%, gap 5), as the qdisc
+    seen from outside the daemon says; the packet queue cannot, and the fault is refused before anything
+    changes, naming why."""
+    session = emulating
+    target, peer = network_bed.process(), network_bed.process()
+    udp_echo_server(peer, PORT)
+    before = snapshot(target)
+    params = dict(latency="50ms", correlation="25", reorder={"reorder": "100", "correlation": "0", "gap": 5})
+    if emulation == "queue":
+        with pytest.raises(Exception, match="reorder.gap 5 .*needs netem") as info:
+            apply(session, "network-delay", target, **params)
+        assert "correlation 25 " in str(info.value) and "through the packet queue" in str(info.value)
+        assert snapshot(target) == before
+        return
+    experiment = apply(session, "network-delay", target, **params)
+    assert_made_with(experiment, emulation)
+    qdisc = target.run("tc", "qdisc", "show", "dev", "eth0", check=True).stdout
+    assert re.search(r"netem .*delay 50ms +25%.* reorder 100% gap 5", qdisc), qdisc
+    result = udp_probe(target, peer.ip, PORT, count=100, interval_s=0.005)
+    fast = sum(rtt < 25 for rtt in result.rtts_ms)
+    measured("network-delay 50ms reorder 100% gap 5 (netem): share sent at once", fast / result.received, "0.20")
+    assert abs(fast - result.received / 5) <= 2, f"{fast} of {result.received} went at once"
+    session.recover(experiment)
     assert snapshot(target) == before
 
 
@@ -306,7 +381,9 @@ def test_a_gone_namespace_counts_as_recovered_and_says_so(daemon):
 
 @pytest.mark.parametrize("fault, message", [
     (dict(network_loss=pb.NetworkLoss(loss=101)), "loss must be a percentage from 0 to 100"),
-    (dict(network_loss=pb.NetworkLoss(loss=10, correlation=5)), "no netem qdisc"),
+    (dict(network_loss=pb.NetworkLoss(loss=10, correlation=101)), "correlation must be a percentage"),
+    (dict(network_delay=pb.NetworkDelay(latency={"nanos": 1000}, reorder=pb.NetworkDelay.Reorder(gap=-1))),
+     "reorder.gap must be from 0"),
     (dict(network_delay=pb.NetworkDelay()), "latency is required"),
     (dict(network_delay=pb.NetworkDelay(latency={"seconds": 61})), "latency must be from 0 to 60s"),
     (dict(network_bandwidth=pb.NetworkBandwidth(rate=0)), "rate must be from 1 byte/s"),
@@ -377,7 +454,7 @@ def test_the_marker_applies_a_partition_and_the_report_names_peers_and_mechanism
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*chaos network-partition mode=one: 1 target [[]{target.container_id}[]] with 1 peer "
                                  f"[[]{peer.container_id}[]] recovered*mechanism: iptables DROP in the target's "
-                                 f"network namespace"])
+                                 f"network namespace (cgroup v*)"])
     assert snapshot(target) == before
     assert tcp_connects(target, peer.ip, PORT)
 

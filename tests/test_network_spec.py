@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
-from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds import KINDS
 
 
@@ -18,13 +18,15 @@ def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     ("network-partition", 'direction="from"', "direction", "needs `target` or `external_targets`"),
     ("network-loss", "", "loss", "is required"),
     ("network-loss", 'loss="150"', "loss", "a percentage from 0 to 100"),
-    ("network-loss", 'loss="25", correlation="50"', "correlation", "needs the kernel's netem"),
+    ("network-loss", 'loss="25", correlation="150"', "correlation", "a percentage from 0 to 100"),
     ("network-loss", 'loss="25", direction="both"', "direction", "'both' needs `target`"),
     ("network-loss", 'loss="25", direction="from", external_targets=["10.0.0.1"], '
                      'target={"selector": {"pids": [1]}}', "external_targets", "works only with direction 'to'"),
     ("network-delay", "", "latency", "is required: a duration like '100ms'"),
     ("network-delay", 'latency="100 parsecs"', "latency", "a duration like '100ms'"),
-    ("network-delay", 'latency="100ms", reorder={"reorder": "25", "gap": 5}', "reorder.gap", "needs the kernel's netem"),
+    ("network-delay", 'latency="100ms", reorder={"reorder": "25", "gap": -5}', "reorder.gap", "a whole number of packets"),
+    ("network-delay", 'latency="100ms", reorder={"reorder": "25", "correlation": "x"}', "reorder.correlation",
+     "a percentage"),
     ("network-delay", 'latency="100ms", reorder={"reorder": "25", "shuffle": 1}', "reorder.shuffle", "accepted:"),
     ("network-duplicate", 'duplicate="x"', "duplicate", "a percentage"),
     ("network-corrupt", 'corrupt=-1', "corrupt", "a percentage"),
@@ -76,7 +78,7 @@ def test_delay_reads_go_durations_and_reorder():
                                                   "reorder": {"reorder": "25", "correlation": "0", "gap": 0}})
     assert params["latency_ns"] == 1_500_000_000
     assert params["jitter_ns"] == 10_000_000
-    assert params["reorder"] == 25.0
+    assert params["reorder"] == {"reorder": 25.0, "correlation": 0.0, "gap": 0}
 
 
 def test_external_targets_keep_host_names_for_when_the_fault_is_applied():
@@ -84,7 +86,13 @@ def test_external_targets_keep_host_names_for_when_the_fault_is_applied():
     assert params["external_targets"] == ["10.1.2.3/32", "10.1.0.0/16", "db.internal"]
 
 
-def test_a_zero_correlation_is_accepted_as_chaos_mesh_writes_it():
-    assert KINDS["network-loss"].check_params({"loss": "25", "correlation": "0"})["loss"] == 25.0
-    with pytest.raises(ChaosSpecError, match="netem"):
-        KINDS["network-duplicate"].check_params({"duplicate": 5, "correlation": 25})
+def test_netem_parameters_pass_to_the_daemon_which_decides_where_netem_is():
+    """Only the node knows whether its kernel has netem: the plugin checks ranges and sends them on."""
+    assert KINDS["network-loss"].check_params({"loss": "25", "correlation": "0"})["correlation"] == 0.0
+    params = KINDS["network-duplicate"].check_params({"duplicate": 5, "correlation": "25"})
+    assert params["correlation"] == 25.0
+    delay = KINDS["network-delay"].check_params({"latency": "10ms", "correlation": 30,
+                                                 "reorder": {"reorder": 20, "correlation": 40, "gap": 5}})
+    message = KINDS["network-delay"].network_message(delay, pb.NetworkScope())
+    assert (message.correlation, message.reorder.reorder, message.reorder.correlation, message.reorder.gap) == \
+        (30, 20, 40, 5)

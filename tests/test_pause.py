@@ -18,8 +18,8 @@ from pytest_chaos_daemon.faults.container_pause import FREEZER_V1, FREEZER_V2, S
 from tests.support.pausing import (
     RUNTIMES,
     Counting,
+    Freezer,
     apply_pause,
-    freezer_file,
     listing,
     log_entries,
     process_state,
@@ -70,7 +70,8 @@ def test_the_marker_pauses_the_target_during_the_test_and_recovers_it_after(pyte
     if counting.runtime == "pid":
         kernel_view, paused = f"/proc/{counting.host_pid}/stat", "T"
     else:
-        kernel_view, paused = freezer_file(counting.host_pid), "FROZEN"
+        freezer = Freezer.of(counting.host_pid)
+        kernel_view, paused = freezer.state_file, freezer.frozen_text
     is_process = counting.runtime == "pid"
     pytester.makepyfile(test_user=f"""
         import os
@@ -82,7 +83,7 @@ def test_the_marker_pauses_the_target_during_the_test_and_recovers_it_after(pyte
 
         def kernel_state():
             text = open({kernel_view!r}).read()
-            return text.rsplit(")", 1)[1].split()[0] if {is_process} else text.strip()
+            return text.rsplit(")", 1)[1].split()[0] if {is_process} else {paused!r} if {paused!r} in text else text
 
         @pytest.mark.chaos("container-pause", selector={counting.selector!r}, mode="all")
         def test_app(chaos):
@@ -114,9 +115,8 @@ def test_recovering_an_already_recovered_injection_says_recovered_again_and_touc
     assert first.state == RECOVERED
     counting.wait_advancing()
     # Frozen again by hand: a second recovery that thawed anything would show.
-    state_file = freezer_file(counting.host_pid)
-    with open(state_file, "w") as f:
-        f.write("FROZEN")
+    freezer = Freezer.of(counting.host_pid)
+    freezer.set(frozen=True)
     try:
         wait_for(counting.frozen, "the hand-made freeze")
 
@@ -125,8 +125,7 @@ def test_recovering_an_already_recovered_injection_says_recovered_again_and_touc
         assert second == first  # same state, detail and ended_at: the one recovery
         assert counting.frozen() and counting.still()
     finally:
-        with open(state_file, "w") as f:
-            f.write("THAWED")
+        freezer.set(frozen=False)
     counting.wait_advancing()
     assert [e["injection_id"] for e in log_entries(daemon.log(), "recovered")] == ["once"]
 

@@ -70,7 +70,7 @@ def test_marker_captures_each_targets_process_list(pytester, targets):
         f"chaos helloworld mode=all: 2 targets [[]pid://{pids[0]}, pid://{pids[1]}[]] applied*",
         "*sleep 1001*",
         "*chaos experiments*",
-        "*recovered (one-shot, nothing to recover)",
+        "*recovered (one-shot, nothing to recover); mechanism: sh -c 'ps aux' inside the target*",
     ])
 
 
@@ -392,7 +392,9 @@ def test_report_and_junit_say_how_a_fault_that_stayed_ended(pytester, targets):
     result.stdout.fnmatch_lines(["*Captured chaos setup*", "*container-pause mode=one: 1 target*applied*",
                                  "*Captured chaos teardown*", "*container-pause mode=one: 1 target*recovered*"])
     properties = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
-    assert properties["chaos[1]"].endswith("recovered; mechanism: SIGSTOP to the process and its descendants")
+    # The mechanism, and the node's cgroup layout as its daemon reports it.
+    assert re.search(r"recovered; mechanism: SIGSTOP to the process and its descendants \(cgroup v[12]( \(hybrid\))?\)$",
+                     properties["chaos[1]"]), properties["chaos[1]"]
     assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T"
 
 

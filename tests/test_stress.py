@@ -1,9 +1,9 @@
 """stress on real containers, seen from outside the daemon: the container's own cgroup counters, /proc.
 
 A containerd container has cgroups of its own, so what stress-ng uses shows
-in them: v1 ``cpuacct.usage`` (CPU time, in nanoseconds) and
-``memory.usage_in_bytes``. Loads stay small (one worker, 64MB, seconds): the
-machines have two cores.
+in them: v1 ``cpuacct.usage`` and ``memory.usage_in_bytes``, or on a cgroup
+v2 host ``cpu.stat`` and ``memory.current`` (``tests/support/cgroups.py``).
+Loads stay small (one worker, 64MB, seconds): the machines have two cores.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import time
 
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from pytest_chaos_daemon.tracking import DEFAULT_MOUNT_POINT, HIERARCHY
 
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
+from tests.support.cgroups import cgroup_dir, cpu_seconds, memory_bytes, tracking_modes, within
 from tests.support.targets import wait_for
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
@@ -64,32 +64,12 @@ def stress_ng_in(pid: int) -> list[int]:
     return found
 
 
-def cgroup_of(pid: int, controller: str) -> str:
-    """The directory of ``pid``'s cgroup for a v1 ``controller`` (or a named hierarchy), as this host mounts it."""
-    mounts = procfs.cgroup_mounts()
-    for membership in procfs.read_cgroups(pid):
-        if controller in membership.controllers:
-            directory = procfs.cgroup_dir(membership, mounts)
-            assert directory is not None, f"the {controller} cgroup of {pid} is not mounted here"
-            return directory
-    raise AssertionError(f"process {pid} has no {controller} cgroup")
-
-
-def read_number(path: str) -> int:
-    with open(path) as f:
-        return int(f.read())
-
-
-def cpu_seconds(pid: int, interval: float = 1.0) -> float:
-    """CPU time the cgroup of ``pid`` used over ``interval``, from the kernel's own counter."""
-    usage = os.path.join(cgroup_of(pid, "cpuacct"), "cpuacct.usage")
-    before = read_number(usage)
-    time.sleep(interval)
-    return (read_number(usage) - before) / 1e9
-
-
-def memory_usage(pid: int) -> int:
-    return read_number(os.path.join(cgroup_of(pid, "memory"), "memory.usage_in_bytes"))
+def tracking_cgroup(pid: int) -> str:
+    """The probe cgroup ``pid`` is tracked in, as the daemon journals it: under the named hierarchy's mount point,
+    or its cgroup v2 path (a child of the target's)."""
+    memberships = procfs.read_cgroups(pid)
+    named = [m.path for m in memberships if HIERARCHY in m.controllers and m.path != "/"]
+    return DEFAULT_MOUNT_POINT + named[0] if named else next(m.path for m in memberships if m.v2)
 
 
 def host_pid(daemon, container_id: str) -> int:
@@ -119,9 +99,11 @@ def container(targets) -> str:
     return f"containerd://{targets.containerd()}"
 
 
-def test_stress_loads_the_containers_own_cgroups_until_it_is_recovered(daemon, container):
+@pytest.mark.parametrize("tracking", tracking_modes())
+def test_stress_loads_the_containers_own_cgroups_until_it_is_recovered(start_daemon, container, tracking):
+    daemon = start_daemon("--containerd-namespace", "*", "--probe-tracking", tracking)
     pid = host_pid(daemon, container)
-    idle_cpu, idle_memory = cpu_seconds(pid), memory_usage(pid)
+    idle_cpu, idle_memory = cpu_seconds(pid), memory_bytes(pid)
 
     reply = apply_stress(daemon.stub, container, "stress-1", cpu=CPU, memory=MEMORY)
 
@@ -129,14 +111,14 @@ def test_stress_loads_the_containers_own_cgroups_until_it_is_recovered(daemon, c
     assert reply.status.mechanism.startswith("stress-ng")
     busy_cpu = cpu_seconds(pid)
     assert busy_cpu > idle_cpu + BUSY_S, f"the container used {busy_cpu:.2f}s of CPU per second (idle: {idle_cpu:.2f}s)"
-    wait_for(lambda: memory_usage(pid) > idle_memory + MEMORY_RISE, "the container's memory usage to rise by 40MiB")
+    wait_for(lambda: memory_bytes(pid) > idle_memory + MEMORY_RISE, "the container's memory usage to rise by 40MiB")
 
     stressors = stress_ng_in(pid)
     assert len(stressors) >= 3, "stress-ng with a CPU and a memory worker, in the target's pid namespace"
     daemon_binary = shutil.which("stress-ng")
     for stressor in stressors:
-        for controller in ("cpuacct", "memory", "pids"):
-            assert cgroup_of(stressor, controller) == cgroup_of(pid, controller), (stressor, controller)
+        for resource in ("cpu", "memory", "pids"):
+            assert within(stressor, pid, resource), (stressor, resource, cgroup_dir(stressor, resource))
         assert procfs.namespace_id(f"/proc/{stressor}/ns/mnt") == procfs.namespace_id("/proc/self/ns/mnt")
         assert os.path.samefile(f"/proc/{stressor}/exe", daemon_binary)  # the daemon's, not the target's
         assert status_field(stressor, "Uid").split() == [str(STRESSOR_ID)] * 4  # a uid no target runs as
@@ -193,10 +175,12 @@ def test_bad_stressors_are_invalid_arguments_naming_the_field(daemon, stress, fi
     assert field in raised.value.details()
 
 
-def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(start_daemon, targets, tmp_path):
+@pytest.mark.parametrize("tracking", tracking_modes())
+def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(start_daemon, targets, tmp_path,
+                                                                               tracking):
     state = str(tmp_path / "state")
     container = f"containerd://{targets.containerd()}"
-    first = start_daemon("--containerd-namespace", "*", "--state-dir", state)
+    first = start_daemon("--containerd-namespace", "*", "--state-dir", state, "--probe-tracking", tracking)
     pid = apply_stress(first.stub, container, "stress-restart", cpu=pb.Stress.Cpu(workers=1, load=50)).status.pid
     assert stress_ng_in(pid)
 
@@ -206,16 +190,15 @@ def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(
     # sleep that reaps nothing), may stay as zombies until the container ends.
     wait_for(lambda: not stress_ng_in(pid), "stress-ng to die with the daemon")
 
-    second = start_daemon("--containerd-namespace", "*", "--state-dir", state)
+    second = start_daemon("--containerd-namespace", "*", "--state-dir", state, "--probe-tracking", tracking)
     wait_for(lambda: stress_ng_in(pid), "the restarted daemon to start stress-ng again")
     stressors = stress_ng_in(pid)
     [journaled] = [json.load(open(path)) for path in glob.glob(f"{state}/injections/*.json")]
     assert journaled["state"] == "active"
     for stressor in stressors:
-        assert cgroup_of(stressor, "cpuacct") == cgroup_of(pid, "cpuacct")
+        assert within(stressor, pid, "cpu")
         # The journal names the cgroup the new stressors are in: recovery will find them.
-        [tracking] = [m.path for m in procfs.read_cgroups(stressor) if HIERARCHY in m.controllers]
-        assert DEFAULT_MOUNT_POINT + tracking == journaled["plan"]["cgroup"]
+        assert tracking_cgroup(stressor) == journaled["plan"]["cgroup"]
 
     status = recover(second.stub, "stress-restart")
 
@@ -228,7 +211,7 @@ def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("-p", "chaos", *args)
 
 
-# Reads a target's CPU time from its cgroup, in the user's test module.
+# Reads a target's CPU time from its cgroup (v1 cpuacct or v2 cpu.stat), in the user's test module.
 CPU_SECONDS = """
 import os
 import time
@@ -236,12 +219,20 @@ import time
 from pytest_chaos_daemon import procfs
 
 
+def cpu_used(pid):
+    memberships = procfs.read_cgroups(pid)
+    v1 = [m for m in memberships if "cpuacct" in m.controllers]
+    directory = procfs.cgroup_dir((v1 or [m for m in memberships if m.v2])[0], procfs.cgroup_mounts())
+    if v1:
+        return int(open(os.path.join(directory, "cpuacct.usage")).read()) / 1e9
+    stat = dict(line.split() for line in open(os.path.join(directory, "cpu.stat")))
+    return int(stat["usage_usec"]) / 1e6
+
+
 def cpu_seconds(pid, interval=1.0):
-    [membership] = [m for m in procfs.read_cgroups(pid) if "cpuacct" in m.controllers]
-    usage = os.path.join(procfs.cgroup_dir(membership, procfs.cgroup_mounts()), "cpuacct.usage")
-    before = int(open(usage).read())
+    before = cpu_used(pid)
     time.sleep(interval)
-    return (int(open(usage).read()) - before) / 1e9
+    return cpu_used(pid) - before
 
 
 def stress_ng_running():

@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from . import confine, logs
+from . import confine, logs, netem, node
 from .injections import DEFAULT_LEASE_S
 from .journal import DEFAULT_STATE_DIR
 from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
@@ -15,6 +15,7 @@ from .runtimes import RuntimeRegistry, containerd, cri, docker, process
 from .server import serve
 from .servicer import Limits
 from .tls import TlsFiles
+from .tracking import NAMED_V1, V2_SUBTREE
 
 DEFAULT_PORT = 31767
 DEFAULT_LISTEN = f"tcp://0.0.0.0:{DEFAULT_PORT}"
@@ -109,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
         "version's source, made at first start if a C compiler is there (python3 -m pytest_chaos_daemon.confine)",
     )
     parser.add_argument(
+        "--probe-tracking", choices=("auto", NAMED_V1, V2_SUBTREE), default="auto",
+        help=f"how programs the daemon starts are tracked so none outlives it: {NAMED_V1}, a named cgroup v1 "
+        f"hierarchy of the daemon's own; {V2_SUBTREE}, cgroups made under the target's cgroup (or the daemon's) "
+        "in the unified hierarchy, killed with cgroup.kill. auto: cgroup-v2 on a cgroup v2 node, the named "
+        "hierarchy elsewhere. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--network-emulation", choices=netem.CHOICES, default=netem.AUTO,
+        help="how network-loss, -delay, -duplicate and -corrupt are made: netem, the kernel's qdisc (refused "
+        "where the kernel lacks it); queue, the daemon's packet queue (netem's correlations and reorder gap are "
+        "refused there); auto: netem where the kernel has it and the device's qdisc is free, the queue "
+        "elsewhere. Default: %(default)s",
+    )
+    parser.add_argument(
         "--health-listen", metavar="ADDRESS",
         help="also serve grpc.health.v1 alone, in plaintext, here (e.g. tcp://0.0.0.0:31766): "
         "Kubernetes' gRPC probes cannot speak TLS",
@@ -201,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             removable = RemovableDirectory(args.remove_on_exit)
         except ValueError as err:
             parser.error(f"--remove-on-exit {args.remove_on_exit}: {err}; refusing it")
+    # First, before logging or gRPC start a thread: setns moves only the calling thread.
+    cgroup_namespace = node.enter_node_cgroup_namespace()
     logs.configure(args.log_level)
     if os.geteuid() != 0:
         print("pytest-chaos-daemon: warning: not root; entering other processes' namespaces will fail",
@@ -214,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(
         serve(args.listen, build_runtimes(args), limits, helper, tls, args.health_listen,
               exit_with_parent=args.exit_with_parent, insecure=args.insecure, state_dir=args.state_dir,
-              default_lease_s=args.default_lease, recover_on_exit=args.recover_on_exit)
+              default_lease_s=args.default_lease, recover_on_exit=args.recover_on_exit,
+              probe_tracking=args.probe_tracking, network_emulation=args.network_emulation,
+              cgroup_namespace=cgroup_namespace)
     )
     # Only after serving: a daemon that fails to start leaves its log to whoever started it.
     if removable:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import procfs
 from .errors import DeadlineExceeded, FailedPrecondition
-from .target import NAMESPACES, HeldTarget, confinement
+from .target import NAMESPACES, HeldTarget, confinement, v2_cgroup
 from .tracking import HIERARCHY, Probe, ProbeTracker, kill_cgroup
 
 # The confine helper's exit status when it failed before exec; 126/127 are a
@@ -206,28 +206,45 @@ class Confiner:
         self._skip = frozenset({HIERARCHY})
 
     async def run(self, target: HeldTarget, program: Sequence[str], timeout_s: float) -> Completed:
-        inputs = confinement(target, procfs.cgroup_mounts(), self._skip)
-        probe = self.children.tracker.new_probe()
+        probe = self._new_probe(target)
         try:
-            track = ["--track-fd", str(probe.dir_fd)] if probe else []
-            argv = [self.helper, *track, *inputs.args, "--", *program]
-            fds = [*inputs.fds, *([probe.dir_fd] if probe else [])]
-            return await self.children.run(argv, timeout_s, pass_fds=fds, probe=probe)
+            inputs = confinement(target, procfs.cgroup_mounts(), self._skip, skip_v2=self._replaces_v2(probe))
+            try:
+                track = ["--track-fd", str(probe.dir_fd)] if probe else []
+                argv = [self.helper, *track, *inputs.args, "--", *program]
+                fds = [*inputs.fds, *([probe.dir_fd] if probe else [])]
+                return await self.children.run(argv, timeout_s, pass_fds=fds, probe=probe)
+            finally:
+                inputs.close()
         finally:
-            inputs.close()
             if probe is not None:
                 self.children.tracker.release(probe)
 
-    def new_cgroup(self) -> str:
+    def new_cgroup(self, target: HeldTarget | None = None) -> str:
         """A tracking cgroup for a program to ``start`` later, kept until ``stop``: its path goes in the
-        journal before anything runs."""
-        probe = self.children.tracker.new_probe()
+        journal before anything runs. ``target``: the program will run inside it (``start``); without one, it
+        is one of the daemon's own (``start_in_netns``)."""
+        probe = self._new_probe(target)
         if probe is None:
             raise FailedPrecondition(
-                "this fault leaves programs running, and the daemon cannot track them: it could not mount its "
-                "named cgroup v1 hierarchy (see the daemon's log at start)"
+                "this fault leaves programs running, and the daemon cannot track them: it has no tracking cgroup "
+                "(see the daemon's log at start)"
             )
         return probe.path
+
+    def _new_probe(self, target: HeldTarget | None) -> Probe | None:
+        """A probe for a program run inside ``target`` (in its cgroup v2, where probes are children of it) or,
+        without a target, for one of the daemon's own."""
+        tracker = self.children.tracker
+        parent = v2_cgroup(target) if target is not None and tracker.replaces_v2_membership else None
+        try:
+            return tracker.new_probe(parent)
+        except (OSError, ValueError) as err:
+            where = f"in the cgroup {parent} of target {target.description}" if target and parent else ""
+            raise FailedPrecondition(f"cannot make a tracking cgroup {where}: {err}") from None
+
+    def _replaces_v2(self, probe: Probe | None) -> bool:
+        return probe is not None and self.children.tracker.replaces_v2_membership
 
     async def start(
         self, target: HeldTarget, program: Sequence[str], cgroup: str, ready: Callable[[], bool], *,
@@ -238,7 +255,11 @@ class Confiner:
         cgroup ``cgroup`` (from ``new_cgroup``) and leave it running until ``stop``. Returns ``cgroup`` once
         ``ready()`` holds; raises FailedPrecondition with the program's output if it exits first or is not
         ready within ``timeout_s`` (the caller stops ``cgroup`` then)."""
-        inputs = confinement(target, procfs.cgroup_mounts(), self._skip, namespaces, user)
+        replaces_v2 = self.children.tracker.replaces_v2_membership
+        if replaces_v2 and not cgroup.startswith(f"{(v2_cgroup(target) or '').rstrip('/')}/"):
+            raise FailedPrecondition(f"the tracking cgroup {cgroup} is not in target {target.description}'s "
+                                     "cgroup: a program run inside a target is held to its limits")
+        inputs = confinement(target, procfs.cgroup_mounts(), self._skip, namespaces, user, skip_v2=replaces_v2)
         try:
             return await self._start(inputs.args, inputs.fds, program, cgroup, ready, env, timeout_s,
                                      target.description)

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import node
 from .api.contract import grpc_target
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
@@ -24,11 +25,12 @@ from .interceptors import HandlerWrapping
 from .journal import DEFAULT_STATE_DIR, Journal
 from .lifetime import ParentWatch
 from .logs import log
+from .netem import NetemSupport
 from .nsexec import ChildProcesses, Confiner
 from .runtimes import RuntimeRegistry
 from .servicer import ChaosDaemonServicer, Limits
 from .tls import TlsFiles, client_certificate_check
-from .tracking import ProbeTracker
+from .tracking import start_tracker
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
 # The name in the daemons' certificates (pytest-chaos-daemon-certs); clients
@@ -50,11 +52,13 @@ async def serve(
     state_dir: str = DEFAULT_STATE_DIR,
     default_lease_s: float = DEFAULT_LEASE_S,
     recover_on_exit: bool = False,
+    probe_tracking: str = "auto",
+    network_emulation: str = "auto",
+    cgroup_namespace: str = "",
 ) -> None:
     # What the daemon starts is tracked from here on; leftovers of a daemon
     # that died are killed now.
-    tracker = ProbeTracker()
-    tracker.start()
+    tracker = start_tracker(node.cgroup_layout(), probe_tracking)
     children = ChildProcesses(tracker)
     # Behind mutual TLS every call's client certificate is checked (tls.py).
     interceptors: list[HandlerWrapping] = [HandlerWrapping(decode_safely=True)]
@@ -65,7 +69,10 @@ async def serve(
     server = grpc.aio.server(interceptors=interceptors)
     confiner = Confiner(children, confine_helper)
     # Injections of daemons that died are taken over before serving.
-    injections = Injections(Journal(state_dir), FAULTS, FaultContext(runtimes, children, confiner, limits.exec_timeout_s),
+    netem = NetemSupport(children, network_emulation)
+    emulation = await netem.describe()  # checked once, before serving, so the start line tells
+    injections = Injections(Journal(state_dir), FAULTS,
+                            FaultContext(runtimes, children, confiner, limits.exec_timeout_s, netem),
                             default_lease_s, recover_on_exit)
     await injections.start()
     servicer = ChaosDaemonServicer(runtimes, confiner, limits, injections)
@@ -111,7 +118,8 @@ async def serve(
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log(logging.INFO, "serving", listen=listen, tls=bool(tls), health_listen=health_listen, runtimes=runtimes.prefixes,
         pid_targets=limits.allow_pid_targets, confine_helper=confine_helper,
-        tracking=tracker.daemon_dir or "process groups (no named cgroup hierarchy)")
+        tracking=tracker.description, cgroup=node.layout_name(), cgroup_namespace=cgroup_namespace,
+        network_emulation=emulation)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

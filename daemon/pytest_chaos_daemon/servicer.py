@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, json_format
 
-from . import journal
+from . import journal, node
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
@@ -115,6 +115,7 @@ def injection_status(record: Record | None, injection_id: str = "") -> pb.Inject
     status = pb.InjectionStatus(
         injection_id=record.id, container_id=record.container_id, pid=record.pid, state=_STATES[record.state],
         kind=record.kind, detail=record.detail, owner=record.owner, mechanism=record.mechanism,
+        cgroup=node.layout_name(),
     )
     status.applied_at.FromNanoseconds(int(record.applied_at * 1e9))
     if record.live and record.expires_at is not None:
@@ -173,6 +174,8 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
                 container_id=request.container_id,
                 pid=target.pid,
                 state=pb.InjectionStatus.ONE_SHOT,
+                mechanism=listing.mechanism,
+                cgroup=node.layout_name(),
             ),
             output=listing.output,
             processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in listing.processes],

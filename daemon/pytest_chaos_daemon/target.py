@@ -126,12 +126,13 @@ class Confinement:
 
 def confinement(
     target: HeldTarget, mounts: list[procfs.CgroupMount], skip_hierarchies: frozenset[str],
-    namespaces: Sequence[str] = NAMESPACES, user: tuple[int, int] | None = None,
+    namespaces: Sequence[str] = NAMESPACES, user: tuple[int, int] | None = None, skip_v2: bool = False,
 ) -> Confinement:
     """Open the target's namespaces, root and cgroups; read its credentials.
 
     ``skip_hierarchies``: cgroup hierarchies of the daemon's own (its tracking
-    hierarchy), never joined. ``namespaces``: which of the target's to enter;
+    hierarchy), never joined. ``skip_v2``: the program's tracking cgroup is a
+    child of the target's cgroup v2, which it joins instead. ``namespaces``: which of the target's to enter;
     without "mnt" the target's root is not entered either, so the program
     comes from the daemon's filesystem. ``user``: (uid, gid) to run as with no
     capabilities at all, instead of the target's credentials.
@@ -143,7 +144,7 @@ def confinement(
             root = _open(target, f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             result.fds.append(root)
             result.args += ["--root-fd", str(root)]
-        _open_cgroups(target, mounts, skip_hierarchies, result)
+        _open_cgroups(target, mounts, skip_hierarchies, result, skip_v2)
         if user is None:
             _credentials(target, result)
         else:
@@ -177,22 +178,42 @@ def _open_namespaces(target: HeldTarget, result: Confinement, namespaces: Sequen
         result.args += ["--ns-fd", f"{name}:{fd}"]
 
 
-def _open_cgroups(
-    target: HeldTarget, mounts: list[procfs.CgroupMount], skip: frozenset[str], result: Confinement
-) -> None:
+def v2_cgroup(target: HeldTarget) -> str | None:
+    """The target's cgroup in the unified hierarchy, as the node names it; None on a cgroup v1 node."""
+    memberships = _memberships(target)
+    for membership in memberships:
+        if membership.v2:
+            _check_visible(target, membership)
+            return membership.path
+    return None
+
+
+def _memberships(target: HeldTarget) -> list[procfs.CgroupMembership]:
     try:
-        memberships = procfs.read_cgroups(target.pid)
+        return procfs.read_cgroups(target.pid)
     except FileNotFoundError:
         raise NotFound(f"target {target.description} (host pid {target.pid}) has exited") from None
+
+
+def _check_visible(target: HeldTarget, membership: procfs.CgroupMembership) -> None:
+    if membership.path.startswith("/.."):
+        raise FailedPrecondition(
+            f"target {target.description} is outside the daemon's cgroup namespace ({membership.path}); the "
+            "daemon enters the node's at start when it runs with the node's pid namespace (hostPID: true in "
+            "Kubernetes) and may open /proc/1/ns/cgroup; otherwise run it in the node's cgroup namespace"
+        )
+
+
+def _open_cgroups(
+    target: HeldTarget, mounts: list[procfs.CgroupMount], skip: frozenset[str], result: Confinement,
+    skip_v2: bool,
+) -> None:
+    memberships = _memberships(target)
     has_v1_controllers = any(m.controllers and not _named_only(m.controllers) for m in memberships)
     for membership in memberships:
-        if membership.controllers & skip:
+        if membership.controllers & skip or (skip_v2 and membership.v2):
             continue
-        if membership.path.startswith("/.."):
-            raise FailedPrecondition(
-                f"target {target.description} is outside the daemon's cgroup namespace "
-                f"({membership.path}); run the daemon in the host's cgroup namespace"
-            )
+        _check_visible(target, membership)
         directory = procfs.cgroup_dir(membership, mounts)
         # Named v1 hierarchies hold no resources, and on a hybrid host the v2
         # tree holds none either: those are joined when visible, not required.

@@ -45,7 +45,7 @@ class AppliedKind:
             ctx.duration_s if self.recoverable else None,
         )
         target.pid = reply.status.pid
-        target.mechanism = reply.status.mechanism
+        target.mechanism, target.cgroup = reply.status.mechanism, reply.status.cgroup
         target.detail = reply.status.detail
         target.state = "applied"
         target.processes = [Process(p.pid, p.user, p.command) for p in reply.processes]

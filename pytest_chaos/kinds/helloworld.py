@@ -39,6 +39,7 @@ class HelloWorld:
         assert ctx.client is not None
         reply = ctx.client.exec_hello_world(target.container_id, target.injection_id, SOURCES[params["source"]])
         target.pid = reply.status.pid
+        target.mechanism, target.cgroup = reply.status.mechanism, reply.status.cgroup
         target.output = reply.output
         target.processes = [Process(p.pid, p.user, p.command) for p in reply.processes]
         target.state = "applied"

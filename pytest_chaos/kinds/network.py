@@ -41,12 +41,10 @@ RATE_FORMS = ("a rate like '1mbps' (bytes per second, as Chaos Mesh: bps, kbps, 
               "the last) or '8mbit' (bits per second, as tc: bit, kbit, mbit, gbit, tbit)")
 
 
-def no_correlation(params: Mapping[str, Any], field: str = "correlation") -> None:
-    """Refuse a correlation other than 0: only netem has one, and the packet queue used instead cannot."""
-    if field.split(".")[-1] in params and percent(params[field.split(".")[-1]], field) != 0:
-        raise ChaosSpecError(field, f"{params[field.split('.')[-1]]!r} is refused: a correlation needs the kernel's "
-                                    f"netem, and pytest-chaos emulates network faults with a packet queue, whose "
-                                    f"packets are independent; leave it out or give '0'")
+def correlation(params: Mapping[str, Any], field: str = "correlation") -> float:
+    """netem's correlation with the previous packet, a percentage (0 if not given). The daemon honours it
+    where the kernel's netem makes the fault, and refuses one other than 0 where its packet queue does."""
+    return percent(params.get(field.split(".")[-1], 0), field)
 
 
 def percent(value: object, field: str) -> float:
@@ -208,11 +206,10 @@ class PercentKind(NetworkKind):
         field = self.percent_field
         if field not in params:
             raise ChaosSpecError(field, f"is required: the percentage of packets {self.what}, like '10'")
-        no_correlation(params)
-        return {field: percent(params[field], field), "correlation": 0.0}
+        return {field: percent(params[field], field), "correlation": correlation(params)}
 
     def network_message(self, params: Mapping[str, Any], scope: pb.NetworkScope) -> Message:
-        message: Message = getattr(pb, self.message_type)(scope=scope)
+        message: Message = getattr(pb, self.message_type)(scope=scope, correlation=params["correlation"])
         setattr(message, self.percent_field, params[self.percent_field])
         return message
 

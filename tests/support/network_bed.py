@@ -571,6 +571,27 @@ def snapshot(target: NetTarget) -> str:
     return "\n".join(sections) + "\n"
 
 
+def kernel_has_netem() -> bool:
+    """Whether this kernel takes a netem qdisc, tried in a network namespace made for it (as the daemon checks,
+    but from outside it)."""
+    global _NETEM
+    if _NETEM is None:
+        if shutil.which("modprobe"):
+            subprocess.run(["modprobe", "-q", "sch_netem"], capture_output=True, check=False)
+        _NETEM = subprocess.run(["unshare", "--net", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
+                                 "1ms"], capture_output=True, check=False).returncode == 0
+    return _NETEM
+
+
+_NETEM: bool | None = None
+
+
+def emulations() -> list[str]:
+    """The mechanisms the netem kinds can use on this kernel (the daemon's ``--network-emulation``): the packet
+    queue everywhere, netem where the kernel has it. Tests of those kinds run once per mechanism."""
+    return ["netem", "queue"] if kernel_has_netem() else ["queue"]
+
+
 # -- internals -------------------------------------------------------------------------
 
 

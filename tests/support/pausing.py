@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from tests.support.targets import Targets, run, wait_for
@@ -124,29 +125,49 @@ def freezer_state(pid: int) -> str | None:
     """``FROZEN``, ``FREEZING`` or ``THAWED`` for the freezer cgroup of ``pid``, from the host's
     cgroup mounts (v1 ``freezer.state``, v2 ``cgroup.events``); None when there is none."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            memberships = [line.rstrip("\n").split(":", 2) for line in f]
-    except OSError:
+        freezer = Freezer.of(pid)
+        with open(freezer.state_file) as f:
+            text = f.read()
+    except (OSError, LookupError):
         return None
-    for _, controllers, path in memberships:
-        if "freezer" in controllers.split(","):
-            with open(f"/sys/fs/cgroup/freezer{path}/freezer.state") as f:
-                return f.read().strip()
-    for _, controllers, path in memberships:
-        if controllers == "" and os.path.exists(f"/sys/fs/cgroup{path}/cgroup.events"):
-            with open(f"/sys/fs/cgroup{path}/cgroup.events") as f:
-                return "FROZEN" if "frozen 1" in f.read().splitlines() else "THAWED"
-    return None
+    if freezer.v1:
+        return text.strip()
+    return "FROZEN" if "frozen 1" in text.splitlines() else "THAWED"
 
 
-def freezer_file(pid: int) -> str:
-    """The v1 freezer.state file of ``pid``'s cgroup (the tests that write it by hand need v1)."""
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if "freezer" in controllers.split(","):
-                return f"/sys/fs/cgroup/freezer{path}/freezer.state"
-    raise LookupError(f"process {pid} has no cgroup v1 freezer")
+@dataclasses.dataclass(frozen=True)
+class Freezer:
+    """The freezer of ``pid``'s cgroup as the host mounts it: v1 ``freezer.state``, or v2 ``cgroup.freeze``
+    with the state in ``cgroup.events``. Tests freeze and thaw by hand with ``set``."""
+
+    directory: str
+    v1: bool
+
+    @classmethod
+    def of(cls, pid: int) -> Freezer:
+        memberships = procfs.read_cgroups(pid)
+        mounts = procfs.cgroup_mounts()
+        for membership in [m for m in memberships if "freezer" in m.controllers] + [m for m in memberships if m.v2]:
+            directory = procfs.cgroup_dir(membership, mounts)
+            v1 = bool(membership.controllers)
+            if directory and os.path.exists(os.path.join(directory, "freezer.state" if v1 else "cgroup.freeze")):
+                return cls(directory, v1)
+        raise LookupError(f"process {pid} has no freezer cgroup mounted here")
+
+    @property
+    def state_file(self) -> str:
+        """The file the kernel reports the state in; it reads ``frozen_text`` while frozen."""
+        return os.path.join(self.directory, "freezer.state" if self.v1 else "cgroup.events")
+
+    @property
+    def frozen_text(self) -> str:
+        return "FROZEN" if self.v1 else "frozen 1"
+
+    def set(self, frozen: bool) -> None:
+        control = "freezer.state" if self.v1 else "cgroup.freeze"
+        value = ("FROZEN" if frozen else "THAWED") if self.v1 else ("1" if frozen else "0")
+        with open(os.path.join(self.directory, control), "w") as f:
+            f.write(value)
 
 
 # The daemon's API, called directly.

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..journal import Record
+from ..netem import NetemSupport
 from ..nsexec import ChildProcesses, Confiner
 from ..runtimes import RuntimeRegistry
 from ..target import HeldTarget
@@ -28,6 +29,7 @@ class FaultContext:
     children: ChildProcesses
     confiner: Confiner
     exec_timeout_s: float
+    netem: NetemSupport  # whether the netem kinds may use the kernel's netem here
 
 
 @dataclasses.dataclass(frozen=True)

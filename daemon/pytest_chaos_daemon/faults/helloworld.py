@@ -24,12 +24,15 @@ PROBE = ("sh", "-c", "ps aux")
 # The probe's own processes. busybox's sh runs ps in-process, which busybox's
 # ps then shows as "{ps} sh -c ps aux"; procps' sh forks "ps aux".
 PROBE_COMMANDS = frozenset({"sh -c ps aux", "ps aux", "{ps} sh -c ps aux"})
+MECHANISMS = {"ps": "sh -c 'ps aux' inside the target, in its namespaces and cgroups, as its user",
+              "proc": "the target's /proc, read by the daemon (nothing executed)"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Listing:
     output: str
     processes: list[ProcessRow]
+    mechanism: str
     truncated: bool = False
 
 
@@ -37,7 +40,7 @@ async def exec_hello_world(confiner: Confiner, target: HeldTarget, source: str, 
     if source == "proc":
         output, rows = await asyncio.to_thread(list_processes, target)
         log(logging.DEBUG, "output", container_id=target.description, pid=target.pid, source=source, output=output)
-        return Listing(output, rows)
+        return Listing(output, rows, MECHANISMS[source])
     result: Completed = await confiner.run(target, PROBE, timeout_s)
     log(logging.INFO, "command ran", container_id=target.description, pid=target.pid, argv=result.argv,
         returncode=result.returncode, truncated=result.truncated)
@@ -50,4 +53,5 @@ async def exec_hello_world(confiner: Confiner, target: HeldTarget, source: str, 
         raise explain_failure(
             Completed(result.argv, 1, result.stdout, f"unexpected ps output: {err}"), target.description, "`ps`"
         ) from None
-    return Listing(result.stdout, [row for row in rows if row.command not in PROBE_COMMANDS], result.truncated)
+    return Listing(result.stdout, [row for row in rows if row.command not in PROBE_COMMANDS], MECHANISMS[source],
+                   result.truncated)

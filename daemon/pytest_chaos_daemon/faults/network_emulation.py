@@ -1,52 +1,40 @@
 """network-loss, -delay, -duplicate, -corrupt: netem's effects, on kernels with or without netem.
 
-Without netem (the kernel this project's CI runs on lacks it, and prio, sfq
-and fq with it), the scope's packets go to a packet queue (iptables NFQUEUE,
-mangle table: POSTROUTING for the target's egress, PREROUTING for its
-ingress) served by ``packet_queue.py``, the daemon's own program, run as root
-in the target's network namespace only. It drops, holds, duplicates or
-corrupts each packet, then hands it back marked, so the next fault on the
-same traffic sees it too: two faults on one target compose, and recovering
-one leaves the other. ``--queue-bypass`` keeps traffic flowing while no
-program serves the queue (the daemon restarting), rather than dropping it.
-
-What no queue can do faithfully is refused, naming the missing netem: a
-correlation other than 0 and netem's reorder gap.
+Each target gets one of two mechanisms, chosen when the fault is planned and
+reported with it:
+ - netem (``emulation_netem.py``), the kernel's qdisc, laid on the scope by
+   ``tc_shaping``, wherever the kernel has it (``netem.NetemSupport``) and the
+   device's root qdisc (egress) or ingress qdisc (ingress) is free;
+ - otherwise the packet queue (``emulation_queue.py``): a kernel without
+   netem, ``--network-emulation=queue``, or a device whose qdisc another
+   fault holds. Queue faults compose with each other and with a qdisc.
+Chaos Mesh's netem parameters (correlations, reorder's gap) are accepted
+wherever netem is used, and refused, saying why, where the queue is.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
-from .. import netns
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from ..journal import Record
-from ..packet_queue import queue_argv
+from ..netem import NETEM
 from ..target import HeldTarget
+from . import emulation_netem, emulation_queue, tc_shaping
 from . import network_rules as rules
 from .base import FaultContext, Plan
 from .network_base import NetworkFault
 from .process_list import ProcessRow
 
-MECHANISM = "packet queue (iptables NFQUEUE) served by the daemon's packet_queue in the target's network namespace"
-BUILTIN = {"egress": "POSTROUTING", "ingress": "PREROUTING"}
 MAX_LATENCY_MS = 60_000.0
-NO_NETEM = "this kernel has no netem qdisc, and the packet queue used instead cannot honour it"
+MAX_GAP = 1 << 30
 
 
 def _percent(value: float, field: str, kind: str) -> float:
     if not 0 <= value <= 100:
         raise InvalidArgument(f"{kind}: {field} must be a percentage from 0 to 100; got {value:g}")
     return value
-
-
-def _no_correlation(value: float, field: str, kind: str) -> None:
-    _percent(value, field, kind)
-    if value != 0:
-        raise InvalidArgument(f"{kind}: {field} {value:g} is refused: {NO_NETEM} (only 0, independent packets)")
 
 
 def _milliseconds(duration: Any, field: str, kind: str) -> float:
@@ -57,7 +45,8 @@ def _milliseconds(duration: Any, field: str, kind: str) -> float:
 
 
 class NetworkEmulation(NetworkFault):
-    """One of the four netem kinds; ``effect`` reads the kind's message into the queue's effects."""
+    """One of the four netem kinds; ``check`` reads the kind's message into the effects both mechanisms take
+    and the parameters only netem has."""
 
     def __init__(self, kind: str, field: str) -> None:
         self.kind = kind
@@ -66,89 +55,78 @@ class NetworkEmulation(NetworkFault):
     def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
         message = getattr(request, self.field)
         params = rules.check_scope(message.scope, self.kind)
-        params["effects"] = self._effects(message)
+        params["effects"], params["netem_only"] = self._effects(message)
         return params
 
-    def _effects(self, message: Any) -> dict[str, float]:
+    def _effects(self, message: Any) -> tuple[dict[str, float], dict[str, float]]:
         kind = self.kind
-        if kind == "network-loss":
-            _no_correlation(message.correlation, "correlation", kind)
-            return {"loss": _percent(message.loss, "loss", kind)}
-        if kind == "network-duplicate":
-            _no_correlation(message.correlation, "correlation", kind)
-            return {"duplicate": _percent(message.duplicate, "duplicate", kind)}
-        if kind == "network-corrupt":
-            _no_correlation(message.correlation, "correlation", kind)
-            return {"corrupt": _percent(message.corrupt, "corrupt", kind)}
+        netem_only = {"correlation": _percent(message.correlation, "correlation", kind)}
+        for effect in ("loss", "duplicate", "corrupt"):
+            if kind == f"network-{effect}":
+                return {effect: _percent(getattr(message, effect), effect, kind)}, netem_only
         latency = _milliseconds(message.latency, "latency", kind)
         if latency == 0:
             raise InvalidArgument(f"{kind}: latency is required and must be above 0, like '100ms'")
-        jitter = _milliseconds(message.jitter, "jitter", kind)
-        _no_correlation(message.correlation, "correlation", kind)
-        effects = {"delay_ms": latency, "jitter_ms": jitter}
+        effects = {"delay_ms": latency, "jitter_ms": _milliseconds(message.jitter, "jitter", kind)}
         if message.HasField("reorder"):
-            _no_correlation(message.reorder.correlation, "reorder.correlation", kind)
-            if message.reorder.gap not in (0, 1):
-                raise InvalidArgument(f"{kind}: reorder.gap {message.reorder.gap} is refused: {NO_NETEM} (a gap of "
-                                      f"0 or 1: every packet may be sent at once)")
             effects["reorder"] = _percent(message.reorder.reorder, "reorder.reorder", kind)
-        return effects
+            netem_only["reorder.correlation"] = _percent(message.reorder.correlation, "reorder.correlation", kind)
+            if not 0 <= message.reorder.gap <= MAX_GAP:
+                raise InvalidArgument(f"{kind}: reorder.gap must be from 0 to {MAX_GAP}; got {message.reorder.gap}")
+            netem_only["reorder.gap"] = message.reorder.gap
+        return effects, netem_only
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         hooks = rules.HOOKS[params["direction"]]
-        with rules.target_namespace(target, params["device"]) as namespace:
-            async with rules.namespace_lock(namespace.inode):
-                queues, mark = await rules.allocate(ctx, namespace, len(hooks))
-            cgroups = [ctx.confiner.new_cgroup() for _ in hooks]
-            return Plan({"netns": namespace.inode, "tag": rules.new_tag(), "mark": mark,
-                         "queues": dict(zip(hooks, queues, strict=False)), "cgroups": cgroups}, MECHANISM)
+        tag, device = rules.new_tag(), params["device"]
+        with rules.target_namespace(target, device) as namespace:
+            undo: dict[str, Any] = {"netns": namespace.inode, "tag": tag}
+            why_not_netem = await ctx.netem.missing()
+            if why_not_netem is None:
+                async with rules.namespace_lock(namespace.inode):
+                    taken = tc_shaping.taken(await tc_shaping.qdiscs(ctx, namespace, device), device, hooks)
+                if taken is None:
+                    return Plan({**undo, **tc_shaping.undo_fields(tag, device, hooks)},
+                                tc_shaping.mechanism("netem", hooks))
+                why_not_netem = f"{taken}, held by another fault or the target"
+                if ctx.netem.choice == NETEM:
+                    raise FailedPrecondition(f"{self.kind}: netem cannot be used: {why_not_netem}; recover it first")
+            elif ctx.netem.choice == NETEM:
+                raise FailedPrecondition(f"{self.kind}: the daemon was started with --network-emulation=netem, "
+                                         f"and {why_not_netem}")
+            if refused := emulation_queue.cannot_honour(params["netem_only"]):
+                raise FailedPrecondition(f"{self.kind}: {refused} needs netem, and this target's traffic goes "
+                                         f"through the packet queue: {why_not_netem}")
+            undo.update(await emulation_queue.plan(ctx, namespace, hooks))
+        return Plan(undo, f"{emulation_queue.MECHANISM} ({why_not_netem})")
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         scope = await rules.resolve_scope(ctx, params)
         with rules.target_namespace(target, None) as namespace:
-            await _start_queues(ctx, namespace, params, plan.undo, target.description)
-            async with rules.namespace_lock(namespace.inode):
-                lines: list[str] = []
-                for hook, queue in plan.undo["queues"].items():
-                    one_hook = rules.Scope(scope.device, "to" if hook == "egress" else "from", scope.peers)
-                    lines += rules.hook_rules(plan.undo["tag"], BUILTIN, one_hook,
-                                              f"-j NFQUEUE --queue-num {queue} --queue-bypass",
-                                              guard=f"-m mark ! --mark {plan.undo['mark']:#x}/{plan.undo['mark']:#x} ")
-                await rules.add_rules(ctx, namespace, {"mangle": lines})
+            if _uses_netem(plan.undo):
+                leaf = emulation_netem.arguments(params["effects"], params["netem_only"])
+                async with rules.namespace_lock(namespace.inode):
+                    await tc_shaping.install(ctx, namespace, plan.undo, scope.peers, leaf)
+            else:
+                await emulation_queue.apply(ctx, namespace, params, plan.undo, scope, target.description)
         return []
 
+    async def remove_more(self, ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) -> int:
+        return await tc_shaping.remove(ctx, namespace, plan) if _uses_netem(plan) else 0
+
     async def more_left(self, ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) -> list[str]:
-        left = [f"its packet queue program's cgroup {cgroup} is still there" for cgroup in plan["cgroups"]
-                if os.path.isdir(cgroup)]
-        if netns.namespace_inode(namespace.pid) == namespace.inode:  # seen through a process still in it
-            bound = rules.bound_queues(namespace.pid)
-            left += [f"packet queue {queue} is still served" for queue in plan["queues"].values() if queue in bound]
-        return left
+        if _uses_netem(plan):
+            return await tc_shaping.left(ctx, namespace, plan)
+        return emulation_queue.left(ctx, namespace, plan)
 
     async def resume(self, ctx: FaultContext, record: Record) -> None:
-        """The queues' programs died with the old daemon (traffic passed unchanged meanwhile): start them
-        again."""
-        await self.restart_programs(ctx, record, lambda namespace, plan: _start_queues(
+        """netem stays in the namespace without the daemon. A queue's programs died with the old daemon
+        (traffic passed unchanged meanwhile): they start again."""
+        if _uses_netem(record.plan):
+            return
+        await self.restart_programs(ctx, record, lambda namespace, plan: emulation_queue.start_queues(
             ctx, namespace, record.params, plan, record.container_id))
 
 
-async def _start_queues(ctx: FaultContext, namespace: rules.Namespace, params: dict[str, Any],
-                        undo: dict[str, Any], where: str) -> None:
-    """One packet_queue per hook, each ready once the kernel lists its queue as bound in the namespace."""
-    # Read through a process in the namespace: the target's, or the first program's once it runs.
-    for (hook, queue), cgroup in zip(undo["queues"].items(), undo["cgroups"], strict=False):
-        effects = params["effects"]
-        # A packet held on the egress path stays charged to its sending socket, which then stalls (TCP falls
-        # to a few Mbit/s): delayed egress packets are dropped at once and an exact copy is sent when due.
-        resend = hook == "egress" and bool(effects.get("delay_ms") or effects.get("jitter_ms"))
-        program = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue",
-                   *queue_argv(queue, undo["mark"], hook=hook, resend=resend, **effects)]
-        if params.get("seed"):  # the same seed for each hook's queue: their packets are not the same
-            program += ["--seed", str(params["seed"])]
-
-        def ready(queue: int = queue, cgroup: str = cgroup) -> bool:
-            return any(queue in rules.bound_queues(pid) for pid in ctx.confiner.members(cgroup))
-
-        await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where)
-
-
+def _uses_netem(plan: dict[str, Any]) -> bool:
+    return "handle" in plan  # tc_shaping's fields; a queue's plan has queues and cgroups instead

@@ -83,7 +83,7 @@ class Stress:
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         _stress_ng()
         _check_temp_path()
-        return Plan({"cgroup": ctx.confiner.new_cgroup(), "tag": uuid.uuid4().hex}, MECHANISM)
+        return Plan({"cgroup": ctx.confiner.new_cgroup(target), "tag": uuid.uuid4().hex}, MECHANISM)
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         await _start(ctx, target, params, plan.undo)
@@ -112,7 +112,7 @@ class Stress:
                 if target.stat.start_ticks != record.start_ticks:
                     return
                 # The new path is in the plan before anything starts; Injections journals the changed plan.
-                record.plan = {**record.plan, "cgroup": ctx.confiner.new_cgroup()}
+                record.plan = {**record.plan, "cgroup": ctx.confiner.new_cgroup(target)}
                 await _start(ctx, target, record.params, record.plan)
         except NotFound:
             return

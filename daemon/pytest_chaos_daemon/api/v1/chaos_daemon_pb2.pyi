@@ -31,7 +31,7 @@ class Injection(_message.Message):
     def __init__(self, id: _Optional[str] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class InjectionStatus(_message.Message):
-    __slots__ = ("injection_id", "container_id", "pid", "state", "expires_at", "kind", "applied_at", "ended_at", "detail", "owner", "mechanism")
+    __slots__ = ("injection_id", "container_id", "pid", "state", "expires_at", "kind", "applied_at", "ended_at", "detail", "owner", "mechanism", "cgroup")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[InjectionStatus.State]
@@ -59,6 +59,7 @@ class InjectionStatus(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
     injection_id: str
     container_id: str
     pid: int
@@ -70,7 +71,8 @@ class InjectionStatus(_message.Message):
     detail: str
     owner: str
     mechanism: str
-    def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., owner: _Optional[str] = ..., mechanism: _Optional[str] = ...) -> None: ...
+    cgroup: str
+    def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., owner: _Optional[str] = ..., mechanism: _Optional[str] = ..., cgroup: _Optional[str] = ...) -> None: ...
 
 class ContainerKill(_message.Message):
     __slots__ = ()
