@@ -214,21 +214,28 @@ def debian_mirror() -> str:
     )
 
 
-def debian_rootfs(cache: Path, name: str, packages: tuple[str, ...], variant: str = "minbase") -> Path:
-    """A bookworm rootfs tarball from mmdebstrap (``variant`` plus ``packages``), cached by its package list."""
+def debian_rootfs(cache: Path, name: str, packages: tuple[str, ...], variant: str = "minbase",
+                  sources: tuple[str, ...] = (), options: tuple[str, ...] = ()) -> Path:
+    """A bookworm rootfs tarball from mmdebstrap (``variant`` plus ``packages``), cached by its package list.
+
+    ``sources`` are more apt source lines (``deb URI SUITE main``) besides the mirror's bookworm,
+    ``options`` more mmdebstrap options (hooks); both are part of the cache key.
+    """
     out = cache / f"{name}.tar"
     stamp = out.with_suffix(".packages")
     want = " ".join(packages) if variant == "apt" else f"{variant}: {' '.join(packages)}"
+    if sources or options:
+        want += "\n" + "\n".join((*sources, *options))
     if out.is_file() and stamp.is_file() and stamp.read_text() == want:
         return out
     require_tools({"mmdebstrap": "apt-get install mmdebstrap"})
     cache.mkdir(parents=True, exist_ok=True)
     mirror = debian_mirror()
-    log(f"mmdebstrap: a bookworm rootfs for {name} ({want}) from {mirror} ...")
+    log(f"mmdebstrap: a bookworm rootfs for {name} ({' '.join(packages)}) from {mirror} ...")
     t0 = time.monotonic()
     tmp = out.with_suffix(".tmp.tar")
     run(["mmdebstrap", f"--variant={variant}", f"--include={','.join(packages)}",
-         "--aptopt=Acquire::Retries \"3\"", "bookworm", str(tmp), mirror], timeout=1800)
+         "--aptopt=Acquire::Retries \"3\"", *options, "bookworm", str(tmp), mirror, *sources], timeout=1800)
     tmp.replace(out)
     stamp.write_text(want)
     log(f"mmdebstrap: {name} done in {time.monotonic() - t0:.0f}s ({out.stat().st_size >> 20} MiB)")

@@ -45,10 +45,16 @@ NODE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "containerd", "runc", "conta
 PROXY_PACKAGES = ("iptables", "conntrack", "kmod")
 
 
-def _go_install(label: str, module: str, version: str, binary: str, cache: Path) -> Path:
-    """``go install module@version`` into ``cache/<binary>-<version>/bin`` (once)."""
+def _go_install(label: str, module: str, version: str, binary: str, cache: Path,
+                extra: tuple[str, ...] = (), ldflags: str = "-s -w") -> Path:
+    """``go install module@version`` into ``cache/<binary>-<version>/bin`` (once).
+
+    ``extra`` names more commands of the same module version (``module/cmd/x``) built by the
+    same invocation into the same directory, so shared packages compile once.
+    """
     out = cache / f"{binary}-{version}" / "bin" / binary
-    if out.is_file():
+    outputs = [out, *(out.parent / p.rsplit("/", 1)[-1] for p in extra)]
+    if all(o.is_file() for o in outputs):
         return out
     require_tools(GO_REQUIREMENT)
     log(f"{label}: building {module}@{version} from the Go module proxy (a few minutes the first time) ...")
@@ -58,9 +64,10 @@ def _go_install(label: str, module: str, version: str, binary: str, cache: Path)
     env = dict(go_env(), GOBIN=str(out.parent))
     env["GOFLAGS"] = env["GOFLAGS"].replace("-mod=mod", "").strip()  # go install pkg@version takes no -mod
     with logfile.open("w") as lf:
-        proc = subprocess.run(["go", "install", "-trimpath", "-ldflags=-s -w", f"{module}@{version}"],
+        proc = subprocess.run(["go", "install", "-trimpath", f"-ldflags={ldflags}",
+                               *(f"{p}@{version}" for p in (module, *extra))],
                               env=env, stdout=lf, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0 or not out.is_file():
+    if proc.returncode != 0 or not all(o.is_file() for o in outputs):
         tail = "\n".join(logfile.read_text().splitlines()[-20:])
         raise ClusterError(f"building {module}@{version} failed; log: {logfile}\n{tail}")
     log(f"{label}: built in {time.monotonic() - t0:.0f}s")

@@ -1,0 +1,52 @@
+#!/bin/sh
+# The VM lane's guest side (scripts/vm-lane.sh boots the VM and runs this in the share): install the
+# project from the host-built wheels, then run the lane's tests twice over, the daemon placed both ways,
+# and measure netem against the packet queue. Results go to results/ in the share.
+#   sh scripts/vm-lane-guest.sh              # the lane
+#   sh scripts/vm-lane-guest.sh PYTEST_ARGS  # only these, with pod-placed daemons
+set -u
+pip install -q --disable-pip-version-check --no-deps --no-index wheels/*.whl || exit 1
+mkdir -p /var/cache/pytest-chaos/confine results && cp confine/* /var/cache/pytest-chaos/confine/
+export CI=true  # no test may skip: a missing runtime is a failure
+status=0
+
+run() {  # run NAME PYTEST_ARGS...: one pytest run; its JUnit XML and summary line go to results/
+    name=$1
+    shift
+    started=$(date +%s)
+    python -m pytest -p no:cacheprovider -q -rfE --junitxml="results/$name.xml" "$@" || status=1
+    echo "vm lane: $name: exit $status after $(($(date +%s) - started)) s" >>"results/$name.summary"
+}
+
+echo "==> the guest: $(uname -r), cgroup: $(cat /sys/fs/cgroup/cgroup.controllers), containerd $(ctr version 2>/dev/null | awk '/Version/ {print $2; exit}')"
+if [ $# -gt 0 ]; then
+    PYTEST_CHAOS_TEST_DAEMON_PLACEMENT=pod run custom "$@"
+    exit $status
+fi
+
+# No Docker Engine and no CRI-O in the VM: their tests stay on the host's lanes.
+ONLY_HERE="not docker and not cri"
+
+echo "==> (b) each test's daemon placed as a DaemonSet pod on a cgroup v2 node (own cgroup, private cgroup namespace)"
+PYTEST_CHAOS_TEST_DAEMON_PLACEMENT=pod run pod-placed \
+    tests/test_cgroup_namespace.py tests/test_tracking.py \
+    "tests/test_daemon.py::test_process_list_of_an_isolated_process" \
+    "tests/test_daemon.py::test_containerd_container_resolves_and_lists_its_processes" \
+    "tests/test_confinement.py::test_probe_in_a_container_has_the_containers_credentials_cgroups_and_no_new_privs" \
+    "tests/test_confinement.py::test_native_listing_matches_ps_on_each_target_type" \
+    tests/test_pause.py tests/test_kill_faults.py tests/test_stress.py tests/test_network_faults.py \
+    "tests/test_lifecycle.py::test_runner_sigkilled_mid_test_with_an_external_daemon_is_recovered_when_its_lease_runs_out" \
+    "tests/test_lifecycle.py::test_a_fault_whose_lease_still_runs_is_kept_by_the_next_daemon_until_the_lease_ends" \
+    -k "$ONLY_HERE and not marker and not collection and not usage_error"
+
+echo "==> (a) the plugin's embedded daemon, through the marker"
+run embedded \
+    "tests/test_plugin.py::test_marker_captures_each_targets_process_list" \
+    "tests/test_lifecycle.py::test_runner_sigkilled_mid_test_with_the_embedded_daemon_puts_the_target_back_at_once" \
+    tests/test_pause.py tests/test_stress.py tests/test_network_faults.py tests/test_kill_faults.py \
+    -k "$ONLY_HERE and (marker or captures or embedded_daemon)"
+
+echo "==> netem against the packet queue: TCP throughput under a 20 ms delay"
+python benchmarks/netem_throughput.py --quick >results/netem-throughput.summary 2>&1 || status=1
+cat results/netem-throughput.summary
+exit $status
