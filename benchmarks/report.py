@@ -54,7 +54,7 @@ def machine() -> str:
     """Cores, kernel, Python and container runtime versions, and the date: what a figure depends on."""
     parts = [
         datetime.date.today().isoformat(),
-        f"{os.cpu_count()} cores",
+        f"{os.cpu_count()} core{'s' if os.cpu_count() != 1 else ''}",
         f"kernel {platform.release()}",
         f"Python {platform.python_version()}",
     ]
@@ -70,7 +70,7 @@ def _version(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "absent"
     for word in out.split():
-        if word[:1].lstrip("v").isdigit():
+        if word.lstrip("v")[:1].isdigit():
             return word.lstrip("v")
     return "unknown"
 

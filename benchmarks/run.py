@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is the imp
 from benchmarks.report import Row, machine, table  # noqa: E402
 
 # In the order of the performance targets: per target, fan-out, selection, cluster, plugin, collection, memory,
-# and the recoverable kinds.
+# the recoverable kinds, and netem against the packet queue.
 BENCHMARKS = (
     "helloworld_latency",
     "fan_out",
@@ -40,6 +40,7 @@ BENCHMARKS = (
     "collection_cost",
     "daemon_memory",
     "lifecycle_latency",
+    "netem_throughput",
 )
 
 

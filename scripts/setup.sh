@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine, as root, for pytest-chaos and its tests:
 # Debian packages, the Python package, crictl, running containerd and Docker
-# Engine daemons, and a three-node kind cluster (pytest-chaos-cluster up)
+# Engine daemons, the VM lane's image (pytest-chaos-cluster vm build), and a
+# three-node kind cluster (pytest-chaos-cluster up)
 # with the chaos daemon deployed and the tutorial's busybox workload.
 # Idempotent: run it again at any time.
 #
-#   scripts/setup.sh               # everything (a first run builds Kubernetes, kind and CoreDNS: ~9 min on 2 cores)
+#   scripts/setup.sh               # everything (a first run builds Kubernetes, kind and CoreDNS: ~9 min on 2 cores,
+#                                  # and the VM lane's image: ~3 min)
 #   scripts/setup.sh --no-cluster  # the local backend only
+#   scripts/setup.sh --no-vm       # without the VM lane's image (scripts/vm-lane.sh builds it when missing)
 #   SKIP_APT=1 scripts/setup.sh    # Debian packages already installed
 set -euo pipefail
 
 WITH_CLUSTER=1
+WITH_VM=1
 for arg in "$@"; do
     case $arg in
         --no-cluster) WITH_CLUSTER= ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --no-vm) WITH_VM= ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +45,8 @@ if [[ -z ${SKIP_APT:-} ]]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends \
         containerd runc docker.io busybox-static util-linux procps iptables \
-        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates gcc libc6-dev stress-ng chromium >/dev/null
+        containernetworking-plugins iproute2 openssl mmdebstrap ca-certificates gcc libc6-dev stress-ng chromium \
+        qemu-system-x86 e2fsprogs >/dev/null
 fi
 
 if ! command -v go >/dev/null; then
@@ -105,6 +111,11 @@ if ! docker version >/dev/null 2>&1; then
     step "starting dockerd on the system containerd, off the host network (log: $LOG_DIR/dockerd.log)"
     nohup dockerd "${dockerd_args[@]}" >"$LOG_DIR/dockerd.log" 2>&1 &
     wait_for 60 dockerd docker version
+fi
+
+if [[ -n $WITH_VM ]]; then
+    step "the VM lane's image: Debian 12's stock kernel, containerd 2.x from the Go module proxy (cached)"
+    python3 -m pytest_chaos_cluster vm build
 fi
 
 if [[ -n $WITH_CLUSTER ]]; then

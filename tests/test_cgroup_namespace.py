@@ -58,10 +58,7 @@ def node(tmp_path):
     finally:
         init.send_signal(signal.SIGKILL)  # unshare's child, the node's PID 1, dies with it, and its namespace
         init.wait()
-        wait_for(lambda: not os.path.exists(os.path.join(pod_placement.cgroup_path(cgroup), "cgroup.procs"))
-                 or not open(os.path.join(pod_placement.cgroup_path(cgroup), "cgroup.procs")).read().strip(),
-                 "the node's processes to end")
-        pod_placement.remove(cgroup)
+        pod_placement.remove(cgroup)  # once the node's processes have left it
 
 
 def serving_line(log) -> dict:

@@ -108,6 +108,7 @@ def test_container_kill_of_a_stopped_container_fails_as_not_running(daemon, targ
     assert f"containerd://{container}" in details and "not running" in details
 
 
+@pytest.mark.docker
 def test_container_kill_through_the_marker_kills_every_target(pytester, targets):
     container = targets.containerd("sleep", "4616")
     docker = targets.docker("sleep", "4617")
@@ -161,6 +162,7 @@ def test_process_kill_by_command_name_kills_every_process_of_that_name(daemon, t
     wait_for(lambda: running("sleep 4621"), "the shell to go on past its wait")
 
 
+@pytest.mark.docker
 def test_process_kill_pattern_found_in_a_shells_command_line_matches_the_shell_too(daemon, targets):
     container = targets.docker("sh", "-c", "trap 'echo got TERM' TERM; sleep 4620 & wait; sleep 4620")
     wait_for(lambda: running("sleep 4620 & wait"), "the shell to start")
@@ -170,6 +172,7 @@ def test_process_kill_pattern_found_in_a_shells_command_line_matches_the_shell_t
     wait_for(lambda: "got TERM" in run("docker", "logs", container).stdout, "the shell to report SIGTERM")
 
 
+@pytest.mark.docker
 def test_process_kill_sends_the_requested_signal(daemon, targets):
     # The shell reports how its child ended: 128 + the signal's number.
     container = targets.docker("sh", "-c", "sleep 4605 & wait $!; echo status $?; exec sleep 4606")

@@ -15,6 +15,7 @@ from tests.support.network_bed import (
     NetworkBed,
     forward_may_drop,
     snapshot,
+    snmp,
     tcp_connects,
     tcp_listener,
     tcp_throughput,
@@ -22,7 +23,6 @@ from tests.support.network_bed import (
     udp_probe,
     udp_receiver,
     udp_send,
-    udp_snmp,
 )
 from tests.support.targets import CONTAINERD_NAMESPACE, CONTAINERD_SOCKET, DOCKER_SOCKET, require, run
 
@@ -115,10 +115,10 @@ def test_tools_see_loss_duplicates_and_partition(network_bed):
     assert udp_send(a, b.ip, ECHO_PORT + 1, 50) == 50
     counts = receiver.result()
     assert (counts.received, counts.duplicates, counts.datagrams) == (50, 50, 100)
-    before = udp_snmp(b)
+    before = snmp(b)
     probe = udp_probe(a, b.ip, ECHO_PORT, count=20, interval_s=0.002, wait_s=0.3)
     assert (probe.received, probe.duplicates) == (20, 20)
-    assert udp_snmp(b)["InDatagrams"] - before["InDatagrams"] == 40
+    assert snmp(b)["InDatagrams"] - before["InDatagrams"] == 40
     a.run("iptables", "-t", "mangle", "-F", check=True)
 
     tcp_listener(b, TCP_PORT)

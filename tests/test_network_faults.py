@@ -30,6 +30,7 @@ from tests.support.network_bed import (
     emulations,
     measured,
     snapshot,
+    snmp,
     tcp_connects,
     tcp_listener,
     tcp_throughput,
@@ -37,7 +38,6 @@ from tests.support.network_bed import (
     udp_probe,
     udp_receiver,
     udp_send,
-    udp_snmp,
 )
 from tests.support.targets import running, wait_for
 
@@ -72,8 +72,9 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def emulating(start_daemon, emulation):
     """A session whose daemon makes the netem kinds with ``emulation``: netem, or the packet queue."""
+    # "netem" runs the daemon's default, auto: netem where the device's qdisc is free, the queue where not.
     yield from session_of(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
-                                       "--network-emulation", emulation))
+                                       "--network-emulation", "auto" if emulation == "netem" else emulation))
 
 
 MECHANISMS = {"netem": "tc netem on the device's egress", "queue": "packet queue (iptables NFQUEUE)"}
@@ -222,21 +223,29 @@ def test_corrupt_40_percent_is_dropped_by_the_receiver_on_its_checksum(emulating
     session = emulating
     target, peer = network_bed.process(), network_bed.process()
     receiver = udp_receiver(peer, PORT)
-    errors_before = udp_snmp(peer)["InCsumErrors"]
+    errors_before = checksum_errors(peer)
     before = snapshot(target)
     experiment = apply(session, "network-corrupt", target, corrupt="40")
     assert_made_with(experiment, emulation)
     udp_send(target, peer.ip, PORT, 1000)
     counts = receiver.result()
-    checksum_errors = udp_snmp(peer)["InCsumErrors"] - errors_before
+    errors = checksum_errors(peer) - errors_before
+    dropped = 1000 - counts.received
     low, high = binomial_interval(1000, 0.6)
-    measured(f"network-corrupt 40% ({emulation}) over 1000 UDP datagrams: share dropped ({checksum_errors} checksum errors)",
-             1 - counts.received / 1000, "0.40")
+    measured(f"network-corrupt 40% ({emulation}) over 1000 UDP datagrams: share dropped ({errors} checksum errors)",
+             dropped / 1000, "0.40")
     assert low <= counts.received <= high, f"{counts.received} of 1000 arrived intact"
-    # A flipped bit in the UDP header's ports or length can miss the socket instead of failing the sum.
-    assert 0.9 * (1000 - counts.received) <= checksum_errors <= 1000 - counts.received
+    # The queue flips a bit past the IP header: the UDP checksum catches it, unless the bit is in the ports or the
+    # length (the datagram then misses the socket). netem flips one anywhere in the frame (106 bytes here): the
+    # IP header's 20 are caught by its checksum, the Ethernet header's 14 (13%) are dropped uncounted or not at all.
+    assert (0.9 if emulation == "queue" else 0.75) * dropped <= errors <= dropped, (errors, dropped)
     session.recover(experiment)
     assert snapshot(target) == before
+
+
+def checksum_errors(target) -> int:
+    """Datagrams the target's stack dropped on a checksum: UDP's, and the IP header's."""
+    return snmp(target, "Udp")["InCsumErrors"] + snmp(target, "Ip")["InHdrErrors"]
 
 
 @pytest.mark.parametrize("direction", ["to", "from"])
@@ -344,7 +353,7 @@ def test_netem_parameters_are_honoured_by_netem_and_refused_by_the_queue(emulati
     target, peer = network_bed.process(), network_bed.process()
     udp_echo_server(peer, PORT)
     before = snapshot(target)
-    params = dict(latency="50ms", correlation="25", reorder={"reorder": "100", "correlation": "0", "gap": 5})
+    params = dict(latency="50ms", jitter="5ms", correlation="25", reorder={"reorder": "100", "correlation": "0", "gap": 5})
     if emulation == "queue":
         with pytest.raises(Exception, match="reorder.gap 5 .*needs netem") as info:
             apply(session, "network-delay", target, **params)
@@ -354,7 +363,7 @@ def test_netem_parameters_are_honoured_by_netem_and_refused_by_the_queue(emulati
     experiment = apply(session, "network-delay", target, **params)
     assert_made_with(experiment, emulation)
     qdisc = target.run("tc", "qdisc", "show", "dev", "eth0", check=True).stdout
-    assert re.search(r"netem .*delay 50ms +25%.* reorder 100% gap 5", qdisc), qdisc
+    assert re.search(r"netem .*delay 50ms +5ms +25%.* reorder 100% gap 5", qdisc), qdisc
     result = udp_probe(target, peer.ip, PORT, count=100, interval_s=0.005)
     fast = sum(rtt < 25 for rtt in result.rtts_ms)
     measured("network-delay 50ms reorder 100% gap 5 (netem): share sent at once", fast / result.received, "0.20")
@@ -495,9 +504,11 @@ def test_a_sigkilled_runner_leaves_no_rule_queue_or_program_behind(pytester, net
     assert udp_probe(target, peer.ip, PORT, count=5).median_rtt_ms < 20
 
 
-def test_the_run_seed_repeats_each_packets_fate(daemon, network_bed):
+def test_the_run_seed_repeats_each_packets_fate(start_daemon, network_bed):
     """--chaos-seed reaches the packet queue: the same seed drops the same packets (without it, two runs of
-    1000 packets at 50% would drop the same number about one time in 25)."""
+    1000 packets at 50% would drop the same number about one time in 25). netem draws from the kernel's own
+    random numbers: where it makes the fault, a seed cannot repeat it."""
+    daemon = start_daemon("--allow-pid-targets", "--network-emulation", "queue")
     target, peer = network_bed.process(), network_bed.process()
     received = []
     for _ in range(2):

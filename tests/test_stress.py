@@ -119,7 +119,8 @@ def test_stress_loads_the_containers_own_cgroups_until_it_is_recovered(start_dae
     for stressor in stressors:
         for resource in ("cpu", "memory", "pids"):
             assert within(stressor, pid, resource), (stressor, resource, cgroup_dir(stressor, resource))
-        assert procfs.namespace_id(f"/proc/{stressor}/ns/mnt") == procfs.namespace_id("/proc/self/ns/mnt")
+        # The daemon's filesystem (its mount namespace: a pod's own, where the daemon runs as one), not the target's.
+        assert procfs.namespace_id(f"/proc/{stressor}/ns/mnt") == procfs.namespace_id(f"/proc/{daemon.process.pid}/ns/mnt")
         assert os.path.samefile(f"/proc/{stressor}/exe", daemon_binary)  # the daemon's, not the target's
         assert status_field(stressor, "Uid").split() == [str(STRESSOR_ID)] * 4  # a uid no target runs as
         assert int(status_field(stressor, "CapEff"), 16) == 0 and int(status_field(stressor, "CapBnd"), 16) == 0

@@ -54,8 +54,8 @@ KILL_ROUNDS = 200
 MNT_DETACH = 2
 # A probe cgroup of the named hierarchy, relative to the mount point: d-<instance key>/p-<n>.
 _PROBE_PATH = re.compile(r"d-[0-9]+-[0-9]+-[0-9]+/p-[0-9]+")
-# A probe cgroup of the v2 subtree: the last component of its path.
-_V2_PROBE = re.compile(r"pytest-chaos-probe\.d-([0-9]+-[0-9]+-[0-9]+)\.p-[0-9]+")
+# A probe cgroup of the v2 subtree: the last component of its path (its daemon's instance key in group 1).
+V2_PROBE = re.compile(r"pytest-chaos-probe\.d-([0-9]+-[0-9]+-[0-9]+)\.p-[0-9]+")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -243,7 +243,7 @@ class SubtreeTracker(ProbeTracker):
         killed = 0
         for directory, names in _walk_v2_tree():
             for name in names:
-                match = _V2_PROBE.fullmatch(name)
+                match = V2_PROBE.fullmatch(name)
                 if match and not procfs.instance_alive(match.group(1)):
                     killed += _remove_tree(os.path.join(directory, name))
         return self._log_sweep(killed)
@@ -253,7 +253,7 @@ class SubtreeTracker(ProbeTracker):
         return f"{base.rstrip('/')}/pytest-chaos-probe.d-{self.key}.p-{number}"
 
     def real(self, path: str) -> str:
-        if os.path.normpath(path) != path or not path.startswith("/") or not _V2_PROBE.fullmatch(os.path.basename(path)):
+        if os.path.normpath(path) != path or not path.startswith("/") or not V2_PROBE.fullmatch(os.path.basename(path)):
             raise ValueError(f"{path!r} is not a probe cgroup of the unified hierarchy")
         return _v2_dir(path)
 
@@ -281,7 +281,7 @@ def _walk_v2_tree() -> list[tuple[str, list[str]]]:
         except OSError:
             continue
         found.append((directory, names))
-        pending += [os.path.join(directory, n) for n in names if not _V2_PROBE.fullmatch(n)]
+        pending += [os.path.join(directory, n) for n in names if not V2_PROBE.fullmatch(n)]
     return found
 
 

@@ -17,11 +17,15 @@ import os
 import signal
 import subprocess
 
+from pytest_chaos_daemon import procfs
+from pytest_chaos_daemon.tracking import V2_PROBE
+
 CONTAINERD_NAMESPACE = "pytest-chaos-test"
 DOCKER_NAME_PREFIX = "/chaos-test-"
 NETNS_DIRS = ("/run/pytest-chaos-netns",)
 LINK_PREFIXES = ("pcb-",)
 RUNTIME_PROCESSES = ("containerd-shim", "conmon", "docker-proxy")
+POD_PLACEMENT_PREFIX = "pytest-chaos-pod-"
 
 
 def boot_ticks_now() -> float:
@@ -91,9 +95,35 @@ def leftovers(session_start_ticks: float) -> list[str]:
                 _run("umount", os.path.join(directory, name))
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(directory, name))
+    for cgroup in cgroups_left():
+        left.append(f"cgroup {cgroup}")
+        _remove_cgroup(cgroup)
     for line in _run("ip", "-o", "link", "show").splitlines():
         name = line.split(":", 2)[1].strip().split("@")[0] if line.count(":") >= 2 else ""
         if name.startswith(LINK_PREFIXES):
             left.append(f"link {name}")
             _run("ip", "link", "delete", name)
     return left
+
+
+def cgroups_left() -> list[str]:
+    """Probe cgroups in the unified hierarchy of daemons that are gone, and the pod placements of tests
+    (tests/support/pod_placement.py): directories of the cgroup v2 tree, deepest first."""
+    found = []
+    mounts = [m for m in procfs.cgroup_mounts() if not m.controllers]
+    top = min(mounts, key=lambda m: len(m.root)).mount_point if mounts else None
+    for directory, names, _ in os.walk(top) if top else ():
+        for name in names:
+            probe = V2_PROBE.fullmatch(name)
+            if (probe and not procfs.instance_alive(probe.group(1))) or name.startswith(POD_PLACEMENT_PREFIX):
+                found.append(os.path.join(directory, name))
+    return sorted(found, key=len, reverse=True)
+
+
+def _remove_cgroup(path: str) -> None:
+    with contextlib.suppress(OSError):
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+    for directory, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)

@@ -519,10 +519,10 @@ def tcp_throughput(source: NetTarget, dest_ip: str, port: int, seconds: float = 
     raise TimeoutError(f"the sink at {dest_ip}:{port} did not report the stream from port {sent['port']}")
 
 
-def udp_snmp(target: NetTarget) -> dict[str, int]:
-    """The ``Udp:`` counters of the target's namespace (InDatagrams, NoPorts, InErrors, InCsumErrors...)."""
+def snmp(target: NetTarget, protocol: str = "Udp") -> dict[str, int]:
+    """The ``Udp:`` (or ``Ip:``, ...) counters of the target's namespace (InDatagrams, NoPorts, InCsumErrors...)."""
     with open(f"/proc/{target.pid}/net/snmp") as f:
-        rows = [line.split()[1:] for line in f if line.startswith("Udp:")]
+        rows = [line.split()[1:] for line in f if line.startswith(f"{protocol}:")]
     return {key: int(value) for key, value in zip(rows[0], rows[1], strict=False)}
 
 

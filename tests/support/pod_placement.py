@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import os
 import sys
+import time
 
 CLONE_NEWNS, CLONE_NEWCGROUP = 0x00020000, 0x02000000
 MS_REC, MS_PRIVATE, MS_BIND, MNT_DETACH = 0x4000, 1 << 18, 4096, 2
@@ -53,10 +55,16 @@ def remove(name: str) -> None:
     end with it), and its mount point for the node's view."""
     path = cgroup_path(name)
     for directory, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
-        try:
-            os.rmdir(directory)
-        except FileNotFoundError:
-            pass
+        for _ in range(500):  # a killed process leaves its cgroup a moment after it is reaped
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as err:
+                if err.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.01)
     for directory in (os.path.join(HOST_VIEW_ROOT, name), HOST_VIEW_ROOT):
         try:
             os.rmdir(directory)
