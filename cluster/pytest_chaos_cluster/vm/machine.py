@@ -110,7 +110,7 @@ def qemu_command(image: Image, *, memory: int, nonce: str, script: Path, share: 
         return str(p).replace(",", ",,")  # qemu's option syntax doubles commas in values
 
     append = ["console=ttyS0,115200", "root=/dev/vda", "rootfstype=ext4", "ro", f"init={GUEST_INIT}",
-              "panic=-1", "cgroup_no_v1=all", "fsck.mode=skip", f"pytest_chaos.nonce={nonce}"]
+              "panic=-1", "cgroup_no_v1=all,named", "fsck.mode=skip", f"pytest_chaos.nonce={nonce}"]
     if not verbose_boot:
         append.append("quiet")
     if share is not None:
