@@ -222,7 +222,7 @@ def test_process_kill_in_the_daemons_own_pid_namespace_spares_the_daemon_and_ker
 @pytest.mark.parametrize("fault, field, accepted", [
     (pb.ProcessKill(process=""), "process_kill.process", "1 to 256 characters"),
     (pb.ProcessKill(process="x" * 257), "process_kill.process", "1 to 256 characters"),
-    (pb.ProcessKill(process="sleep ("), "process_kill.process", "not a valid regular expression"),
+    (pb.ProcessKill(process="sleep ("), "process_kill.process", "not a regular expression RE2 accepts"),
     (pb.ProcessKill(process="sleep", signal=65), "process_kill.signal", "1 to 64 (0 means SIGKILL)"),
     (pb.ProcessKill(process="sleep", signal=-1), "process_kill.signal", "1 to 64 (0 means SIGKILL)"),
 ])
@@ -273,7 +273,7 @@ def test_process_kill_with_no_match_errors_the_test_naming_the_target(pytester, 
     ("", "process", "is required: a command name, or a regular expression"),
     ('process=""', "process", "is required"),
     ("process=3", "process", "is required"),
-    ('process="sleep ("', "process", "is not a valid regular expression"),
+    ('process="sleep ("', "process", "is not a regular expression RE2 accepts"),
     ('process="sleep", signal="SIGNOPE"', "signal",
      "a signal name such as 'SIGTERM' or 'TERM' (any case) or a number from 1 to 64"),
     ('process="sleep", signal=0', "signal", "a number from 1 to 64"),

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
+from pytest_chaos_daemon.api.contract import MAX_PROCESS_LEN, RE2_REFUSES, process_pattern
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from ..errors import ChaosSpecError
@@ -16,7 +17,6 @@ from ..model import Target
 from .applied import AppliedKind
 from .base import InjectContext
 
-MAX_PROCESS_LEN = 256  # the daemon's limit
 MAX_SIGNAL = 64
 SIGNAL_ACCEPTED = "a signal name such as 'SIGTERM' or 'TERM' (any case) or a number from 1 to 64"
 
@@ -35,11 +35,7 @@ class ProcessKill(AppliedKind):
                                             f"command line; got {process!r}")
         if len(process) > MAX_PROCESS_LEN:
             raise ChaosSpecError("process", f"must be at most {MAX_PROCESS_LEN} characters; got {len(process)}")
-        try:
-            re.compile(process)
-        except re.error as err:
-            raise ChaosSpecError("process", f"{process!r} is not a valid regular expression ({err}); give a command "
-                                            "name or a regular expression") from None
+        check_pattern(process)
         return {"process": process, "signal": check_signal(params.get("signal", "SIGKILL"))}
 
     def message(self, params: Mapping[str, Any]) -> pb.ProcessKill:
@@ -50,6 +46,22 @@ class ProcessKill(AppliedKind):
         # No command prints anything here: the report shows what got the signal instead.
         rows = [f"{p.pid:>5} {p.user:<10} {p.command}" for p in target.processes]
         target.output = "\n".join([f"{signal_name(params['signal'])} sent to:", "  PID USER       COMMAND", *rows])
+
+
+def check_pattern(process: str) -> None:
+    """Refuse at collection what the daemon's matcher refuses. The daemon matches with RE2 (linear time,
+    no backreferences or lookarounds); where google-re2 is installed here (with the daemon, as the local
+    backend has it) it checks, elsewhere Python's ``re`` checks the syntax and the daemon the rest."""
+    try:
+        process_pattern(process)
+    except ImportError:
+        try:
+            re.compile(process)
+        except re.error as err:
+            raise ChaosSpecError("process", f"{process!r} is not a valid regular expression ({err})") from None
+    except ValueError as err:
+        raise ChaosSpecError("process", f"{process!r} is not a regular expression RE2 accepts ({err}); give a "
+                                        f"command name or {RE2_REFUSES}") from None
 
 
 def check_signal(value: object) -> int:

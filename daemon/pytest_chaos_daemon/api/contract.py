@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import string
+from typing import Any
 
 TLS_SERVER_NAME = "chaos-daemon.pytest-chaos.local"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
@@ -93,3 +94,24 @@ def check_pattern(pattern: str) -> str:
     if ".." in normalised or normalised.startswith("."):
         raise ValueError(f"DNS pattern {pattern!r} has an empty label (a leading or doubled '.'); {_PATTERN_FORM}")
     return normalised
+
+
+# --- process-kill: patterns ----------------------------------------------------------------------
+
+MAX_PROCESS_LEN = 256
+RE2_REFUSES = "a regular expression without backreferences or lookarounds (RE2 syntax)"
+
+
+def process_pattern(process: str) -> Any:
+    """process-kill's ``process`` compiled by RE2 (google-re2), which matches in time linear in the command
+    line whatever the pattern; ValueError with RE2's reason when it is not a pattern RE2 takes. RE2 is
+    imported here, not with this module: a plugin without it (the daemon elsewhere) catches ImportError."""
+    import re2  # noqa: I001
+
+    options = re2.Options()
+    options.log_errors = False  # the reason goes to the caller, not to stderr
+    try:
+        return re2.compile(process, options=options)
+    except re2.error as err:
+        reason = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else str(err)
+        raise ValueError(reason) from None

@@ -17,7 +17,7 @@ import random
 import sys
 from typing import Any
 
-from .. import netns
+from .. import netns, target_files
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..dns_responder import check_pattern, resolv_conf_nameservers, responder_argv
 from ..errors import FailedPrecondition, InvalidArgument
@@ -26,13 +26,13 @@ from ..target import HeldTarget
 from . import network_rules as rules
 from .base import FaultContext, Plan
 from .network_base import NetworkFault
-from .proc_listing import read_at
 from .process_list import ProcessRow
 
 MECHANISM = "port 53 redirected (iptables REDIRECT) to the daemon's dns_responder in the target's network namespace"
 ACTIONS = {pb.Dns.ACTION_ERROR: "error", pb.Dns.ACTION_RANDOM: "random"}
 MAX_PATTERNS = 64
 PORTS = range(20053, 60000)
+RESOLV_CONF_LIMIT = 64 << 10
 
 
 class Dns(NetworkFault):
@@ -54,17 +54,17 @@ class Dns(NetworkFault):
         return {"action": ACTIONS[message.action], "patterns": patterns}
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
-        upstreams = _nameservers(target)
+        upstreams = await _nameservers(target)
         with rules.target_namespace(target, None) as namespace:
             async with rules.namespace_lock(namespace.inode):
                 _, mark = await rules.allocate(ctx, namespace, 0)
         return Plan({"netns": namespace.inode, "tag": rules.new_tag(), "mark": mark, "upstreams": upstreams,
-                     "port": random.choice(PORTS), "cgroups": [ctx.confiner.new_cgroup()]}, MECHANISM)
+                     "port": random.choice(PORTS), "cgroups": [ctx.confiner.new_cgroup(target)]}, MECHANISM)
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         undo = plan.undo
         with rules.target_namespace(target, None) as namespace:
-            await _start_responder(ctx, namespace, params, undo, target.description)
+            await _start_responder(ctx, namespace, params, undo, target.description, target)
             guard = f"-m mark ! --mark {undo['mark']:#x}/{undo['mark']:#x} "
             lines = [f":{rules.chain(undo['tag'], 'egress')} - [0:0]"]
             lines += [f"-A {rules.chain(undo['tag'], 'egress')} -p {protocol} --dport 53 {guard}"
@@ -76,7 +76,7 @@ class Dns(NetworkFault):
         return []
 
     async def more_left(self, ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) -> list[str]:
-        left = [f"its responder's cgroup {cgroup} is still there" for cgroup in plan["cgroups"] if os.path.isdir(cgroup)]
+        left = [f"its responder's cgroup {cgroup} is still there" for cgroup in plan["cgroups"] if ctx.confiner.exists(cgroup)]
         if netns.namespace_inode(namespace.pid) == namespace.inode and _listening(namespace.pid, plan["port"]):
             left.append(f"a responder still listens on port {plan['port']}")
         return left
@@ -84,17 +84,22 @@ class Dns(NetworkFault):
     async def resume(self, ctx: FaultContext, record: Record) -> None:
         """The responder died with the old daemon (the redirect stayed: lookups failed meanwhile): start it
         again."""
-        await self.restart_programs(ctx, record, lambda namespace, plan: _start_responder(
-            ctx, namespace, record.params, plan, record.container_id))
+        await self.restart_programs(ctx, record, lambda namespace, plan, target: _start_responder(
+            ctx, namespace, record.params, plan, record.container_id, target))
 
 
-def _nameservers(target: HeldTarget) -> list[str]:
-    root = os.open(f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        text = read_at(root, "etc/resolv.conf", 1 << 16)
-    finally:
-        os.close(root)
-    servers = [s for s in resolv_conf_nameservers(text or "") if ":" not in s]
+async def _nameservers(target: HeldTarget) -> list[str]:
+    """The target's IPv4 nameservers, from its /etc/resolv.conf (read as ``target_files`` reads: a FIFO or a
+    device planted there is refused, a file that never answers times out)."""
+    def read() -> bytes | None:
+        root = os.open(f"/proc/{target.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return target_files.read_file(root, "/etc/resolv.conf", f"target {target.description}", RESOLV_CONF_LIMIT)
+        finally:
+            os.close(root)
+
+    raw = await target_files.run(read, f"reading /etc/resolv.conf of target {target.description}")
+    servers = [s for s in resolv_conf_nameservers((raw or b"").decode(errors="replace")) if ":" not in s]
     if not servers:
         raise FailedPrecondition(f"dns: target {target.description} has no IPv4 nameserver in its /etc/resolv.conf, "
                                  f"so there is nothing to forward the other names to")
@@ -102,7 +107,7 @@ def _nameservers(target: HeldTarget) -> list[str]:
 
 
 async def _start_responder(ctx: FaultContext, namespace: rules.Namespace, params: dict[str, Any],
-                           undo: dict[str, Any], where: str) -> None:
+                           undo: dict[str, Any], where: str, target: HeldTarget | None) -> None:
     program = [sys.executable, "-m", "pytest_chaos_daemon.dns_responder",
                *responder_argv(undo["port"], undo["mark"], params["action"], params["patterns"], undo["upstreams"])]
     cgroup = undo["cgroups"][0]
@@ -110,7 +115,7 @@ async def _start_responder(ctx: FaultContext, namespace: rules.Namespace, params
     def ready() -> bool:
         return any(_listening(pid, undo["port"]) for pid in ctx.confiner.members(cgroup))
 
-    await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where)
+    await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where, target)
 
 
 def _listening(pid: int | str, port: int) -> bool:

@@ -9,10 +9,10 @@ works on distroless images. One-shot: there is nothing to recover.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 
+from .. import target_files
 from ..logs import log
 from ..nsexec import Completed, Confiner, explain_failure
 from ..target import HeldTarget
@@ -38,9 +38,10 @@ class Listing:
 
 async def exec_hello_world(confiner: Confiner, target: HeldTarget, source: str, timeout_s: float) -> Listing:
     if source == "proc":
-        output, rows = await asyncio.to_thread(list_processes, target)
+        output, rows, truncated = await target_files.run(lambda: list_processes(target),
+                                                         f"listing the processes of target {target.description}")
         log(logging.DEBUG, "output", container_id=target.description, pid=target.pid, source=source, output=output)
-        return Listing(output, rows, MECHANISMS[source])
+        return Listing(output, rows, MECHANISMS[source], truncated)
     result: Completed = await confiner.run(target, PROBE, timeout_s)
     log(logging.INFO, "command ran", container_id=target.description, pid=target.pid, argv=result.argv,
         returncode=result.returncode, truncated=result.truncated)

@@ -6,7 +6,9 @@ namespace) lists exactly what ``ps aux`` inside it would. It is opened with
 the target's filesystem resolves inside that filesystem and never reaches a
 file of the node's; the result must be a procfs whose entry for the target's
 own pid is the target. User names come from the target's ``/etc/passwd``,
-opened the same way.
+read through ``target_files`` (a regular file only, capped). Command lines
+are read up to ``CMDLINE_LIMIT`` each and ``LISTING_LIMIT`` in all; past that a
+process shows as ``[comm]`` and the listing says it was truncated.
 
 ``TargetProc`` is that opened /proc, shared by every kind that reads a
 target's processes (HelloWorld's ``source="proc"``, process-kill): it yields
@@ -26,33 +28,18 @@ from collections.abc import Iterator
 from .. import procfs
 from ..errors import FailedPrecondition, NotFound
 from ..target import HeldTarget
+from ..target_files import open_in_root, read_file
 from .process_list import ProcessRow, parse_ps
 
 PROC_SUPER_MAGIC = 0x9FA0
-_SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-_PASSWD_LIMIT = 1 << 20
+# What is read of one command line, and of all of them together (ps stops at 1 MiB too): a target whose
+# processes carry huge command lines costs the daemon this much and no more.
+CMDLINE_LIMIT = 64 << 10
+LISTING_LIMIT = 1 << 20
 HEADER = "USER         PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND"
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def open_in_root(root_fd: int, path: str, flags: int) -> int:
-    """Open ``path`` as if ``root_fd`` were ``/``: no symlink or ``..`` leaves it."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, root_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
 
 
 class _StatFs(ctypes.Structure):
@@ -106,14 +93,20 @@ class TargetProc:
             self.close()
             raise
         self._names: dict[int, str] | None = None
+        self._where = f"target {target.description}"
+        self.truncated = False  # a command line was cut or left out (CMDLINE_LIMIT, LISTING_LIMIT)
 
     def processes(self) -> Iterator[ProcEntry]:
-        """Every process listed, in PID order; those that exit while listed are left out."""
+        """Every process listed, in PID order; those that exit while listed are left out. Command lines are
+        cut at ``CMDLINE_LIMIT``, and left out past ``LISTING_LIMIT`` in all (``truncated`` says so)."""
+        budget = LISTING_LIMIT
         for pid in sorted(int(name) for name in os.listdir(self.fd) if name.isdigit()):
             stat_text, status_text = read_at(self.fd, f"{pid}/stat"), read_at(self.fd, f"{pid}/status")
-            cmdline = read_at(self.fd, f"{pid}/cmdline")
+            cmdline = read_at(self.fd, f"{pid}/cmdline", min(CMDLINE_LIMIT, budget)) if budget else ""
             if stat_text is None or status_text is None or cmdline is None:
                 continue  # exited while listing
+            budget -= len(cmdline)
+            self.truncated = self.truncated or budget <= 0 or len(cmdline) == CMDLINE_LIMIT
             host_uid = procfs.parse_status(status_text).uid  # as the daemon's user namespace sees it
             argv = tuple(cmdline.rstrip("\0").split("\0")) if cmdline else ()
             yield ProcEntry(pid, procfs.parse_stat(stat_text), self._user(host_uid), argv)
@@ -125,7 +118,7 @@ class TargetProc:
 
     def _user(self, host_uid: int) -> str:
         if self._names is None:
-            self._names = _user_names(self._root)
+            self._names = _user_names(self._root, self._where)
         uid = self._uid_map.inside(host_uid)
         return self._names.get(uid, str(uid)) if uid is not None else str(host_uid)
 
@@ -143,13 +136,15 @@ class TargetProc:
         self.close()
 
 
-def list_processes(target: HeldTarget) -> tuple[str, list[ProcessRow]]:
-    """``ps aux``-style text of the target's pid namespace, and its parsed rows."""
+def list_processes(target: HeldTarget) -> tuple[str, list[ProcessRow], bool]:
+    """``ps aux``-style text of the target's pid namespace, its parsed rows, and whether a command line was
+    cut. Blocking: run it through ``target_files.run``."""
     with TargetProc(target, "source='proc'", "; use source='ps'") as proc:
         lines = _render(proc.processes())
+        truncated = proc.truncated
     target.check_alive()
     output = "\n".join([HEADER, *lines]) + "\n"
-    return output, parse_ps(output)
+    return output, parse_ps(output), truncated
 
 
 def _open_target_proc(target: HeldTarget, root: int, purpose: str, hint: str) -> int:
@@ -188,18 +183,12 @@ def read_at(directory: int, path: str, limit: int = 1 << 20) -> str | None:
         os.close(fd)
 
 
-def _user_names(root: int) -> dict[int, str]:
-    """uid -> name from the target's /etc/passwd (uids as the target sees them)."""
-    try:
-        fd = open_in_root(root, "/etc/passwd", os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return {}
-    try:
-        text = os.read(fd, _PASSWD_LIMIT).decode(errors="replace")
-    finally:
-        os.close(fd)
+def _user_names(root: int, where: str) -> dict[int, str]:
+    """uid -> name from the target's /etc/passwd (uids as the target sees them); a planted FIFO or device
+    there is refused (``target_files.read_file``)."""
+    raw = read_file(root, "/etc/passwd", where)
     names: dict[int, str] = {}
-    for line in text.splitlines():
+    for line in (raw or b"").decode(errors="replace").splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and fields[2].isdigit():
             names.setdefault(int(fields[2]), fields[0])
