@@ -26,7 +26,7 @@ from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from pytest_chaos_daemon.certs import generate
-from pytest_chaos_daemon.server import HEALTH_MAX_CONCURRENT_RPCS
+from pytest_chaos_daemon.probes import MAX_WATCHES
 from pytest_chaos_daemon.tls import client_certificate_verdict
 
 from pytest_chaos.errors import ChaosError
@@ -124,20 +124,26 @@ def test_plaintext_health_listener_serves_nothing_but_health(tls_daemon):
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_plaintext_health_listener_bounds_concurrent_calls(tls_daemon):
+def test_open_watch_streams_never_starve_the_probes_check(tls_daemon):
+    """Any pod may reach the plaintext health port. Watch streams held open by it once filled the port's one
+    concurrency bound, and every kubelet probe failed: Check now always answers, and Watch has a bound of its
+    own."""
     _, _, health_address, _ = tls_daemon
     with grpc.insecure_channel(health_address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(HEALTH_MAX_CONCURRENT_RPCS)]
+        watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(MAX_WATCHES)]
         try:
             for watch in watches:  # each stream is open on the server once its first answer arrives
                 assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             with pytest.raises(grpc.RpcError) as info:
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                next(stub.Watch(health_pb2.HealthCheckRequest(), timeout=5))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for _ in range(20):  # as a kubelet's liveness and readiness probes would, meanwhile
+                assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                    health_pb2.HealthCheckResponse.SERVING
         finally:
             for watch in watches:
                 watch.cancel()
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_plaintext_health_listener_on_a_unix_socket_is_private(start_daemon, tmp_path):

@@ -27,6 +27,7 @@ from .lifetime import ParentWatch
 from .logs import log
 from .netem import NetemSupport
 from .nsexec import ChildProcesses, Confiner
+from .probes import ProbeHealth
 from .runtimes import RuntimeRegistry
 from .servicer import ChaosDaemonServicer, Limits
 from .tls import TlsFiles, client_certificate_check
@@ -35,9 +36,6 @@ from .tracking import start_tracker
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
 # The name in the daemons' certificates (pytest-chaos-daemon-certs); clients
 # check it whatever address they dial (pod IP, port-forward relay).
-# The plaintext health listener answers probes (a kubelet sends two at a
-# time); the bound keeps open Watch streams from piling up on it.
-HEALTH_MAX_CONCURRENT_RPCS = 4
 
 
 async def serve(
@@ -105,8 +103,8 @@ async def serve(
     health_target = grpc_target(health_listen) if health_listen else ""
     health_socket_path = health_target.removeprefix("unix://") if health_target.startswith("unix://") else None
     if health_listen:
-        health_server = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(ProbeHealth(health_servicer), health_server)
         if health_socket_path:
             _add_private_unix_port(health_server, health_target)
         else:
