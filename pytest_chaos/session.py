@@ -108,7 +108,11 @@ class ChaosSession:
         experiment.peers = self._peers(spec, random.Random(f"{self.seed}:{test_id}:{index}:target"))
 
     def recover(self, experiment: Experiment) -> None:
-        """Undo ``experiment`` on every target; raises ChaosError naming what is left if any target failed."""
+        """Undo ``experiment`` on every target; raises ChaosError naming what is left if any target failed, and
+        when the fault stopped early on a target while the test ran (its daemon said so): a chaos test whose
+        chaos ended before the test did must not pass silently."""
+        if experiment.outcome == "failed" and experiment.applied_at is not None:
+            raise ChaosError(f"the fault stopped early, while the test ran: {experiment.detail}")
         if experiment.outcome != "applied":
             return
         if not KINDS[experiment.kind].recoverable:
@@ -118,10 +122,15 @@ class ChaosSession:
             experiment.ended_at = time.time()
             return
         self.leases.untrack(experiment)
+        stopped_early = [t for t in experiment.targets if t.state == "failed"]
         self._recover_targets([t for t in experiment.targets if t.state == "applied"])
         experiment.settle()
         if experiment.outcome == "failed":
-            raise ChaosError(f"recovery failed: {experiment.detail}")
+            early = "; ".join(f"{t.describe()}: {t.detail}" for t in stopped_early)
+            later = "; ".join(f"{t.describe()}: {t.detail}" for t in experiment.targets
+                              if t.state == "failed" and t not in stopped_early)
+            raise ChaosError("; ".join(([f"the fault stopped early, while the test ran, on {early}"] if early else [])
+                                       + ([f"recovery failed: {later}"] if later else [])))
 
     def client(self, address: str) -> DaemonClient:
         if address not in self._clients:

@@ -47,6 +47,8 @@ class Injections:
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed = asyncio.Event()
         self._expiry: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[Record | None]] = set()
+        ctx.children.on_program_ended = self._program_ended
 
     async def start(self) -> None:
         """Take over what daemons that are gone left in the journal, then start recovering what expires."""
@@ -146,7 +148,8 @@ class Injections:
             try:
                 done = await fault.recover(self._ctx, record)
             except DaemonError as err:
-                record.end(states.FAILED, f"recovery failed: {err.message}")
+                prefix = f"{detail_prefix}; " if detail_prefix else ""
+                record.end(states.FAILED, f"{prefix}recovery failed: {err.message}")
             except Exception as err:  # a bug: the fault may be in force; say so rather than retry blindly
                 log(logging.ERROR, "recovery raised", injection_id=record.id, exc_info=err)
                 record.end(states.FAILED, f"recovery failed: internal error ({type(err).__name__}: {err}); "
@@ -158,6 +161,21 @@ class Injections:
         log(level, "recovered" if record.state != states.FAILED else "recovery failed", injection_id=record.id,
             kind=record.kind, container_id=record.container_id, state=record.state, detail=record.detail)
         return record
+
+    def _program_ended(self, cgroup: str, returncode: int, output: str) -> None:
+        """A program a fault left running (a packet queue, a DNS responder, stress-ng) ended by itself: the fault
+        is no longer what it says. Its injection is recovered (what else it changed is undone) and ends FAILED,
+        saying it stopped early, so the test sees it fail rather than report it recovered."""
+        for record in self._records.values():
+            if record.state == states.ACTIVE and cgroup in _program_cgroups(record.plan):
+                said = f": {output.splitlines()[-1][:300]}" if output.strip() else ""
+                why = f"the fault stopped early: its program ended by itself (exit status {returncode}{said})"
+                log(logging.WARNING, "a fault's program ended by itself", injection_id=record.id, kind=record.kind,
+                    container_id=record.container_id, cgroup=cgroup, returncode=returncode, output=output)
+                task = asyncio.ensure_future(self.recover(record.id, why, states.FAILED))
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
+                return
 
     def renew(self, injection_ids: list[str], lease: Any) -> list[Record | None]:
         lease_s = self.lease_seconds(lease)
@@ -247,3 +265,9 @@ class Injections:
 
     def _lock(self, injection_id: str) -> asyncio.Lock:
         return self._locks.setdefault(injection_id, asyncio.Lock())
+
+
+def _program_cgroups(plan: dict[str, Any]) -> list[str]:
+    """The tracking cgroups of the programs a fault's plan left running (network kinds: ``cgroups``; stress:
+    ``cgroup``)."""
+    return [*plan.get("cgroups", []), *([plan["cgroup"]] if "cgroup" in plan else [])]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import procfs
 from .errors import DeadlineExceeded, FailedPrecondition
-from .target import NAMESPACES, HeldTarget, confinement, v2_cgroup
+from .target import NAMESPACES, Confinement, HeldTarget, cgroups_of, confinement, v2_cgroup
 from .tracking import HIERARCHY, Probe, ProbeTracker, kill_cgroup
 
 # The confine helper's exit status when it failed before exec; 126/127 are a
@@ -59,10 +59,17 @@ class Completed:
 
 @dataclasses.dataclass
 class Started:
-    """A program left running: its process and the task draining its output (stdout and stderr)."""
+    """A program left running: its process, the task draining its output (stdout and stderr), and the task
+    watching for it to end before it is stopped."""
 
     process: asyncio.subprocess.Process
     output: asyncio.Future[tuple[bytes, bool]]
+    watch: asyncio.Task[None] | None = None
+
+
+# Told when a started program ends before ``stop`` asks it to: (its tracking cgroup, its exit status, the tail
+# of its output). The fault's injection then stops early (injections.py), rather than report itself in force.
+ProgramEnded = Callable[[str, int, str], None]
 
 
 class ChildProcesses:
@@ -73,6 +80,8 @@ class ChildProcesses:
         self.output_limit = output_limit
         self._running: dict[asyncio.subprocess.Process, Probe | None] = {}
         self._started: dict[str, Started] = {}  # by tracking cgroup path
+        self.on_program_ended: ProgramEnded | None = None
+        self._closing = False
 
     async def run(
         self, argv: Sequence[str], timeout_s: float, pass_fds: Sequence[int] = (), probe: Probe | None = None,
@@ -135,7 +144,19 @@ class ChildProcesses:
         output = asyncio.ensure_future(self._read(process.stdout, STDERR_LIMIT, None, None))
         # Kept referenced: an asyncio subprocess transport that is collected kills its process.
         started = self._started[cgroup] = Started(process, output)
+        started.watch = asyncio.ensure_future(self._supervise(cgroup, started))
         return started
+
+    async def _supervise(self, cgroup: str, started: Started) -> None:
+        """Tell ``on_program_ended`` when the program ends by itself (``stop`` forgets it first)."""
+        returncode = await started.process.wait()
+        if self._started.get(cgroup) is not started or self._closing:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(started.output), STOP_WAIT_S)
+        tail = started.output.result()[0].decode(errors="replace").strip()[-500:] if started.output.done() else ""
+        if self._started.get(cgroup) is started and not self._closing and self.on_program_ended is not None:
+            self.on_program_ended(cgroup, returncode, tail)
 
     async def stop(self, cgroup: str) -> int:
         """End a started program (SIGTERM, then SIGKILL to everything in its tracking cgroup ``cgroup``) and
@@ -183,6 +204,7 @@ class ChildProcesses:
             os.killpg(process.pid, signal.SIGKILL)
 
     def kill_all(self) -> None:
+        self._closing = True  # what ends now ends because the daemon stops, not by itself
         for process, probe in list(self._running.items()):
             self._kill(process, probe)
         started_in = {self.tracker.real(cgroup): started for cgroup, started in self._started.items()}
@@ -268,15 +290,22 @@ class Confiner:
 
     async def start_in_netns(
         self, netns_fd: int, program: Sequence[str], cgroup: str, ready: Callable[[], bool], where: str,
-        env: Mapping[str, str] | None = None, timeout_s: float = START_TIMEOUT_S,
+        target: HeldTarget | None = None, env: Mapping[str, str] | None = None, timeout_s: float = START_TIMEOUT_S,
     ) -> str:
         """Start one of the daemon's own programs as root, with the daemon's capabilities, in the network
-        namespace ``netns_fd`` and in no other namespace or cgroup of a target's (a network fault's packet
-        queue or DNS responder); otherwise as ``start``."""
+        namespace ``netns_fd`` and in no other namespace of a target's (a network fault's packet queue or DNS
+        responder); in ``target``'s cgroups, when given, so that the target pays for its memory and CPU
+        (``cgroup`` then comes from ``new_cgroup(target)``); otherwise as ``start``."""
         own = procfs.read_status(os.getpid())
         args = ["--ns-fd", f"net:{netns_fd}", "--uid", "0", "--gid", "0",
                 "--cap-bnd", f"{own.cap_bnd:x}", "--cap-eff", f"{own.cap_eff & own.cap_prm:x}", "--cap-inh", "0"]
-        return await self._start(args, [netns_fd], program, cgroup, ready, env, timeout_s, where)
+        inputs = (cgroups_of(target, procfs.cgroup_mounts(), self._skip, self.children.tracker.replaces_v2_membership)
+                  if target is not None else Confinement([], []))
+        try:
+            return await self._start([*inputs.args, *args], [*inputs.fds, netns_fd], program, cgroup, ready, env,
+                                     timeout_s, where)
+        finally:
+            inputs.close()
 
     async def _start(
         self, confine_args: Sequence[str], fds: Sequence[int], program: Sequence[str], cgroup: str,

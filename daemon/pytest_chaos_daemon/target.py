@@ -157,6 +157,20 @@ def confinement(
     return result
 
 
+def cgroups_of(target: HeldTarget, mounts: list[procfs.CgroupMount], skip_hierarchies: frozenset[str],
+               skip_v2: bool = False) -> Confinement:
+    """The target's cgroups alone, to join (``confinement``'s, without namespaces or credentials): one of the
+    daemon's own programs serving a target (a packet queue) is charged to it and held to its limits."""
+    result = Confinement([], [])
+    try:
+        _open_cgroups(target, mounts, skip_hierarchies, result, skip_v2)
+        target.check_alive()
+    except BaseException:
+        result.close()
+        raise
+    return result
+
+
 def _open(target: HeldTarget, path: str, flags: int) -> int:
     try:
         return os.open(path, flags)

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import netns
 from ..packet_queue import queue_argv
+from ..target import HeldTarget
 from . import network_rules as rules
 from .base import FaultContext
 
@@ -41,18 +42,19 @@ def cannot_honour(netem_only: dict[str, float]) -> str | None:
     return " and ".join(refused) or None
 
 
-async def plan(ctx: FaultContext, namespace: rules.Namespace, hooks: tuple[str, ...]) -> dict[str, Any]:
-    """Queue numbers and a mark bit free in the namespace, and a tracking cgroup per hook's program."""
+async def plan(ctx: FaultContext, namespace: rules.Namespace, hooks: tuple[str, ...], target: HeldTarget) -> dict[str, Any]:
+    """Queue numbers and a mark bit free in the namespace, and a tracking cgroup per hook's program (in the
+    target's cgroups: the target pays for its queues)."""
     async with rules.namespace_lock(namespace.inode):
         queues, mark = await rules.allocate(ctx, namespace, len(hooks))
     return {"mark": mark, "queues": dict(zip(hooks, queues, strict=False)),
-            "cgroups": [ctx.confiner.new_cgroup() for _ in hooks]}
+            "cgroups": [ctx.confiner.new_cgroup(target) for _ in hooks]}
 
 
 async def apply(ctx: FaultContext, namespace: rules.Namespace, params: dict[str, Any], undo: dict[str, Any],
-                scope: rules.Scope, where: str) -> None:
+                scope: rules.Scope, target: HeldTarget) -> None:
     """Start the queues' programs, then send the scope's packets to them."""
-    await start_queues(ctx, namespace, params, undo, where)
+    await start_queues(ctx, namespace, params, undo, target.description, target)
     async with rules.namespace_lock(namespace.inode):
         lines: list[str] = []
         for hook, queue in undo["queues"].items():
@@ -73,8 +75,9 @@ def left(ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) ->
 
 
 async def start_queues(ctx: FaultContext, namespace: rules.Namespace, params: dict[str, Any],
-                       undo: dict[str, Any], where: str) -> None:
-    """One packet_queue per hook, each ready once the kernel lists its queue as bound in the namespace."""
+                       undo: dict[str, Any], where: str, target: HeldTarget | None) -> None:
+    """One packet_queue per hook, each ready once the kernel lists its queue as bound in the namespace; in
+    ``target``'s cgroups where it still runs."""
     # Read through a process in the namespace: the target's, or the first program's once it runs.
     for (hook, queue), cgroup in zip(undo["queues"].items(), undo["cgroups"], strict=False):
         effects = params["effects"]
@@ -89,4 +92,4 @@ async def start_queues(ctx: FaultContext, namespace: rules.Namespace, params: di
         def ready(queue: int = queue, cgroup: str = cgroup) -> bool:
             return any(queue in rules.bound_queues(pid) for pid in ctx.confiner.members(cgroup))
 
-        await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where)
+        await ctx.confiner.start_in_netns(namespace.fd, program, cgroup, ready, where, target)

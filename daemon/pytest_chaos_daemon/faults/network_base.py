@@ -3,11 +3,14 @@ the programs it left running, and check from outside that nothing of it is left.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from ..errors import FailedPrecondition
+from .. import procfs
+from ..errors import DaemonError, FailedPrecondition
 from ..journal import Record
+from ..target import HeldTarget
 from . import network_rules as rules
 from .base import FaultContext
 
@@ -54,14 +57,32 @@ class NetworkFault:
             stopped += await ctx.confiner.stop(cgroup)
         return stopped
 
-    async def restart_programs(self, ctx: FaultContext, record: Record,
-                               start: Callable[[rules.Namespace, dict[str, Any]], Awaitable[None]]) -> None:
+    async def restart_programs(
+        self, ctx: FaultContext, record: Record,
+        start: Callable[[rules.Namespace, dict[str, Any], HeldTarget | None], Awaitable[None]],
+    ) -> None:
         """After a daemon restart: the fault's programs died with the old daemon (its rules stayed); start
-        them again, in new tracking cgroups journaled through ``record.plan``, while the namespace is there."""
+        them again, in new tracking cgroups journaled through ``record.plan``, while the namespace is there:
+        in the target's cgroups while the target still runs, in the daemon's once it is gone."""
         await self._stop_programs(ctx, record.plan)  # whatever survived the old daemon
         namespace = rules.recorded_namespace(record)
         if namespace is None:
             return
-        with namespace:
-            record.plan = {**record.plan, "cgroups": [ctx.confiner.new_cgroup() for _ in record.plan["cgroups"]]}
-            await start(namespace, record.plan)
+        with namespace, _still_running(record) as target:
+            record.plan = {**record.plan, "cgroups": [ctx.confiner.new_cgroup(target) for _ in record.plan["cgroups"]]}
+            await start(namespace, record.plan, target)
+
+
+@contextlib.contextmanager
+def _still_running(record: Record) -> Iterator[HeldTarget | None]:
+    """The journaled target, held, if that very process still runs; None otherwise."""
+    if not procfs.is_same_process(record.pid, record.start_ticks, record.boot_id):
+        yield None
+        return
+    try:
+        target = HeldTarget(record.pid, record.container_id)
+    except DaemonError:
+        yield None
+        return
+    with target:
+        yield target if target.stat.start_ticks == record.start_ticks else None

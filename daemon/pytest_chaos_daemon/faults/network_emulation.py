@@ -97,7 +97,7 @@ class NetworkEmulation(NetworkFault):
             if refused := emulation_queue.cannot_honour(params["netem_only"]):
                 raise FailedPrecondition(f"{self.kind}: {refused} needs netem, and this target's traffic goes "
                                          f"through the packet queue: {why_not_netem}")
-            undo.update(await emulation_queue.plan(ctx, namespace, hooks))
+            undo.update(await emulation_queue.plan(ctx, namespace, hooks, target))
         return Plan(undo, f"{emulation_queue.MECHANISM} ({why_not_netem})")
 
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
@@ -108,7 +108,7 @@ class NetworkEmulation(NetworkFault):
                 async with rules.namespace_lock(namespace.inode):
                     await tc_shaping.install(ctx, namespace, plan.undo, scope.peers, leaf)
             else:
-                await emulation_queue.apply(ctx, namespace, params, plan.undo, scope, target.description)
+                await emulation_queue.apply(ctx, namespace, params, plan.undo, scope, target)
         return []
 
     async def remove_more(self, ctx: FaultContext, namespace: rules.Namespace, plan: dict[str, Any]) -> int:
@@ -124,8 +124,8 @@ class NetworkEmulation(NetworkFault):
         (traffic passed unchanged meanwhile): they start again."""
         if _uses_netem(record.plan):
             return
-        await self.restart_programs(ctx, record, lambda namespace, plan: emulation_queue.start_queues(
-            ctx, namespace, record.params, plan, record.container_id))
+        await self.restart_programs(ctx, record, lambda namespace, plan, target: emulation_queue.start_queues(
+            ctx, namespace, record.params, plan, record.container_id, target))
 
 
 def _uses_netem(plan: dict[str, Any]) -> bool:
