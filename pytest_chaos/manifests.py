@@ -44,17 +44,26 @@ NETWORK_PARAMETERS = {
                   "minburst": "minburst"},
 }
 TARGET_FIELDS = ("selector", "mode", "value")
+MAX_SHOWN = 253  # characters of a document's kind and name in its label: the longest Kubernetes name
 
 
 class Document:
-    """One document of a manifest, and where it came from, for errors."""
+    """One document of a manifest, where it came from, and the field each argument came from, for errors."""
 
     def __init__(self, body: Mapping[str, Any], label: str) -> None:
         self.body = body
         self.label = label
+        # A chaos() argument -> the manifest field it came from: "grace_period" -> "spec.gracePeriod".
+        self.fields = {name: f"spec.{name}" for name in COMMON}
 
     def error(self, field: str, message: str) -> ChaosSpecError:
         return ChaosSpecError(f"manifest {self.label}: {field}", message)
+
+    def field(self, argument_field: str) -> str:
+        """The manifest's path for a field an argument check named: "stressors.cpu.load" ->
+        "spec.stressors.cpu.load", "latency" -> "spec.delay.latency"."""
+        head, dot, rest = argument_field.partition(".")
+        return self.fields[head] + dot + rest if head in self.fields else argument_field
 
 
 def load(source: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[Document]:
@@ -90,9 +99,16 @@ def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> t
 
 
 def _describe(body: Mapping[str, Any], number: str) -> str:
+    """"(PodChaos name)": the kind and name as written, when they are strings, cut to a bounded length."""
     metadata = body.get("metadata")
-    name = metadata.get("name", "#" + number) if isinstance(metadata, Mapping) else "#" + number
-    return f"({body.get('kind', '?')} {name})"
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return f"({_shown(body.get('kind'), '?')} {_shown(name, '#' + number)})"
+
+
+def _shown(value: object, default: str) -> str:
+    if not isinstance(value, str) or not value:
+        return default
+    return value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
 
 
 def arguments(document: Document) -> tuple[str, dict[str, Any]]:
@@ -104,7 +120,7 @@ def arguments(document: Document) -> tuple[str, dict[str, Any]]:
     if body.get("apiVersion") != API_VERSION:
         raise document.error("apiVersion", f"must be {API_VERSION!r}; got {body.get('apiVersion')!r}")
     kind = body.get("kind")
-    if kind not in MAPPERS:
+    if not isinstance(kind, str) or kind not in MAPPERS:
         raise document.error("kind", f"{kind!r} is not supported; supported: {', '.join(MAPPERS)}")
     spec = body.get("spec")
     if not isinstance(spec, Mapping):
@@ -124,11 +140,15 @@ def _scope_to_namespace(arguments: dict[str, Any], namespace: object) -> None:
         arguments["selector"] = {**selector, "namespaces": [namespace]}
 
 
-def _take(document: Document, spec: Mapping[str, Any], accepted: Mapping[str, str], prefix: str = "spec") -> dict[str, Any]:
-    """``spec``'s fields renamed by ``accepted``; any other field is an error naming it."""
+def _take(document: Document, spec: Mapping[str, Any], accepted: Mapping[str, str], prefix: str = "spec",
+          record: bool = True) -> dict[str, Any]:
+    """``spec``'s fields renamed by ``accepted``; any other field is an error naming it. With ``record``, the
+    document remembers where each argument comes from, for the errors the argument checks raise."""
     unknown = sorted(map(str, set(spec) - set(accepted)))
     if unknown:
         raise document.error(f"{prefix}.{unknown[0]}", f"is not supported; supported: {', '.join(accepted)}")
+    if record:
+        document.fields.update({argument: f"{prefix}.{key}" for key, argument in accepted.items()})
     return {accepted[key]: value for key, value in spec.items()}
 
 
@@ -158,7 +178,7 @@ def _stress_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dic
             section = stressors.get(name)
             if isinstance(section, Mapping):
                 _take(document, section, {"workers": "workers", "load": "load", "size": "size"},
-                      f"spec.stressors.{name}")
+                      f"spec.stressors.{name}", record=False)
     return "stress", kwargs
 
 
@@ -180,7 +200,8 @@ def _network_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, di
         target = kwargs["target"]
         if not isinstance(target, Mapping):
             raise document.error("spec.target", "must be a mapping with selector, mode and value")
-        kwargs["target"] = _take(document, target, {field: field for field in TARGET_FIELDS}, "spec.target")
+        kwargs["target"] = _take(document, target, {field: field for field in TARGET_FIELDS}, "spec.target",
+                                 record=False)  # its errors name "target.selector", ...: spec.target's own
     return name, kwargs
 
 
@@ -192,7 +213,7 @@ def _dns_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[s
 
 def _action(document: Document, spec: Mapping[str, Any], supported: tuple[str, ...]) -> str:
     action = spec.get("action")
-    if action not in supported:
+    if not isinstance(action, str) or action not in supported:
         raise document.error("spec.action", f"{action!r} is not supported; supported: {', '.join(supported)}")
     return str(action)
 
@@ -215,5 +236,5 @@ def manifest_specs(backend: Backend, source: str | os.PathLike[str] | Mapping[st
         try:
             specs.append(build_spec(backend, (kind,), kwargs))
         except ChaosSpecError as err:
-            raise document.error(err.field, err.message) from None
+            raise document.error(document.field(err.field), err.message) from None
     return specs

@@ -88,14 +88,78 @@ def test_the_documentations_correlated_delay_keeps_its_correlation_for_the_node_
      "supported: partition, loss, delay"),
     ("apiVersion: v1\nkind: Pod\nspec: {}\n", "apiVersion", "must be 'chaos-mesh.org/v1alpha1'"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: DNSChaos\nspec: {action: error, selector: {colour: red}}\n",
-     "selector.colour", "unknown selector key"),
+     "spec.selector.colour", "unknown selector key"),
 ])
 def test_what_is_not_supported_is_an_error_naming_the_document_and_field(text, field, accepted):
+    assert_refused(text, field, accepted)
+
+
+def assert_refused(text: str, field: str, accepted: str, document: str = "document 1 (") -> ChaosSpecError:
+    """``text`` is refused with an error naming its document and the manifest's ``field``, saying ``accepted``."""
     with pytest.raises(ChaosSpecError) as info:
         manifest_specs(KUBERNETES, text + "\n")
-    assert info.value.field.startswith("manifest (text) document 1 (")
+    assert info.value.field.startswith(f"manifest (text) {document}")
     assert info.value.field.endswith(f": {field}")
-    assert accepted in str(info.value)
+    assert accepted in info.value.message
+    return info.value
+
+
+def chaos(kind: str, spec: str, metadata: str = "{name: x}") -> str:
+    return f"apiVersion: chaos-mesh.org/v1alpha1\nkind: {kind}\nmetadata: {metadata}\nspec: {spec}\n"
+
+
+SELECTED = "selector: {labelSelectors: {app: web}}"
+
+
+# Each was a TypeError traceback, or an error naming the marker argument rather than the manifest's field.
+WRONG_TYPES = [
+    (chaos("[PodChaos]", "{}"), "kind", "supported: HelloWorldChaos, PodChaos"),
+    (chaos("DNSChaos", f"{{action: {{error: 1}}, {SELECTED}}}"), "spec.action", "one of error, random"),
+    (chaos("PodChaos", f"{{action: [pod-kill], {SELECTED}}}"), "spec.action", "supported: pod-kill, container-kill"),
+    (chaos("NetworkChaos", f"{{action: partition, direction: {{to: 1}}, {SELECTED}}}"), "spec.direction",
+     "must be one of to, from, both"),
+    (chaos("PodChaos", "{action: pod-kill, selector: {1: a, labelSelectors: {app: web}}}"), "spec.selector.1",
+     "unknown selector key for the kubernetes backend; accepted keys: namespaces"),
+    (chaos("PodChaos", f"{{action: pod-kill, gracePeriod: [30], {SELECTED}}}"), "spec.gracePeriod",
+     "must be an integer number of seconds"),
+    (chaos("PodChaos", f"{{action: container-kill, containerNames: {{app: 1}}, {SELECTED}}}"),
+     "spec.containerNames", "must be a list of container names"),
+    (chaos("NetworkChaos", f"{{action: delay, delay: {{latency: [10ms]}}, {SELECTED}}}"), "spec.delay.latency",
+     "a duration like '100ms'"),
+    (chaos("NetworkChaos", f"{{action: delay, delay: {{latency: 1ms, reorder: {{reorder: '5', gap: [1]}}}}, "
+                           f"{SELECTED}}}"), "spec.delay.reorder.gap", "a whole number of packets"),
+    (chaos("NetworkChaos", f"{{action: loss, loss: {{loss: {{a: 1}}}}, {SELECTED}}}"), "spec.loss.loss",
+     "a percentage from 0 to 100"),
+    (chaos("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: [1mbps]}}, {SELECTED}}}"), "spec.bandwidth.rate",
+     "a rate like '1mbps'"),
+    (chaos("NetworkChaos", f"{{action: partition, externalTargets: {{a: b}}, {SELECTED}}}"), "spec.externalTargets",
+     "a list of IPv4 addresses, CIDRs or host names"),
+    (chaos("NetworkChaos", f"{{action: partition, target: {{mode: [all], {SELECTED}}}, {SELECTED}}}"),
+     "spec.target.mode", "accepted modes: one, all"),
+    (chaos("StressChaos", f"{{stressors: {{cpu: {{workers: 1, load: [50]}}}}, {SELECTED}}}"),
+     "spec.stressors.cpu.load", "must be an integer from 0 to 100"),
+    (chaos("StressChaos", f"{{stressors: {{memory: {{workers: 1, size: {{a: 1}}}}}}, {SELECTED}}}"),
+     "spec.stressors.memory.size", "must be a string, a size like '256MB'"),
+    (chaos("DNSChaos", f"{{action: error, patterns: [[example.com]], {SELECTED}}}"), "spec.patterns",
+     "each pattern must be a string"),
+    (chaos("DNSChaos", "{action: error, selector: {pods: {1: [a]}}}"), "spec.selector.pods",
+     "each namespace a string"),
+    (chaos("DNSChaos", "{action: error, selector: {expressionSelectors: [{key: [a], operator: Exists}]}}"),
+     "spec.selector.expressionSelectors", "'key' must be a label name (a string)"),
+]
+
+
+@pytest.mark.parametrize("text, field, accepted", WRONG_TYPES, ids=[field for _, field, _ in WRONG_TYPES])
+def test_a_value_of_the_wrong_type_is_an_error_naming_the_document_and_field(text, field, accepted):
+    assert_refused(text, field, accepted)
+
+
+def test_a_documents_label_shows_its_kind_and_name_only_when_they_are_strings():
+    error = assert_refused(chaos("[PodChaos]", "{}", metadata="{name: [x]}"), "kind", "is not supported",
+                           document="document 1 (? #1)")
+    long_name = chaos("PodChaos", "{action: pod-failure}", metadata="{name: " + "n" * 300 + "}")
+    assert "n" * 254 not in assert_refused(long_name, "spec.action", "supported").field
+    assert "[x]" not in error.field
 
 
 def test_a_mapping_and_bad_yaml():

@@ -101,7 +101,7 @@ class NetworkKind(AppliedKind):
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         checked = super().check_params(params)
         direction = checked.get("direction", "to")
-        if direction not in DIRECTIONS:
+        if not isinstance(direction, str) or direction not in DIRECTIONS:
             raise ChaosSpecError("direction", f"must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
         checked["direction"] = direction
         checked["device"] = check_device(checked.get("device"))
