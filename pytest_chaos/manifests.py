@@ -12,6 +12,7 @@ selector names no namespaces and no pods.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ NETWORK_PARAMETERS = {
                   "minburst": "minburst"},
 }
 TARGET_FIELDS = ("selector", "mode", "value")
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes namespace name (an RFC 1123 label)
 MAX_SHOWN = 253  # characters of a document's kind and name in its label: the longest Kubernetes name
 
 
@@ -99,7 +101,7 @@ def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> t
 
 
 def _describe(body: Mapping[str, Any], number: str) -> str:
-    """"(PodChaos name)": the kind and name as written, when they are strings, cut to a bounded length."""
+    """The kind and name as written, "(PodChaos name)", when they are strings, cut to a bounded length."""
     metadata = body.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     return f"({_shown(body.get('kind'), '?')} {_shown(name, '#' + number)})"
@@ -126,17 +128,41 @@ def arguments(document: Document) -> tuple[str, dict[str, Any]]:
     if not isinstance(spec, Mapping):
         raise document.error("spec", "is required: a mapping")
     name, kwargs = MAPPERS[kind](document, spec)
-    metadata = body.get("metadata") or {}
-    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    namespace = _namespace(document)
     _scope_to_namespace(kwargs, namespace)
     if isinstance(kwargs.get("target"), dict):
         _scope_to_namespace(kwargs["target"], namespace)
     return name, kwargs
 
 
-def _scope_to_namespace(arguments: dict[str, Any], namespace: object) -> None:
+def _namespace(document: Document) -> str | None:
+    """``metadata.namespace``, if given, checked: one that could not be used must not be dropped, since the
+    selector it scopes would then take every namespace."""
+    metadata = document.body.get("metadata", {})
+    if not isinstance(metadata, Mapping):
+        raise document.error("metadata", f"must be a mapping (name, namespace, ...); got {metadata!r}")
+    if not isinstance(metadata.get("name", ""), str):
+        raise document.error("metadata.name", f"must be a string{_read_as(metadata['name'])}")
+    if "namespace" not in metadata:
+        return None
+    namespace = metadata["namespace"]
+    if not isinstance(namespace, str) or not NAMESPACE.fullmatch(namespace):
+        raise document.error("metadata.namespace", f"must be a namespace name (lowercase letters, digits and '-', "
+                                                   f"at most 63 characters){_read_as(namespace)}")
+    return namespace
+
+
+def _read_as(value: object) -> str:
+    """The end of an error message: what was got, and what YAML made of an unquoted word or number."""
+    if isinstance(value, bool | int | float) or value is None:
+        what = "a boolean" if isinstance(value, bool) else "null" if value is None else "a number"
+        return f"; got {value!r}, which YAML reads as {what}: quote it"
+    return f"; got {value!r}"
+
+
+def _scope_to_namespace(arguments: dict[str, Any], namespace: str | None) -> None:
     selector = arguments.get("selector")
-    if isinstance(namespace, str) and isinstance(selector, Mapping) and not {"namespaces", "pods"} & set(selector):
+    if namespace is not None and isinstance(selector, Mapping) and not {"namespaces", "pods"} & set(selector):
         arguments["selector"] = {**selector, "namespaces": [namespace]}
 
 

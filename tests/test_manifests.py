@@ -154,6 +154,35 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_the_document_and_field(tex
     assert_refused(text, field, accepted)
 
 
+POD_KILL = f"{{action: pod-kill, {SELECTED}}}"
+
+
+@pytest.mark.parametrize("metadata, field, accepted", [
+    # YAML reads these unquoted as a number, a boolean, a boolean: they were dropped, and the pod-kill took
+    # every namespace.
+    ("{name: x, namespace: 123}", "metadata.namespace", "got 123, which YAML reads as a number: quote it"),
+    ("{name: x, namespace: on}", "metadata.namespace", "got True, which YAML reads as a boolean: quote it"),
+    ("{name: x, namespace: no}", "metadata.namespace", "got False, which YAML reads as a boolean: quote it"),
+    ("{name: x, namespace: }", "metadata.namespace", "got None, which YAML reads as null: quote it"),
+    ("{name: x, namespace: [prod]}", "metadata.namespace", "must be a namespace name (lowercase letters"),
+    ("{name: x, namespace: ''}", "metadata.namespace", "must be a namespace name (lowercase letters"),
+    ("{name: x, namespace: Prod_1}", "metadata.namespace", "got 'Prod_1'"),
+    ("[prod]", "metadata", "must be a mapping (name, namespace, ...)"),
+    ("", "metadata", "must be a mapping (name, namespace, ...); got None"),
+    ("{name: 5}", "metadata.name", "must be a string; got 5, which YAML reads as a number"),
+])
+def test_a_namespace_that_is_not_a_name_is_an_error_never_every_namespace(metadata, field, accepted):
+    assert_refused(chaos("PodChaos", POD_KILL, metadata=metadata), field, accepted)
+
+
+def test_a_quoted_namespace_scopes_the_selector_and_the_targets():
+    text = chaos("NetworkChaos", f"{{action: partition, target: {{{SELECTED}}}, {SELECTED}}}",
+                 metadata="{name: x, namespace: '123'}")
+    [spec] = manifest_specs(KUBERNETES, text)
+    assert spec.selector == {"namespaces": ["123"], "labelSelectors": {"app": "web"}}
+    assert spec.params["target"]["selector"] == spec.selector
+
+
 def test_a_documents_label_shows_its_kind_and_name_only_when_they_are_strings():
     error = assert_refused(chaos("[PodChaos]", "{}", metadata="{name: [x]}"), "kind", "is not supported",
                            document="document 1 (? #1)")
