@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from .errors import ChaosSpecError
+from .quantities import finite_float
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ def _as_number(value: object, integer: bool) -> float | int | None:
             return None
     if integer:
         return value if isinstance(value, int) else None
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return value if isinstance(value, int | float) and finite_float(value) is not None else None
 
 
 def choose(candidates: Sequence[T], mode: str, value: float | int | None, rng: random.Random) -> list[T]:

@@ -183,6 +183,39 @@ def test_a_quoted_namespace_scopes_the_selector_and_the_targets():
     assert spec.params["target"]["selector"] == spec.selector
 
 
+HELLO = "HelloWorldChaos"
+PARTITION = f"action: partition, {SELECTED}"
+
+
+@pytest.mark.parametrize("kind, spec, field, accepted", [
+    # Each passed collection and failed only when applied, if at all (nan, 1e300 s: a fault that never ends).
+    *[(HELLO, f"{{duration: {duration}, {SELECTED}}}", "spec.duration", "must be from 1ms to 24h")
+      for duration in (".inf", "-.inf", ".nan", "-1", "0", "1.0e+300", "86401", "25h", "100000h", "0.0001",
+                       "1" + "0" * 400, "'" + "9" * 400 + "s'")],
+    ("NetworkChaos", f"{{action: delay, delay: {{latency: 61s}}, {SELECTED}}}", "spec.delay.latency", "up to 60s"),
+    ("NetworkChaos", f"{{action: delay, delay: {{latency: 1ms, jitter: '{'9' * 400}ms'}}, {SELECTED}}}",
+     "spec.delay.jitter", "up to 60s"),
+    ("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: 2tbps}}, {SELECTED}}}", "spec.bandwidth.rate",
+     "up to 1tbps"),
+    ("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: '{'9' * 400}bit'}}, {SELECTED}}}",
+     "spec.bandwidth.rate", "up to 1tbps"),
+    ("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: 1mbps, peakrate: {2 ** 64}, minburst: 1}}, "
+                     f"{SELECTED}}}", "spec.bandwidth.peakrate", "up to 1tbps"),
+    ("NetworkChaos", f"{{action: loss, loss: {{loss: {10 ** 400}}}, {SELECTED}}}", "spec.loss.loss",
+     "a percentage from 0 to 100"),
+    ("PodChaos", f"{{action: container-kill, mode: fixed-percent, value: {10 ** 400}, {SELECTED}}}", "spec.value",
+     "a number in (0, 100]"),
+])
+def test_durations_and_rates_beyond_what_the_daemon_takes_are_refused_at_load(kind, spec, field, accepted):
+    assert_refused(chaos(kind, spec), field, accepted)
+
+
+@pytest.mark.parametrize("duration, seconds", [("1ms", 0.001), ("24h", 86400.0), (86400, 86400.0), ("1.5m", 90.0)])
+def test_durations_from_a_millisecond_to_a_day_are_taken(duration, seconds):
+    [spec] = manifest_specs(KUBERNETES, chaos(HELLO, f"{{duration: {duration}, {SELECTED}}}"))
+    assert spec.duration == seconds
+
+
 def test_a_documents_label_shows_its_kind_and_name_only_when_they_are_strings():
     error = assert_refused(chaos("[PodChaos]", "{}", metadata="{name: [x]}"), "kind", "is not supported",
                            document="document 1 (? #1)")
