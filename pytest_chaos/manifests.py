@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -45,6 +45,10 @@ NETWORK_PARAMETERS = {
                   "minburst": "minburst"},
 }
 TARGET_FIELDS = ("selector", "mode", "value")
+# Far above any Chaos Mesh resource, far below what could exhaust the stack or the memory.
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest's text, and each document with its aliases expanded
+MAX_DOCUMENTS = 100
+MAX_DEPTH = 32  # levels, the document itself the first: Chaos Mesh's deepest field is the 8th, managedFields' 14th
 NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes namespace name (an RFC 1123 label)
 MAX_SHOWN = 253  # characters of a document's kind and name in its label: the longest Kubernetes name
 
@@ -71,12 +75,16 @@ class Document:
 def load(source: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[Document]:
     """The documents of a manifest: a mapping, YAML text, or a file (relative to ``base_dir``)."""
     if isinstance(source, Mapping):
-        return [Document(source, _describe(source, "1"))]
+        document = Document(source, _describe(source, "1"))
+        _check_shape(document)
+        return [document]
+    if not isinstance(source, str | os.PathLike):
+        raise ChaosSpecError("manifest", f"must be a file's path, YAML text or a mapping; got {type(source).__name__}")
     text, origin = _read(source, base_dir)
-    try:
-        bodies = [body for body in yaml.safe_load_all(text) if body is not None]
-    except yaml.YAMLError as err:
-        raise ChaosSpecError(f"manifest {origin}", f"is not valid YAML: {err}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ChaosSpecError(f"manifest {origin}", f"is larger than {MAX_MANIFEST_BYTES} bytes (1 MiB), the most a "
+                                                   f"manifest may be")
+    bodies = _parse(text, origin)
     if not bodies:
         raise ChaosSpecError(f"manifest {origin}", "holds no document")
     documents = []
@@ -84,20 +92,118 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.
         if not isinstance(body, Mapping):
             raise ChaosSpecError(f"manifest {origin} document {number}", f"must be a mapping; got {type(body).__name__}")
         documents.append(Document(body, f"{origin} document {number} " + _describe(body, str(number))))
+        _check_shape(documents[-1])
     return documents
 
 
-def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> tuple[str, str]:
-    """YAML text (anything spanning lines), or a file's."""
+def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> tuple[str | bytes, str]:
+    """YAML text (anything spanning lines), or a file's bytes (PyYAML reads their encoding): one byte more than
+    a manifest may hold at most, so that /dev/zero is refused rather than read for ever."""
     text = os.fspath(source)
     if "\n" in text:
         return text, "(text)"
     path = os.path.join(base_dir, text)
     try:
-        with open(path) as f:
-            return f.read(), text
+        with open(path, "rb") as f:
+            return f.read(MAX_MANIFEST_BYTES + 1), text
     except OSError as err:
         raise ChaosSpecError("manifest", f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:  # a NUL in the path
+        raise ChaosSpecError("manifest", f"cannot read {path!r}: {err}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than MAX_DEPTH as it composes: its composer recurses once
+    per level, and 5,000 levels were a RecursionError."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(None, None, f"is nested more than {MAX_DEPTH} levels deep", self.get_mark())
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
+def _parse(text: str | bytes, origin: str) -> list[Any]:
+    """The manifest's documents, empty ones left out; at most MAX_DOCUMENTS, each at most MAX_DEPTH deep."""
+    bodies: list[Any] = []
+    try:
+        for count, body in enumerate(yaml.load_all(text, Loader=_Loader), 1):
+            if count > MAX_DOCUMENTS:
+                raise ChaosSpecError(f"manifest {origin}", f"holds more than {MAX_DOCUMENTS} documents, the most a "
+                                                           f"manifest may hold")
+            if body is not None:
+                bodies.append(body)
+    except _TooDeep as err:
+        raise ChaosSpecError(f"manifest {origin} document {len(bodies) + 1}", f"{err.problem} ({_where(err)})") from None
+    except yaml.YAMLError as err:
+        raise ChaosSpecError(f"manifest {origin}", f"is not valid YAML: {err}") from None
+    except ValueError as err:  # a scalar PyYAML cannot convert: an int of 5,000 digits, a 13th month
+        raise ChaosSpecError(f"manifest {origin} document {len(bodies) + 1}", f"holds a value that cannot be "
+                                                                               f"read: {err}") from None
+    return bodies
+
+
+def _where(err: yaml.MarkedYAMLError) -> str:
+    mark = err.problem_mark
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "where it ends"
+
+
+def _check_shape(document: Document) -> None:
+    """The document's nesting depth and size, its aliases expanded, and that no value holds itself.
+
+    YAML aliases can build all three from a small file (a "billion laughs", a mapping inside itself), and a
+    mapping given in Python can be anything: checked before any field is read, so nothing after recurses
+    without bound or puts a value of unbounded size in an error message. Each mapping and list is measured
+    once (by identity), so this takes time in proportion to the document as written."""
+    measured: dict[int, tuple[int, int]] = {}  # id -> (levels, size) of a mapping or list measured
+    enclosing: set[int] = set()  # ids of the mappings and lists being measured
+
+    def measure(value: object, path: tuple[object, ...]) -> tuple[int, int]:
+        if len(path) >= MAX_DEPTH:
+            raise document.error(_path(path), f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, Mapping):
+            children: Iterable[tuple[object, object]] = value.items()
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = enumerate(value)
+        else:
+            return 1, 1 + (len(value) if isinstance(value, str | bytes) else 0)
+        if id(value) in enclosing:
+            raise document.error(_path(path), "holds itself (through a YAML alias to a value around it)")
+        if id(value) not in measured:
+            enclosing.add(id(value))
+            levels, size = 1, 1
+            for key, child in children:
+                child_levels, child_size = measure(child, (*path, key))
+                levels, size = max(levels, 1 + child_levels), size + child_size
+                if size > MAX_MANIFEST_BYTES:
+                    raise document.error(_path(path), f"is larger than {MAX_MANIFEST_BYTES} bytes (1 MiB) with its "
+                                                      f"YAML aliases expanded, the most a manifest may be")
+            enclosing.discard(id(value))
+            measured[id(value)] = levels, size
+        levels, size = measured[id(value)]
+        if len(path) + levels > MAX_DEPTH:  # met again deeper, through an alias
+            raise document.error(_path(path), f"is nested more than {MAX_DEPTH} levels deep")
+        return levels, size
+
+    measure(document.body, ())
+
+
+def _path(path: Sequence[object]) -> str:
+    """"spec.selector.pods[0]": a field's path as an error names it, each key cut to a bounded length."""
+    text = "".join(f"[{key}]" if isinstance(key, int) and not isinstance(key, bool) else f".{str(key)[:MAX_SHOWN]}"
+                   for key in path)
+    return text.lstrip(".") or "(the document)"
 
 
 def _describe(body: Mapping[str, Any], number: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import yaml
 
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos.errors import ChaosSpecError
@@ -222,6 +223,99 @@ def test_a_documents_label_shows_its_kind_and_name_only_when_they_are_strings():
     long_name = chaos("PodChaos", "{action: pod-failure}", metadata="{name: " + "n" * 300 + "}")
     assert "n" * 254 not in assert_refused(long_name, "spec.action", "supported").field
     assert "[x]" not in error.field
+
+
+def nested(levels: int, inner: str = "x") -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+@pytest.mark.parametrize("text, document, accepted", [
+    # 5,000 levels were a RecursionError from PyYAML's composer.
+    (chaos(HELLO, f"{{selector: {nested(5000)}}}"), "document 1", "is nested more than 32 levels deep (line 4"),
+    (chaos(HELLO, "{selector: {pids: [1]}}") + "---\n" + chaos(HELLO, nested(5000)), "document 2",
+     "is nested more than 32 levels deep"),
+    # A scalar PyYAML cannot convert raised a ValueError.
+    (chaos(HELLO, f"{{value: {'1' * 5000}}}"), "document 1", "holds a value that cannot be read: Exceeds the limit"),
+    (chaos(HELLO, "{duration: 2026-13-01}"), "document 1", "holds a value that cannot be read: month must be"),
+])
+def test_a_manifest_beyond_what_yaml_can_read_is_an_error_naming_the_document(text, document, accepted):
+    with pytest.raises(ChaosSpecError) as info:
+        load(text)
+    assert info.value.field == f"manifest (text) {document}"
+    assert accepted in info.value.message
+
+
+# Each document's levels: the document itself, metadata, then the lists around the scalar, which is one more.
+AT_THE_LIMIT, BEYOND = 29, 30
+
+
+@pytest.mark.parametrize("source", [
+    lambda levels: chaos(HELLO, "{selector: {pids: [1]}}", metadata=f"{{name: x, deep: {nested(levels)}}}"),
+    lambda levels: yaml.safe_load(chaos(HELLO, "{selector: {pids: [1]}}",
+                                        metadata=f"{{name: x, deep: {nested(levels)}}}")),
+], ids=["text", "mapping"])
+def test_a_document_may_be_32_levels_deep_and_no_more(source):
+    assert len(load(source(AT_THE_LIMIT))) == 1
+    with pytest.raises(ChaosSpecError, match="is nested more than 32 levels deep"):
+        load(source(BEYOND))
+
+
+def test_a_mapping_nested_5000_levels_deep_is_refused_naming_where():
+    deep: dict[str, object] = {}
+    selector = deep
+    for _ in range(5000):
+        deep["x"] = deep = {}
+    with pytest.raises(ChaosSpecError) as info:
+        load({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": HELLO, "spec": {"selector": selector}})
+    assert info.value.field.startswith("manifest (HelloWorldChaos #1): spec.selector.x.x.")
+    assert info.value.message == "is nested more than 32 levels deep"
+
+
+LAUGHS = "apiVersion: chaos-mesh.org/v1alpha1\nkind: HelloWorldChaos\nmetadata:\n  a0: &a0 ['lol', 'lol', 'lol', " \
+         "'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol']\n" + "".join(
+             f"  a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 10)) + \
+         "spec: {selector: {pids: [1]}, mode: *a9}\n"
+
+
+@pytest.mark.parametrize("text, field, accepted", [
+    # A billion laughs: 10^9 strings in 1 KB, put whole in the error about the mode.
+    (LAUGHS, "metadata.a5", "is larger than 1048576 bytes (1 MiB) with its YAML aliases expanded"),
+    # A mapping inside itself, and one that aliases make deeper than it is written.
+    (chaos(HELLO, "&s {selector: *s}"), "spec.selector", "holds itself (through a YAML alias to a value around it)"),
+    (chaos(HELLO, "{selector: {pids: [1]}}", metadata="{name: x, a0: &a0 " + nested(20) + ", a1: &a1 " +
+           nested(10, "*a0") + "}"), "metadata.a1[0][0][0][0][0][0][0][0][0][0]", "is nested more than 32 levels"),
+])
+def test_yaml_aliases_cannot_make_a_document_endless_or_huge(text, field, accepted):
+    assert_refused(text, field, accepted)
+
+
+def test_a_manifest_file_of_more_than_a_mebibyte_or_a_hundred_documents_is_refused(tmp_path):
+    (tmp_path / "big.yaml").write_text(chaos(HELLO, "{selector: {pids: [1]}}") + "#" * (1 << 20))
+    with pytest.raises(ChaosSpecError, match=r"manifest big.yaml: is larger than 1048576 bytes \(1 MiB\)"):
+        load("big.yaml", tmp_path)
+    many = "---\n".join([chaos(HELLO, "{selector: {pids: [1]}}")] * 101)
+    with pytest.raises(ChaosSpecError, match="manifest \\(text\\): holds more than 100 documents"):
+        load(many)
+    assert len(load("---\n".join([chaos(HELLO, "{selector: {pids: [1]}}")] * 100))) == 100
+
+
+def test_a_manifest_that_is_not_text_or_a_mapping_is_refused(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes(chaos(HELLO, "{selector: {pids: [1]}}").encode() + b"# caf\xe9\n")
+    with pytest.raises(ChaosSpecError, match="manifest latin1.yaml: is not valid YAML: .*invalid continuation byte"):
+        load("latin1.yaml", tmp_path)
+    with pytest.raises(ChaosSpecError, match="manifest: must be a file's path, YAML text or a mapping; got int"):
+        load(123)  # type: ignore[arg-type]
+    with pytest.raises(ChaosSpecError, match="manifest: cannot read '.*': embedded null byte"):
+        load("a\x00b")
+
+
+def test_an_error_quoting_a_huge_value_is_cut_keeping_what_is_accepted():
+    with pytest.raises(ChaosSpecError) as info:
+        manifest_specs(KUBERNETES, chaos(HELLO, f"{{mode: {'x' * 100_000}, {SELECTED}}}"))
+    assert len(str(info.value)) < 2100
+    assert info.value.message.startswith("unknown mode 'xxx")
+    assert info.value.message.endswith("accepted modes: one, all, fixed, fixed-percent, random-max-percent")
+    assert "characters cut" in info.value.message
 
 
 def test_a_mapping_and_bad_yaml():
