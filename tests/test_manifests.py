@@ -3,12 +3,17 @@ and manifests applied through the marker and ``chaos.apply_manifest`` on real ta
 
 from __future__ import annotations
 
+import copy
+import functools
 import pathlib
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pytest_chaos.backends.kubernetes import KubernetesBackend
+from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.manifests import load, manifest_specs
 from tests.support.network_bed import snapshot, tcp_connects, tcp_listener, udp_echo_server, udp_probe
@@ -325,6 +330,95 @@ def test_a_mapping_and_bad_yaml():
         load("spec: [unclosed\nkind: x\n")
     with pytest.raises(ChaosSpecError, match="cannot read"):
         load("no-such-file.yaml", MANIFESTS)
+
+
+# -- any value in any field: a spec or a ChaosSpecError, never another exception ------------------------------
+
+LOCAL = LocalBackend(lambda: "unix:///nonexistent")  # checks selectors without a daemon
+API = "chaos-mesh.org/v1alpha1"
+WEB = {"labelSelectors": {"app": "web"}}
+# One valid document per kind and action, every field filled, so that each field is a position to put a value in.
+VALID_DOCUMENTS = [
+    {"apiVersion": API, "kind": "PodChaos", "metadata": {"name": "kill", "namespace": "shop"},
+     "spec": {"action": "pod-kill", "mode": "one", "selector": WEB, "gracePeriod": 0}},
+    {"apiVersion": API, "kind": "PodChaos", "metadata": {"name": "container"},
+     "spec": {"action": "container-kill", "mode": "fixed", "value": "1", "selector": WEB, "containerNames": ["app"]}},
+    {"apiVersion": API, "kind": "StressChaos", "metadata": {"name": "stress"},
+     "spec": {"mode": "all", "selector": {"pids": [1]}, "duration": "1m",
+              "stressors": {"cpu": {"workers": 1, "load": 50}, "memory": {"workers": 1, "size": "256MB"}}}},
+    {"apiVersion": API, "kind": "DNSChaos", "metadata": {"name": "dns"},
+     "spec": {"action": "error", "mode": "all", "selector": WEB, "patterns": ["example.com", "db-?.*"]}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "delay", "namespace": "shop"},
+     "spec": {"action": "delay", "mode": "fixed-percent", "value": "50", "selector": WEB, "direction": "both",
+              "device": "eth0", "target": {"mode": "all", "selector": {"namespaces": ["db"]}},
+              "delay": {"latency": "10ms", "jitter": "1ms", "correlation": "25",
+                        "reorder": {"reorder": "10", "correlation": "0", "gap": 1}}}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "bandwidth"},
+     "spec": {"action": "bandwidth", "mode": "all", "selector": {"pods": {"shop": ["web-0"]}},
+              "externalTargets": ["10.0.0.0/8", "example.com"],
+              "bandwidth": {"rate": "1mbps", "limit": 100, "buffer": 1000, "peakrate": 2000000, "minburst": 100}}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "loss"},
+     "spec": {"action": "loss", "mode": "random-max-percent", "value": 50, "duration": 30,
+              "selector": {"expressionSelectors": [{"key": "app", "operator": "In", "values": ["web"]}],
+                           "podPhaseSelectors": ["Running"], "nodes": ["node-1"]},
+              "loss": {"loss": "25", "correlation": "0"}}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "partition"},
+     "spec": {"action": "partition", "mode": "all", "selector": {"containers": ["web"]}, "direction": "to",
+              "externalTargets": ["192.168.0.1"]}},
+]
+# Words that are fields, values or YAML's special scalars somewhere, so that values come close to valid ones.
+WORDS = ["selector", "mode", "value", "duration", "namespaces", "pods", "labelSelectors", "cpu", "memory", "size",
+         "workers", "load", "loss", "delay", "latency", "rate", "target", "action", "pod-kill", "partition", "to",
+         "both", "error", "all", "one", "fixed", "1s", "500ms", "100%", "25", "256MB", "1mbps", "eth0", "10.0.0.1/32",
+         "*", "", "on", "no", ".inf", ".nan", "1e400", "0x1F", "2026-13-01", "9" * 400 + "ms"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from([10**400, -(2**63), 2**64]),
+                    st.floats(), st.text(max_size=12), st.sampled_from(WORDS), st.binary(max_size=4), st.dates())
+KEYS = st.one_of(st.sampled_from(WORDS), st.text(max_size=8), st.integers(), st.booleans(), st.none())
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+                      max_leaves=10)
+
+
+def field_paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every position in ``value``: each key of each mapping, each item of each list, at any depth."""
+    paths = [path] if path else []
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        paths += field_paths(child, (*path, key))
+    return paths
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, object]:
+    """A valid document with one to three fields (at any depth) given an arbitrary value, deleted, or given an
+    arbitrary sibling."""
+    document = copy.deepcopy(draw(st.sampled_from(VALID_DOCUMENTS)))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = field_paths(document)
+        if not paths:
+            break
+        *parents, last = draw(st.sampled_from(paths))
+        container = functools.reduce(lambda node, key: node[key], parents, document)
+        change = draw(st.sampled_from(["replace", "delete", "add"]))
+        if change == "delete":
+            del container[last]
+        elif change == "add" and isinstance(container, dict):
+            container[draw(KEYS)] = draw(VALUES)
+        else:
+            container[last] = draw(VALUES)
+    return document
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=documents(), backend=st.sampled_from([KUBERNETES, LOCAL]), as_text=st.booleans())
+def test_any_value_in_any_field_gives_a_spec_or_an_error_naming_the_manifest(document, backend, as_text):
+    source = yaml.safe_dump(document) + "\n" if as_text else document  # "\n": text, not a file's name
+    try:
+        built = manifest_specs(backend, source)
+    except ChaosSpecError as err:
+        assert err.field.startswith("manifest ")
+        return
+    assert [spec.kind for spec in built]  # an experiment that could be applied and reported
+    assert all(spec.describe() for spec in built)
 
 
 # -- applied through the plugin on real targets (the local backend's selectors) --------------------------
