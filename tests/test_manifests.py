@@ -506,3 +506,32 @@ def test_a_marker_manifest_that_cannot_be_read_is_a_usage_error_at_collection(py
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_user.py::test_bad: @pytest.mark.chaos manifest: cannot read*missing.yaml*",
                                  "*test_user.py::test_mixed: @pytest.mark.chaos manifest: comes alone*"])
+
+
+# One manifest per finding of "Harden, round two": each was accepted, dropped a field or raised another exception.
+BAD_MANIFESTS = {
+    "namespace": (chaos("NetworkChaos", "{action: partition, selector: {pids: [1]}}", metadata="{name: x, namespace: on}"),
+                  "metadata.namespace: must be a namespace name*got True, which YAML reads as a boolean: quote it"),
+    "wrong_type": (chaos("NetworkChaos", "{action: partition, direction: [to], selector: {pids: [1]}}"),
+                   "spec.direction: must be one of to, from, both; got ?'to'?"),  # ?: fnmatch's [ and ]
+    "deep": (chaos(HELLO, f"{{selector: {nested(5000)}}}"), "is nested more than 32 levels deep (line 4*"),
+    "infinite": (chaos(HELLO, "{duration: .inf, selector: {pids: [1]}}"), "spec.duration: must be from 1ms to 24h*"),
+    "huge_memory": (chaos("StressChaos", "{selector: {pids: [1]}, stressors: {memory: {workers: 1, size: '"
+                                         + "9" * 400 + "MB'}}}"), "spec.stressors.memory.size: *from 4KiB to 256TiB*"),
+}
+
+
+def test_each_bad_manifest_is_a_usage_error_at_collection_naming_the_test_document_and_field(pytester):
+    for name, (text, _) in BAD_MANIFESTS.items():
+        (pytester.path / f"{name}.yaml").write_text(text)
+    pytester.makepyfile(test_user="import pytest\n" + "".join(f"""
+@pytest.mark.chaos(manifest="{name}.yaml")
+def test_{name}():
+    raise AssertionError("must not run")
+""" for name in BAD_MANIFESTS))
+    result = pytester.runpytest_subprocess("-p", "chaos")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        f"*test_user.py::test_{name}: @pytest.mark.chaos manifest {name}.yaml document 1*{expected}"
+        for name, (_, expected) in BAD_MANIFESTS.items()])
+    assert "must not run" not in result.stdout.str()
