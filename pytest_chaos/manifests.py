@@ -177,7 +177,7 @@ def _check_shape(document: Document) -> None:
         elif isinstance(value, list | tuple | set | frozenset):
             children = enumerate(value)
         else:
-            return 1, 1 + (len(value) if isinstance(value, str | bytes) else 0)
+            return 1, 1 + _characters(value)
         if id(value) in enclosing:
             raise document.error(_path(path), "holds itself (through a YAML alias to a value around it)")
         if id(value) not in measured:
@@ -199,8 +199,16 @@ def _check_shape(document: Document) -> None:
     measure(document.body, ())
 
 
+def _characters(scalar: object) -> int:
+    """About how many characters ``scalar`` takes written out: a string's or an int's (YAML's may have 4,300
+    digits, and an alias can repeat one); 0 for the others, whose repr is short."""
+    if isinstance(scalar, str | bytes):
+        return len(scalar)
+    return scalar.bit_length() // 3 if isinstance(scalar, int) else 0
+
+
 def _path(path: Sequence[object]) -> str:
-    """"spec.selector.pods[0]": a field's path as an error names it, each key cut to a bounded length."""
+    """A field's path as an error names it, like "spec.selector.pods[0]", each key cut to a bounded length."""
     text = "".join(f"[{key}]" if isinstance(key, int) and not isinstance(key, bool) else f".{str(key)[:MAX_SHOWN]}"
                    for key in path)
     return text.lstrip(".") or "(the document)"

@@ -285,6 +285,9 @@ LAUGHS = "apiVersion: chaos-mesh.org/v1alpha1\nkind: HelloWorldChaos\nmetadata:\
 @pytest.mark.parametrize("text, field, accepted", [
     # A billion laughs: 10^9 strings in 1 KB, put whole in the error about the mode.
     (LAUGHS, "metadata.a5", "is larger than 1048576 bytes (1 MiB) with its YAML aliases expanded"),
+    # The same with an int of 4,000 digits, which an error quoting the mode would write out 10**5 times.
+    (LAUGHS.replace("['lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol']", "9" * 4000),
+     "metadata.a3", "is larger than 1048576 bytes (1 MiB) with its YAML aliases expanded"),
     # A mapping inside itself, and one that aliases make deeper than it is written.
     (chaos(HELLO, "&s {selector: *s}"), "spec.selector", "holds itself (through a YAML alias to a value around it)"),
     (chaos(HELLO, "{selector: {pids: [1]}}", metadata="{name: x, a0: &a0 " + nested(20) + ", a1: &a1 " +
