@@ -12,7 +12,8 @@ selector names no namespaces and no pods.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -44,28 +45,46 @@ NETWORK_PARAMETERS = {
                   "minburst": "minburst"},
 }
 TARGET_FIELDS = ("selector", "mode", "value")
+# Far above any Chaos Mesh resource, far below what could exhaust the stack or the memory.
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest's text, and each document with its aliases expanded
+MAX_DOCUMENTS = 100
+MAX_DEPTH = 32  # levels, the document itself the first: Chaos Mesh's deepest field is the 8th, managedFields' 14th
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes namespace name (an RFC 1123 label)
+MAX_SHOWN = 253  # characters of a document's kind and name in its label: the longest Kubernetes name
 
 
 class Document:
-    """One document of a manifest, and where it came from, for errors."""
+    """One document of a manifest, where it came from, and the field each argument came from, for errors."""
 
     def __init__(self, body: Mapping[str, Any], label: str) -> None:
         self.body = body
         self.label = label
+        # A chaos() argument -> the manifest field it came from: "grace_period" -> "spec.gracePeriod".
+        self.fields = {name: f"spec.{name}" for name in COMMON}
 
     def error(self, field: str, message: str) -> ChaosSpecError:
         return ChaosSpecError(f"manifest {self.label}: {field}", message)
+
+    def field(self, argument_field: str) -> str:
+        """The manifest's path for a field an argument check named: "stressors.cpu.load" ->
+        "spec.stressors.cpu.load", "latency" -> "spec.delay.latency"."""
+        head, dot, rest = argument_field.partition(".")
+        return self.fields[head] + dot + rest if head in self.fields else argument_field
 
 
 def load(source: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.PathLike[str] = ".") -> list[Document]:
     """The documents of a manifest: a mapping, YAML text, or a file (relative to ``base_dir``)."""
     if isinstance(source, Mapping):
-        return [Document(source, _describe(source, "1"))]
+        document = Document(source, _describe(source, "1"))
+        _check_shape(document)
+        return [document]
+    if not isinstance(source, str | os.PathLike):
+        raise ChaosSpecError("manifest", f"must be a file's path, YAML text or a mapping; got {type(source).__name__}")
     text, origin = _read(source, base_dir)
-    try:
-        bodies = [body for body in yaml.safe_load_all(text) if body is not None]
-    except yaml.YAMLError as err:
-        raise ChaosSpecError(f"manifest {origin}", f"is not valid YAML: {err}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ChaosSpecError(f"manifest {origin}", f"is larger than {MAX_MANIFEST_BYTES} bytes (1 MiB), the most a "
+                                                   f"manifest may be")
+    bodies = _parse(text, origin)
     if not bodies:
         raise ChaosSpecError(f"manifest {origin}", "holds no document")
     documents = []
@@ -73,26 +92,139 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], base_dir: str | os.
         if not isinstance(body, Mapping):
             raise ChaosSpecError(f"manifest {origin} document {number}", f"must be a mapping; got {type(body).__name__}")
         documents.append(Document(body, f"{origin} document {number} " + _describe(body, str(number))))
+        _check_shape(documents[-1])
     return documents
 
 
-def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> tuple[str, str]:
-    """YAML text (anything spanning lines), or a file's."""
+def _read(source: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> tuple[str | bytes, str]:
+    """YAML text (anything spanning lines), or a file's bytes (PyYAML reads their encoding): one byte more than
+    a manifest may hold at most, so that /dev/zero is refused rather than read for ever."""
     text = os.fspath(source)
     if "\n" in text:
         return text, "(text)"
     path = os.path.join(base_dir, text)
     try:
-        with open(path) as f:
-            return f.read(), text
+        with open(path, "rb") as f:
+            return f.read(MAX_MANIFEST_BYTES + 1), text
     except OSError as err:
         raise ChaosSpecError("manifest", f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:  # a NUL in the path
+        raise ChaosSpecError("manifest", f"cannot read {path!r}: {err}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than MAX_DEPTH as it composes: its composer recurses once
+    per level, and 5,000 levels were a RecursionError."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(None, None, f"is nested more than {MAX_DEPTH} levels deep", self.get_mark())
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
+def _parse(text: str | bytes, origin: str) -> list[Any]:
+    """The manifest's documents, empty ones left out; at most MAX_DOCUMENTS, each at most MAX_DEPTH deep."""
+    bodies: list[Any] = []
+    try:
+        for count, body in enumerate(yaml.load_all(text, Loader=_Loader), 1):
+            if count > MAX_DOCUMENTS:
+                raise ChaosSpecError(f"manifest {origin}", f"holds more than {MAX_DOCUMENTS} documents, the most a "
+                                                           f"manifest may hold")
+            if body is not None:
+                bodies.append(body)
+    except _TooDeep as err:
+        raise ChaosSpecError(f"manifest {origin} document {len(bodies) + 1}", f"{err.problem} ({_where(err)})") from None
+    except yaml.YAMLError as err:
+        raise ChaosSpecError(f"manifest {origin}", f"is not valid YAML: {err}") from None
+    except ValueError as err:  # a scalar PyYAML cannot convert: an int of 5,000 digits, a 13th month
+        raise ChaosSpecError(f"manifest {origin} document {len(bodies) + 1}", f"holds a value that cannot be "
+                                                                               f"read: {err}") from None
+    return bodies
+
+
+def _where(err: yaml.MarkedYAMLError) -> str:
+    mark = err.problem_mark
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "where it ends"
+
+
+def _check_shape(document: Document) -> None:
+    """The document's nesting depth and size, its aliases expanded, and that no value holds itself.
+
+    YAML aliases can build all three from a small file (a "billion laughs", a mapping inside itself), and a
+    mapping given in Python can be anything: checked before any field is read, so nothing after recurses
+    without bound or puts a value of unbounded size in an error message. Each mapping and list is measured
+    once (by identity), so this takes time in proportion to the document as written."""
+    measured: dict[int, tuple[int, int]] = {}  # id -> (levels, size) of a mapping or list measured
+    enclosing: set[int] = set()  # ids of the mappings and lists being measured
+
+    def measure(value: object, path: tuple[object, ...]) -> tuple[int, int]:
+        if len(path) >= MAX_DEPTH:
+            raise document.error(_path(path), f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, Mapping):
+            children: Iterable[tuple[object, object]] = value.items()
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = enumerate(value)
+        else:
+            return 1, 1 + _characters(value)
+        if id(value) in enclosing:
+            raise document.error(_path(path), "holds itself (through a YAML alias to a value around it)")
+        if id(value) not in measured:
+            enclosing.add(id(value))
+            levels, size = 1, 1
+            for key, child in children:
+                child_levels, child_size = measure(child, (*path, key))
+                levels, size = max(levels, 1 + child_levels), size + child_size
+                if size > MAX_MANIFEST_BYTES:
+                    raise document.error(_path(path), f"is larger than {MAX_MANIFEST_BYTES} bytes (1 MiB) with its "
+                                                      f"YAML aliases expanded, the most a manifest may be")
+            enclosing.discard(id(value))
+            measured[id(value)] = levels, size
+        levels, size = measured[id(value)]
+        if len(path) + levels > MAX_DEPTH:  # met again deeper, through an alias
+            raise document.error(_path(path), f"is nested more than {MAX_DEPTH} levels deep")
+        return levels, size
+
+    measure(document.body, ())
+
+
+def _characters(scalar: object) -> int:
+    """About how many characters ``scalar`` takes written out: a string's or an int's (YAML's may have 4,300
+    digits, and an alias can repeat one); 0 for the others, whose repr is short."""
+    if isinstance(scalar, str | bytes):
+        return len(scalar)
+    return scalar.bit_length() // 3 if isinstance(scalar, int) else 0
+
+
+def _path(path: Sequence[object]) -> str:
+    """A field's path as an error names it, like "spec.selector.pods[0]", each key cut to a bounded length."""
+    text = "".join(f"[{key}]" if isinstance(key, int) and not isinstance(key, bool) else f".{str(key)[:MAX_SHOWN]}"
+                   for key in path)
+    return text.lstrip(".") or "(the document)"
 
 
 def _describe(body: Mapping[str, Any], number: str) -> str:
+    """The kind and name as written, "(PodChaos name)", when they are strings, cut to a bounded length."""
     metadata = body.get("metadata")
-    name = metadata.get("name", "#" + number) if isinstance(metadata, Mapping) else "#" + number
-    return f"({body.get('kind', '?')} {name})"
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return f"({_shown(body.get('kind'), '?')} {_shown(name, '#' + number)})"
+
+
+def _shown(value: object, default: str) -> str:
+    if not isinstance(value, str) or not value:
+        return default
+    return value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
 
 
 def arguments(document: Document) -> tuple[str, dict[str, Any]]:
@@ -104,31 +236,59 @@ def arguments(document: Document) -> tuple[str, dict[str, Any]]:
     if body.get("apiVersion") != API_VERSION:
         raise document.error("apiVersion", f"must be {API_VERSION!r}; got {body.get('apiVersion')!r}")
     kind = body.get("kind")
-    if kind not in MAPPERS:
+    if not isinstance(kind, str) or kind not in MAPPERS:
         raise document.error("kind", f"{kind!r} is not supported; supported: {', '.join(MAPPERS)}")
     spec = body.get("spec")
     if not isinstance(spec, Mapping):
         raise document.error("spec", "is required: a mapping")
     name, kwargs = MAPPERS[kind](document, spec)
-    metadata = body.get("metadata") or {}
-    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    namespace = _namespace(document)
     _scope_to_namespace(kwargs, namespace)
     if isinstance(kwargs.get("target"), dict):
         _scope_to_namespace(kwargs["target"], namespace)
     return name, kwargs
 
 
-def _scope_to_namespace(arguments: dict[str, Any], namespace: object) -> None:
+def _namespace(document: Document) -> str | None:
+    """``metadata.namespace``, if given, checked: one that could not be used must not be dropped, since the
+    selector it scopes would then take every namespace."""
+    metadata = document.body.get("metadata", {})
+    if not isinstance(metadata, Mapping):
+        raise document.error("metadata", f"must be a mapping (name, namespace, ...); got {metadata!r}")
+    if not isinstance(metadata.get("name", ""), str):
+        raise document.error("metadata.name", f"must be a string{_read_as(metadata['name'])}")
+    if "namespace" not in metadata:
+        return None
+    namespace = metadata["namespace"]
+    if not isinstance(namespace, str) or not NAMESPACE.fullmatch(namespace):
+        raise document.error("metadata.namespace", f"must be a namespace name (lowercase letters, digits and '-', "
+                                                   f"at most 63 characters){_read_as(namespace)}")
+    return namespace
+
+
+def _read_as(value: object) -> str:
+    """The end of an error message: what was got, and what YAML made of an unquoted word or number."""
+    if isinstance(value, bool | int | float) or value is None:
+        what = "a boolean" if isinstance(value, bool) else "null" if value is None else "a number"
+        return f"; got {value!r}, which YAML reads as {what}: quote it"
+    return f"; got {value!r}"
+
+
+def _scope_to_namespace(arguments: dict[str, Any], namespace: str | None) -> None:
     selector = arguments.get("selector")
-    if isinstance(namespace, str) and isinstance(selector, Mapping) and not {"namespaces", "pods"} & set(selector):
+    if namespace is not None and isinstance(selector, Mapping) and not {"namespaces", "pods"} & set(selector):
         arguments["selector"] = {**selector, "namespaces": [namespace]}
 
 
-def _take(document: Document, spec: Mapping[str, Any], accepted: Mapping[str, str], prefix: str = "spec") -> dict[str, Any]:
-    """``spec``'s fields renamed by ``accepted``; any other field is an error naming it."""
+def _take(document: Document, spec: Mapping[str, Any], accepted: Mapping[str, str], prefix: str = "spec",
+          record: bool = True) -> dict[str, Any]:
+    """``spec``'s fields renamed by ``accepted``; any other field is an error naming it. With ``record``, the
+    document remembers where each argument comes from, for the errors the argument checks raise."""
     unknown = sorted(map(str, set(spec) - set(accepted)))
     if unknown:
         raise document.error(f"{prefix}.{unknown[0]}", f"is not supported; supported: {', '.join(accepted)}")
+    if record:
+        document.fields.update({argument: f"{prefix}.{key}" for key, argument in accepted.items()})
     return {accepted[key]: value for key, value in spec.items()}
 
 
@@ -158,7 +318,7 @@ def _stress_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dic
             section = stressors.get(name)
             if isinstance(section, Mapping):
                 _take(document, section, {"workers": "workers", "load": "load", "size": "size"},
-                      f"spec.stressors.{name}")
+                      f"spec.stressors.{name}", record=False)
     return "stress", kwargs
 
 
@@ -180,7 +340,8 @@ def _network_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, di
         target = kwargs["target"]
         if not isinstance(target, Mapping):
             raise document.error("spec.target", "must be a mapping with selector, mode and value")
-        kwargs["target"] = _take(document, target, {field: field for field in TARGET_FIELDS}, "spec.target")
+        kwargs["target"] = _take(document, target, {field: field for field in TARGET_FIELDS}, "spec.target",
+                                 record=False)  # its errors name "target.selector", ...: spec.target's own
     return name, kwargs
 
 
@@ -192,7 +353,7 @@ def _dns_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[s
 
 def _action(document: Document, spec: Mapping[str, Any], supported: tuple[str, ...]) -> str:
     action = spec.get("action")
-    if action not in supported:
+    if not isinstance(action, str) or action not in supported:
         raise document.error("spec.action", f"{action!r} is not supported; supported: {', '.join(supported)}")
     return str(action)
 
@@ -215,5 +376,5 @@ def manifest_specs(backend: Backend, source: str | os.PathLike[str] | Mapping[st
         try:
             specs.append(build_spec(backend, (kind,), kwargs))
         except ChaosSpecError as err:
-            raise document.error(err.field, err.message) from None
+            raise document.error(document.field(err.field), err.message) from None
     return specs

@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from .errors import ChaosSpecError
+from .quantities import finite_float
 
 T = TypeVar("T")
 
 MODES = ("one", "all", "fixed", "fixed-percent", "random-max-percent")
+MAX_FIXED = 2**63 - 1  # Chaos Mesh's value is an int64; above a float's range, describing the spec failed
 _VALUE_RULES = {
-    "fixed": "an integer greater than 0",
+    "fixed": f"an integer greater than 0, at most {MAX_FIXED}",
     "fixed-percent": "a number in (0, 100]",
     "random-max-percent": "a number in [0, 100]",
 }
@@ -32,7 +34,7 @@ def check_mode(mode: object, value: object) -> float | int | None:
         raise ChaosSpecError("value", f"mode {mode!r} needs a value: {rule}")
     number = _as_number(value, integer=mode == "fixed")
     ok = {
-        "fixed": number is not None and number > 0,
+        "fixed": number is not None and 0 < number <= MAX_FIXED,
         "fixed-percent": number is not None and 0 < number <= 100,
         "random-max-percent": number is not None and 0 <= number <= 100,
     }[mode]
@@ -52,7 +54,7 @@ def _as_number(value: object, integer: bool) -> float | int | None:
             return None
     if integer:
         return value if isinstance(value, int) else None
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return value if isinstance(value, int | float) and finite_float(value) is not None else None
 
 
 def choose(candidates: Sequence[T], mode: str, value: float | int | None, rng: random.Random) -> list[T]:

@@ -26,7 +26,7 @@ from .errors import ChaosError, ChaosSpecError
 from .kinds import KINDS
 from .model import Experiment, ExperimentSpec
 from .modes import MODES
-from .reporting import SECTION_KEY, experiment_text, html_extras, junit_properties
+from .reporting import SECTION_KEY, experiment_text, html_extras, junit_properties, summary_text
 from .session import DEFAULT_LEASE_S, ChaosSession
 from .timeline import experiment_entry, write_timeline
 from .transport import DEFAULT_RPC_TIMEOUT_S, ClientTls
@@ -404,10 +404,10 @@ class ChaosFixture:
         number = self._numbers[id(experiment)]
         if KINDS[experiment.kind].recoverable:
             phase = self._item.stash.get(PHASE_KEY, "teardown")
-            self._item.add_report_section(phase, SECTION_KEY, experiment.summary() + "\n")
+            self._item.add_report_section(phase, SECTION_KEY, summary_text(experiment) + "\n")
         summary_key = f"chaos[{number}]"
         properties = self._item.user_properties
-        properties[:] = [(k, experiment.summary() if k == summary_key else v) for k, v in properties]
+        properties[:] = [(k, summary_text(experiment) if k == summary_key else v) for k, v in properties]
 
     def _report(self, number: int, experiment: Experiment) -> None:
         self._item.stash.setdefault(EXPERIMENTS_KEY, []).append(experiment)
@@ -485,7 +485,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return
-    lines = [(test_id, experiment.summary()) for test_id, experiment in session.experiments]
+    lines = [(test_id, summary_text(experiment)) for test_id, experiment in session.experiments]
     reported = config.stash.get(REPORTED_KEY, None)
     lines = lines or (reported.lines if reported is not None else [])
     if not lines:

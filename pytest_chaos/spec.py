@@ -6,14 +6,20 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pytest_chaos_daemon.api.contract import MAX_LEASE_S
+
 from .backends import Backend
 from .errors import ChaosSpecError
 from .kinds import KINDS
 from .model import ExperimentSpec
 from .modes import check_mode
+from .quantities import finite_float
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+# From what the string form writes at least (below 1ns it would reach the daemon as 0: no duration at all) to
+# the longest the daemon accepts.
+MIN_DURATION_S, MAX_DURATION_S = 0.001, MAX_LEASE_S
 
 
 def build_spec(backend: Backend, args: Sequence[Any], kwargs: Mapping[str, Any]) -> ExperimentSpec:
@@ -74,18 +80,14 @@ def check_peer_selection(backend: Backend, target: object) -> dict[str, Any]:
 
 
 def check_duration(duration: object) -> float | None:
-    """Seconds from a number or a string like "30s", "500ms", "5m", "1h"."""
+    """Seconds from a number or a string like "30s", "500ms", "5m", "1h", from 1ms to 24h."""
     if duration is None:
         return None
-    seconds: float | None = None
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
-        seconds = float(duration)
-    elif isinstance(duration, str):
-        match = _DURATION.fullmatch(duration.strip())
-        if match:
-            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if seconds is None or not seconds > 0:
-        raise ChaosSpecError(
-            "duration", f"must be a positive number of seconds or a string like '30s', '500ms', '5m'; got {duration!r}"
-        )
+    seconds = finite_float(duration)
+    if isinstance(duration, str) and (match := _DURATION.fullmatch(duration.strip())):
+        # A number too long for a float is inf here, and out of range below.
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or not MIN_DURATION_S <= seconds <= MAX_DURATION_S:
+        raise ChaosSpecError("duration", f"must be from 1ms to {MAX_DURATION_S // 3600}h: a number of seconds or a "
+                                         f"string like '30s', '500ms', '5m', '1h'; got {duration!r}")
     return seconds

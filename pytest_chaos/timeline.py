@@ -102,9 +102,14 @@ def timeline_data(entries: Sequence[tuple[str, dict[str, Any]]], outcomes: Mappi
     return {"start": start, "end": end, "tests": list(tests.values())}
 
 
+# The JSON holds a target's output and test ids, not ours: with no "<" in it, nothing in it can end the script
+# element ("</script>") or switch the browser's reading of it ("<!--" then "<script" hides the "</script>" after).
+# JSON.parse reads the escapes back as the characters.
+JSON_IN_SCRIPT = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def write_timeline(path: str | os.PathLike[str], entries: Sequence[tuple[str, dict[str, Any]]],
                    outcomes: Mapping[str, str], title: str = "pytest-chaos: experiment timeline") -> None:
-    # "</" cannot end the script element from inside the JSON: outputs are a target's, not ours.
-    data = json.dumps(timeline_data(entries, outcomes)).replace("</", "<\\/")
+    data = json.dumps(timeline_data(entries, outcomes)).translate(JSON_IN_SCRIPT)
     with open(path, "w", encoding="utf-8") as f:
         f.write(PAGE % {"title": html.escape(title), "data": data})

@@ -3,11 +3,17 @@ and manifests applied through the marker and ``chaos.apply_manifest`` on real ta
 
 from __future__ import annotations
 
+import copy
+import functools
 import pathlib
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pytest_chaos.backends.kubernetes import KubernetesBackend
+from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.manifests import load, manifest_specs
 from tests.support.network_bed import snapshot, tcp_connects, tcp_listener, udp_echo_server, udp_probe
@@ -88,14 +94,236 @@ def test_the_documentations_correlated_delay_keeps_its_correlation_for_the_node_
      "supported: partition, loss, delay"),
     ("apiVersion: v1\nkind: Pod\nspec: {}\n", "apiVersion", "must be 'chaos-mesh.org/v1alpha1'"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: DNSChaos\nspec: {action: error, selector: {colour: red}}\n",
-     "selector.colour", "unknown selector key"),
+     "spec.selector.colour", "unknown selector key"),
 ])
 def test_what_is_not_supported_is_an_error_naming_the_document_and_field(text, field, accepted):
+    assert_refused(text, field, accepted)
+
+
+def assert_refused(text: str, field: str, accepted: str, document: str = "document 1 (") -> ChaosSpecError:
+    """``text`` is refused with an error naming its document and the manifest's ``field``, saying ``accepted``."""
     with pytest.raises(ChaosSpecError) as info:
         manifest_specs(KUBERNETES, text + "\n")
-    assert info.value.field.startswith("manifest (text) document 1 (")
+    assert info.value.field.startswith(f"manifest (text) {document}")
     assert info.value.field.endswith(f": {field}")
-    assert accepted in str(info.value)
+    assert accepted in info.value.message
+    return info.value
+
+
+def chaos(kind: str, spec: str, metadata: str = "{name: x}") -> str:
+    return f"apiVersion: chaos-mesh.org/v1alpha1\nkind: {kind}\nmetadata: {metadata}\nspec: {spec}\n"
+
+
+SELECTED = "selector: {labelSelectors: {app: web}}"
+
+
+# Each was a TypeError traceback, or an error naming the marker argument rather than the manifest's field.
+WRONG_TYPES = [
+    (chaos("[PodChaos]", "{}"), "kind", "supported: HelloWorldChaos, PodChaos"),
+    (chaos("DNSChaos", f"{{action: {{error: 1}}, {SELECTED}}}"), "spec.action", "one of error, random"),
+    (chaos("PodChaos", f"{{action: [pod-kill], {SELECTED}}}"), "spec.action", "supported: pod-kill, container-kill"),
+    (chaos("NetworkChaos", f"{{action: partition, direction: {{to: 1}}, {SELECTED}}}"), "spec.direction",
+     "must be one of to, from, both"),
+    (chaos("PodChaos", "{action: pod-kill, selector: {1: a, labelSelectors: {app: web}}}"), "spec.selector.1",
+     "unknown selector key for the kubernetes backend; accepted keys: namespaces"),
+    (chaos("PodChaos", f"{{action: pod-kill, gracePeriod: [30], {SELECTED}}}"), "spec.gracePeriod",
+     "must be an integer number of seconds"),
+    (chaos("PodChaos", f"{{action: container-kill, containerNames: {{app: 1}}, {SELECTED}}}"),
+     "spec.containerNames", "must be a list of container names"),
+    (chaos("NetworkChaos", f"{{action: delay, delay: {{latency: [10ms]}}, {SELECTED}}}"), "spec.delay.latency",
+     "a duration like '100ms'"),
+    (chaos("NetworkChaos", f"{{action: delay, delay: {{latency: 1ms, reorder: {{reorder: '5', gap: [1]}}}}, "
+                           f"{SELECTED}}}"), "spec.delay.reorder.gap", "a whole number of packets"),
+    (chaos("NetworkChaos", f"{{action: loss, loss: {{loss: {{a: 1}}}}, {SELECTED}}}"), "spec.loss.loss",
+     "a percentage from 0 to 100"),
+    (chaos("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: [1mbps]}}, {SELECTED}}}"), "spec.bandwidth.rate",
+     "a rate like '1mbps'"),
+    (chaos("NetworkChaos", f"{{action: partition, externalTargets: {{a: b}}, {SELECTED}}}"), "spec.externalTargets",
+     "a list of IPv4 addresses, CIDRs or host names"),
+    (chaos("NetworkChaos", f"{{action: partition, target: {{mode: [all], {SELECTED}}}, {SELECTED}}}"),
+     "spec.target.mode", "accepted modes: one, all"),
+    (chaos("StressChaos", f"{{stressors: {{cpu: {{workers: 1, load: [50]}}}}, {SELECTED}}}"),
+     "spec.stressors.cpu.load", "must be an integer from 0 to 100"),
+    (chaos("StressChaos", f"{{stressors: {{memory: {{workers: 1, size: {{a: 1}}}}}}, {SELECTED}}}"),
+     "spec.stressors.memory.size", "must be a string, a size like '256MB'"),
+    (chaos("DNSChaos", f"{{action: error, patterns: [[example.com]], {SELECTED}}}"), "spec.patterns",
+     "each pattern must be a string"),
+    (chaos("DNSChaos", "{action: error, selector: {pods: {1: [a]}}}"), "spec.selector.pods",
+     "each namespace a string"),
+    (chaos("DNSChaos", "{action: error, selector: {expressionSelectors: [{key: [a], operator: Exists}]}}"),
+     "spec.selector.expressionSelectors", "'key' must be a label name (a string)"),
+]
+
+
+@pytest.mark.parametrize("text, field, accepted", WRONG_TYPES, ids=[field for _, field, _ in WRONG_TYPES])
+def test_a_value_of_the_wrong_type_is_an_error_naming_the_document_and_field(text, field, accepted):
+    assert_refused(text, field, accepted)
+
+
+POD_KILL = f"{{action: pod-kill, {SELECTED}}}"
+
+
+@pytest.mark.parametrize("metadata, field, accepted", [
+    # YAML reads these unquoted as a number, a boolean, a boolean: they were dropped, and the pod-kill took
+    # every namespace.
+    ("{name: x, namespace: 123}", "metadata.namespace", "got 123, which YAML reads as a number: quote it"),
+    ("{name: x, namespace: on}", "metadata.namespace", "got True, which YAML reads as a boolean: quote it"),
+    ("{name: x, namespace: no}", "metadata.namespace", "got False, which YAML reads as a boolean: quote it"),
+    ("{name: x, namespace: }", "metadata.namespace", "got None, which YAML reads as null: quote it"),
+    ("{name: x, namespace: [prod]}", "metadata.namespace", "must be a namespace name (lowercase letters"),
+    ("{name: x, namespace: ''}", "metadata.namespace", "must be a namespace name (lowercase letters"),
+    ("{name: x, namespace: Prod_1}", "metadata.namespace", "got 'Prod_1'"),
+    ("[prod]", "metadata", "must be a mapping (name, namespace, ...)"),
+    ("", "metadata", "must be a mapping (name, namespace, ...); got None"),
+    ("{name: 5}", "metadata.name", "must be a string; got 5, which YAML reads as a number"),
+])
+def test_a_namespace_that_is_not_a_name_is_an_error_never_every_namespace(metadata, field, accepted):
+    assert_refused(chaos("PodChaos", POD_KILL, metadata=metadata), field, accepted)
+
+
+def test_a_quoted_namespace_scopes_the_selector_and_the_targets():
+    text = chaos("NetworkChaos", f"{{action: partition, target: {{{SELECTED}}}, {SELECTED}}}",
+                 metadata="{name: x, namespace: '123'}")
+    [spec] = manifest_specs(KUBERNETES, text)
+    assert spec.selector == {"namespaces": ["123"], "labelSelectors": {"app": "web"}}
+    assert spec.params["target"]["selector"] == spec.selector
+
+
+HELLO = "HelloWorldChaos"
+PARTITION = f"action: partition, {SELECTED}"
+
+
+@pytest.mark.parametrize("kind, spec, field, accepted", [
+    # Each passed collection and failed only when applied, if at all (nan, 1e300 s: a fault that never ends).
+    *[(HELLO, f"{{duration: {duration}, {SELECTED}}}", "spec.duration", "must be from 1ms to 24h")
+      for duration in (".inf", "-.inf", ".nan", "-1", "0", "1.0e+300", "86401", "25h", "100000h", "0.0001",
+                       "1" + "0" * 400, "'" + "9" * 400 + "s'")],
+    ("NetworkChaos", f"{{action: delay, delay: {{latency: 61s}}, {SELECTED}}}", "spec.delay.latency", "up to 60s"),
+    ("NetworkChaos", f"{{action: delay, delay: {{latency: 1ms, jitter: '{'9' * 400}ms'}}, {SELECTED}}}",
+     "spec.delay.jitter", "up to 60s"),
+    ("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: 2tbps}}, {SELECTED}}}", "spec.bandwidth.rate",
+     "up to 1tbps"),
+    ("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: '{'9' * 400}bit'}}, {SELECTED}}}",
+     "spec.bandwidth.rate", "up to 1tbps"),
+    ("NetworkChaos", f"{{action: bandwidth, bandwidth: {{rate: 1mbps, peakrate: {2 ** 64}, minburst: 1}}, "
+                     f"{SELECTED}}}", "spec.bandwidth.peakrate", "up to 1tbps"),
+    ("NetworkChaos", f"{{action: loss, loss: {{loss: {10 ** 400}}}, {SELECTED}}}", "spec.loss.loss",
+     "a percentage from 0 to 100"),
+    ("PodChaos", f"{{action: container-kill, mode: fixed-percent, value: {10 ** 400}, {SELECTED}}}", "spec.value",
+     "a number in (0, 100]"),
+])
+def test_durations_and_rates_beyond_what_the_daemon_takes_are_refused_at_load(kind, spec, field, accepted):
+    assert_refused(chaos(kind, spec), field, accepted)
+
+
+@pytest.mark.parametrize("duration, seconds", [("1ms", 0.001), ("24h", 86400.0), (86400, 86400.0), ("1.5m", 90.0)])
+def test_durations_from_a_millisecond_to_a_day_are_taken(duration, seconds):
+    [spec] = manifest_specs(KUBERNETES, chaos(HELLO, f"{{duration: {duration}, {SELECTED}}}"))
+    assert spec.duration == seconds
+
+
+def test_a_documents_label_shows_its_kind_and_name_only_when_they_are_strings():
+    error = assert_refused(chaos("[PodChaos]", "{}", metadata="{name: [x]}"), "kind", "is not supported",
+                           document="document 1 (? #1)")
+    long_name = chaos("PodChaos", "{action: pod-failure}", metadata="{name: " + "n" * 300 + "}")
+    assert "n" * 254 not in assert_refused(long_name, "spec.action", "supported").field
+    assert "[x]" not in error.field
+
+
+def nested(levels: int, inner: str = "x") -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+@pytest.mark.parametrize("text, document, accepted", [
+    # 5,000 levels were a RecursionError from PyYAML's composer.
+    (chaos(HELLO, f"{{selector: {nested(5000)}}}"), "document 1", "is nested more than 32 levels deep (line 4"),
+    (chaos(HELLO, "{selector: {pids: [1]}}") + "---\n" + chaos(HELLO, nested(5000)), "document 2",
+     "is nested more than 32 levels deep"),
+    # A scalar PyYAML cannot convert raised a ValueError.
+    (chaos(HELLO, f"{{value: {'1' * 5000}}}"), "document 1", "holds a value that cannot be read: Exceeds the limit"),
+    (chaos(HELLO, "{duration: 2026-13-01}"), "document 1", "holds a value that cannot be read: month must be"),
+])
+def test_a_manifest_beyond_what_yaml_can_read_is_an_error_naming_the_document(text, document, accepted):
+    with pytest.raises(ChaosSpecError) as info:
+        load(text)
+    assert info.value.field == f"manifest (text) {document}"
+    assert accepted in info.value.message
+
+
+# Each document's levels: the document itself, metadata, then the lists around the scalar, which is one more.
+AT_THE_LIMIT, BEYOND = 29, 30
+
+
+@pytest.mark.parametrize("source", [
+    lambda levels: chaos(HELLO, "{selector: {pids: [1]}}", metadata=f"{{name: x, deep: {nested(levels)}}}"),
+    lambda levels: yaml.safe_load(chaos(HELLO, "{selector: {pids: [1]}}",
+                                        metadata=f"{{name: x, deep: {nested(levels)}}}")),
+], ids=["text", "mapping"])
+def test_a_document_may_be_32_levels_deep_and_no_more(source):
+    assert len(load(source(AT_THE_LIMIT))) == 1
+    with pytest.raises(ChaosSpecError, match="is nested more than 32 levels deep"):
+        load(source(BEYOND))
+
+
+def test_a_mapping_nested_5000_levels_deep_is_refused_naming_where():
+    deep: dict[str, object] = {}
+    selector = deep
+    for _ in range(5000):
+        deep["x"] = deep = {}
+    with pytest.raises(ChaosSpecError) as info:
+        load({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": HELLO, "spec": {"selector": selector}})
+    assert info.value.field.startswith("manifest (HelloWorldChaos #1): spec.selector.x.x.")
+    assert info.value.message == "is nested more than 32 levels deep"
+
+
+LAUGHS = "apiVersion: chaos-mesh.org/v1alpha1\nkind: HelloWorldChaos\nmetadata:\n  a0: &a0 ['lol', 'lol', 'lol', " \
+         "'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol']\n" + "".join(
+             f"  a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 10)) + \
+         "spec: {selector: {pids: [1]}, mode: *a9}\n"
+
+
+@pytest.mark.parametrize("text, field, accepted", [
+    # A billion laughs: 10^9 strings in 1 KB, put whole in the error about the mode.
+    (LAUGHS, "metadata.a5", "is larger than 1048576 bytes (1 MiB) with its YAML aliases expanded"),
+    # The same with an int of 4,000 digits, which an error quoting the mode would write out 10**5 times.
+    (LAUGHS.replace("['lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol']", "9" * 4000),
+     "metadata.a3", "is larger than 1048576 bytes (1 MiB) with its YAML aliases expanded"),
+    # A mapping inside itself, and one that aliases make deeper than it is written.
+    (chaos(HELLO, "&s {selector: *s}"), "spec.selector", "holds itself (through a YAML alias to a value around it)"),
+    (chaos(HELLO, "{selector: {pids: [1]}}", metadata="{name: x, a0: &a0 " + nested(20) + ", a1: &a1 " +
+           nested(10, "*a0") + "}"), "metadata.a1[0][0][0][0][0][0][0][0][0][0]", "is nested more than 32 levels"),
+])
+def test_yaml_aliases_cannot_make_a_document_endless_or_huge(text, field, accepted):
+    assert_refused(text, field, accepted)
+
+
+def test_a_manifest_file_of_more_than_a_mebibyte_or_a_hundred_documents_is_refused(tmp_path):
+    (tmp_path / "big.yaml").write_text(chaos(HELLO, "{selector: {pids: [1]}}") + "#" * (1 << 20))
+    with pytest.raises(ChaosSpecError, match=r"manifest big.yaml: is larger than 1048576 bytes \(1 MiB\)"):
+        load("big.yaml", tmp_path)
+    many = "---\n".join([chaos(HELLO, "{selector: {pids: [1]}}")] * 101)
+    with pytest.raises(ChaosSpecError, match="manifest \\(text\\): holds more than 100 documents"):
+        load(many)
+    assert len(load("---\n".join([chaos(HELLO, "{selector: {pids: [1]}}")] * 100))) == 100
+
+
+def test_a_manifest_that_is_not_text_or_a_mapping_is_refused(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes(chaos(HELLO, "{selector: {pids: [1]}}").encode() + b"# caf\xe9\n")
+    with pytest.raises(ChaosSpecError, match="manifest latin1.yaml: is not valid YAML: .*invalid continuation byte"):
+        load("latin1.yaml", tmp_path)
+    with pytest.raises(ChaosSpecError, match="manifest: must be a file's path, YAML text or a mapping; got int"):
+        load(123)  # type: ignore[arg-type]
+    with pytest.raises(ChaosSpecError, match="manifest: cannot read '.*': embedded null byte"):
+        load("a\x00b")
+
+
+def test_an_error_quoting_a_huge_value_is_cut_keeping_what_is_accepted():
+    with pytest.raises(ChaosSpecError) as info:
+        manifest_specs(KUBERNETES, chaos(HELLO, f"{{mode: {'x' * 100_000}, {SELECTED}}}"))
+    assert len(str(info.value)) < 2100
+    assert info.value.message.startswith("unknown mode 'xxx")
+    assert info.value.message.endswith("accepted modes: one, all, fixed, fixed-percent, random-max-percent")
+    assert "characters cut" in info.value.message
 
 
 def test_a_mapping_and_bad_yaml():
@@ -105,6 +333,95 @@ def test_a_mapping_and_bad_yaml():
         load("spec: [unclosed\nkind: x\n")
     with pytest.raises(ChaosSpecError, match="cannot read"):
         load("no-such-file.yaml", MANIFESTS)
+
+
+# -- any value in any field: a spec or a ChaosSpecError, never another exception ------------------------------
+
+LOCAL = LocalBackend(lambda: "unix:///nonexistent")  # checks selectors without a daemon
+API = "chaos-mesh.org/v1alpha1"
+WEB = {"labelSelectors": {"app": "web"}}
+# One valid document per kind and action, every field filled, so that each field is a position to put a value in.
+VALID_DOCUMENTS = [
+    {"apiVersion": API, "kind": "PodChaos", "metadata": {"name": "kill", "namespace": "shop"},
+     "spec": {"action": "pod-kill", "mode": "one", "selector": WEB, "gracePeriod": 0}},
+    {"apiVersion": API, "kind": "PodChaos", "metadata": {"name": "container"},
+     "spec": {"action": "container-kill", "mode": "fixed", "value": "1", "selector": WEB, "containerNames": ["app"]}},
+    {"apiVersion": API, "kind": "StressChaos", "metadata": {"name": "stress"},
+     "spec": {"mode": "all", "selector": {"pids": [1]}, "duration": "1m",
+              "stressors": {"cpu": {"workers": 1, "load": 50}, "memory": {"workers": 1, "size": "256MB"}}}},
+    {"apiVersion": API, "kind": "DNSChaos", "metadata": {"name": "dns"},
+     "spec": {"action": "error", "mode": "all", "selector": WEB, "patterns": ["example.com", "db-?.*"]}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "delay", "namespace": "shop"},
+     "spec": {"action": "delay", "mode": "fixed-percent", "value": "50", "selector": WEB, "direction": "both",
+              "device": "eth0", "target": {"mode": "all", "selector": {"namespaces": ["db"]}},
+              "delay": {"latency": "10ms", "jitter": "1ms", "correlation": "25",
+                        "reorder": {"reorder": "10", "correlation": "0", "gap": 1}}}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "bandwidth"},
+     "spec": {"action": "bandwidth", "mode": "all", "selector": {"pods": {"shop": ["web-0"]}},
+              "externalTargets": ["10.0.0.0/8", "example.com"],
+              "bandwidth": {"rate": "1mbps", "limit": 100, "buffer": 1000, "peakrate": 2000000, "minburst": 100}}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "loss"},
+     "spec": {"action": "loss", "mode": "random-max-percent", "value": 50, "duration": 30,
+              "selector": {"expressionSelectors": [{"key": "app", "operator": "In", "values": ["web"]}],
+                           "podPhaseSelectors": ["Running"], "nodes": ["node-1"]},
+              "loss": {"loss": "25", "correlation": "0"}}},
+    {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "partition"},
+     "spec": {"action": "partition", "mode": "all", "selector": {"containers": ["web"]}, "direction": "to",
+              "externalTargets": ["192.168.0.1"]}},
+]
+# Words that are fields, values or YAML's special scalars somewhere, so that values come close to valid ones.
+WORDS = ["selector", "mode", "value", "duration", "namespaces", "pods", "labelSelectors", "cpu", "memory", "size",
+         "workers", "load", "loss", "delay", "latency", "rate", "target", "action", "pod-kill", "partition", "to",
+         "both", "error", "all", "one", "fixed", "1s", "500ms", "100%", "25", "256MB", "1mbps", "eth0", "10.0.0.1/32",
+         "*", "", "on", "no", ".inf", ".nan", "1e400", "0x1F", "2026-13-01", "9" * 400 + "ms"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from([10**400, -(2**63), 2**64]),
+                    st.floats(), st.text(max_size=12), st.sampled_from(WORDS), st.binary(max_size=4), st.dates())
+KEYS = st.one_of(st.sampled_from(WORDS), st.text(max_size=8), st.integers(), st.booleans(), st.none())
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+                      max_leaves=10)
+
+
+def field_paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every position in ``value``: each key of each mapping, each item of each list, at any depth."""
+    paths = [path] if path else []
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        paths += field_paths(child, (*path, key))
+    return paths
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, object]:
+    """A valid document with one to three fields (at any depth) given an arbitrary value, deleted, or given an
+    arbitrary sibling."""
+    document = copy.deepcopy(draw(st.sampled_from(VALID_DOCUMENTS)))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = field_paths(document)
+        if not paths:
+            break
+        *parents, last = draw(st.sampled_from(paths))
+        container = functools.reduce(lambda node, key: node[key], parents, document)
+        change = draw(st.sampled_from(["replace", "delete", "add"]))
+        if change == "delete":
+            del container[last]
+        elif change == "add" and isinstance(container, dict):
+            container[draw(KEYS)] = draw(VALUES)
+        else:
+            container[last] = draw(VALUES)
+    return document
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=documents(), backend=st.sampled_from([KUBERNETES, LOCAL]), as_text=st.booleans())
+def test_any_value_in_any_field_gives_a_spec_or_an_error_naming_the_manifest(document, backend, as_text):
+    source = yaml.safe_dump(document) + "\n" if as_text else document  # "\n": text, not a file's name
+    try:
+        built = manifest_specs(backend, source)
+    except ChaosSpecError as err:
+        assert err.field.startswith("manifest ")
+        return
+    assert [spec.kind for spec in built]  # an experiment that could be applied and reported
+    assert all(spec.describe() for spec in built)
 
 
 # -- applied through the plugin on real targets (the local backend's selectors) --------------------------
@@ -192,3 +509,32 @@ def test_a_marker_manifest_that_cannot_be_read_is_a_usage_error_at_collection(py
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_user.py::test_bad: @pytest.mark.chaos manifest: cannot read*missing.yaml*",
                                  "*test_user.py::test_mixed: @pytest.mark.chaos manifest: comes alone*"])
+
+
+# One manifest per finding of "Harden, round two": each was accepted, dropped a field or raised another exception.
+BAD_MANIFESTS = {
+    "namespace": (chaos("NetworkChaos", "{action: partition, selector: {pids: [1]}}", metadata="{name: x, namespace: on}"),
+                  "metadata.namespace: must be a namespace name*got True, which YAML reads as a boolean: quote it"),
+    "wrong_type": (chaos("NetworkChaos", "{action: partition, direction: [to], selector: {pids: [1]}}"),
+                   "spec.direction: must be one of to, from, both; got ?'to'?"),  # ?: fnmatch's [ and ]
+    "deep": (chaos(HELLO, f"{{selector: {nested(5000)}}}"), "is nested more than 32 levels deep (line 4*"),
+    "infinite": (chaos(HELLO, "{duration: .inf, selector: {pids: [1]}}"), "spec.duration: must be from 1ms to 24h*"),
+    "huge_memory": (chaos("StressChaos", "{selector: {pids: [1]}, stressors: {memory: {workers: 1, size: '"
+                                         + "9" * 400 + "MB'}}}"), "spec.stressors.memory.size: *from 4KiB to 256TiB*"),
+}
+
+
+def test_each_bad_manifest_is_a_usage_error_at_collection_naming_the_test_document_and_field(pytester):
+    for name, (text, _) in BAD_MANIFESTS.items():
+        (pytester.path / f"{name}.yaml").write_text(text)
+    pytester.makepyfile(test_user="import pytest\n" + "".join(f"""
+@pytest.mark.chaos(manifest="{name}.yaml")
+def test_{name}():
+    raise AssertionError("must not run")
+""" for name in BAD_MANIFESTS))
+    result = pytester.runpytest_subprocess("-p", "chaos")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        f"*test_user.py::test_{name}: @pytest.mark.chaos manifest {name}.yaml document 1*{expected}"
+        for name, (_, expected) in BAD_MANIFESTS.items()])
+    assert "must not run" not in result.stdout.str()

@@ -70,7 +70,8 @@ def test_empty_candidates_select_nothing():
 @pytest.mark.parametrize(
     "mode, value",
     [("nope", None), ("one", 1), ("all", "2"), ("fixed", None), ("fixed", 0), ("fixed", -1), ("fixed", 1.5),
-     ("fixed", True), ("fixed-percent", 0), ("fixed-percent", 101), ("fixed-percent", "x"),
+     ("fixed", True), ("fixed", 2**63), ("fixed", 10**400), ("fixed", "9" * 400),
+     ("fixed-percent", 0), ("fixed-percent", 101), ("fixed-percent", "x"),
      ("random-max-percent", -1), ("random-max-percent", 100.5), ("random-max-percent", float("nan"))],
 )
 def test_bad_mode_or_value_names_the_field(mode, value):

@@ -113,6 +113,28 @@ def test_junit_xml_holds_the_output_with_default_settings(pytester, targets):
     assert properties["chaos[1]"].startswith("chaos helloworld mode=one: 1 target")
 
 
+def test_a_targets_control_characters_show_as_escapes_in_the_terminal_and_the_junit_xml(pytester, targets):
+    """An ANSI sequence in a target's command line, which its /proc listing prints as it is, reaches neither the
+    reader's terminal nor the XML raw; ``Target.output`` keeps it for the test."""
+    pid = targets.process("sh", "-c", "sleep 3600; :", "\x1b[2J\x1b[31mINJECTED")
+    xml = pytester.path / "junit.xml"
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}}, source="proc")
+        def test_app(chaos):
+            assert "\\x1b[2J\\x1b[31mINJECTED" in chaos.experiments[0].targets[0].output
+    """, "-rA", f"--junitxml={xml}", "-o", "junit_logging=all")
+    result.assert_outcomes(passed=1)
+    terminal = result.stdout.str()
+    assert "\x1b" not in terminal
+    assert "sleep 3600; : \\x1b[2J\\x1b[31mINJECTED" in terminal
+    document = xml.read_text()
+    assert "\x1b" not in document and "#x1B" not in document  # not even as pytest escapes what XML cannot hold
+    properties = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
+    assert "sleep 3600; : \\x1b[2J\\x1b[31mINJECTED" in properties[f"chaos[1] pid://{pid}"]
+
+
 def test_failure_report_shows_the_output(pytester, targets):
     pid = targets.process("sleep", "3003")
     result = run(pytester, f"""

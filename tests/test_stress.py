@@ -165,7 +165,10 @@ def test_without_stress_ng_the_daemon_says_to_install_it(start_daemon, targets):
     (pb.Stress(cpu=pb.Stress.Cpu(workers=8193)), "stress.cpu.workers must be from 1 to 8192"),
     (pb.Stress(cpu=pb.Stress.Cpu(workers=1, load=101)), "stress.cpu.load must be from 0 to 100"),
     (pb.Stress(memory=pb.Stress.Memory(workers=1, size="256")), "stress.memory.size must be a size like '256MB'"),
-    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="2KB")), "of at least 4KB"),
+    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="2KB")), "from 4KiB to 256TiB"),
+    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="257TiB")), "from 4KiB to 256TiB"),
+    # More digits than a float holds: an InvalidArgument naming the range, not an INTERNAL OverflowError.
+    (pb.Stress(memory=pb.Stress.Memory(workers=1, size="9" * 400 + "MB")), "from 4KiB to 256TiB"),
     (pb.Stress(memory=pb.Stress.Memory(workers=1, size="0%")), "'25%' (1% to 100%)"),
 ])
 def test_bad_stressors_are_invalid_arguments_naming_the_field(daemon, stress, field):
@@ -294,6 +297,8 @@ def test_app(chaos):
     ('{"memory": {"workers": 1}}', "stressors.memory.size", "is required*'256MB'"),
     ('{"memory": {"workers": 1, "size": "lots"}}', "stressors.memory.size", "'256MB', '1GB', '512KB'*'25%'"),
     ('{"memory": {"workers": 1, "size": "150%"}}', "stressors.memory.size", "(1% to 100%)"),
+    ('{"memory": {"workers": 1, "size": "257TiB"}}', "stressors.memory.size", "from 4KiB to 256TiB"),
+    ('{"memory": {"workers": 1, "size": "9" * 400 + "MB"}}', "stressors.memory.size", "from 4KiB to 256TiB"),
     ('{"memory": {"size": "64MB"}}', "stressors.memory.workers", "an integer from 1 to 8192"),
 ])
 def test_bad_stressors_are_a_usage_error_at_collection(pytester, stressors, field, accepted):

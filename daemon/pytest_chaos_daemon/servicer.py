@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format
 
 from . import journal, node
+from .api.contract import MAX_LEASE_S
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
@@ -38,7 +39,6 @@ from .runtimes import ListingRuntime, RunningContainer, RuntimeRegistry
 from .target import HeldTarget
 
 MAX_CONTAINER_ID_LEN = 512
-MAX_LEASE_S = 24 * 3600
 # Requests waiting beyond this are refused (RESOURCE_EXHAUSTED) rather than queued.
 MAX_PENDING = 2048
 RUNTIME_LOOKUP_TIMEOUT_S = 15.0

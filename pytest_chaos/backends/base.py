@@ -46,7 +46,7 @@ class Backend(Protocol):
 
 def check_selector_keys(selector: Mapping[str, Any], accepted: Mapping[str, str], backend: str) -> None:
     """Reject unknown and empty selectors, naming the accepted keys."""
-    unknown = sorted(set(selector) - set(accepted))
+    unknown = sorted(map(str, set(selector) - set(accepted)))  # keys of any type: YAML's 1, true, null
     if unknown:
         raise ChaosSpecError(
             f"selector.{unknown[0]}",

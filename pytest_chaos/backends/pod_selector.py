@@ -53,9 +53,11 @@ def check_pod_selector(selector: Mapping[str, Any]) -> dict[str, Any]:
         checked["podPhaseSelectors"] = phases
     if "pods" in selector:
         pods = selector["pods"]
-        if not isinstance(pods, Mapping) or not pods:
-            raise ChaosSpecError("selector.pods", f"must be a non-empty {{namespace: [pod names]}} mapping; got {pods!r}")
-        checked["pods"] = {str(ns): _string_list(names, f"selector.pods[{ns!r}]") for ns, names in pods.items()}
+        # Namespaces as strings: YAML reads an unquoted 123 or "on" as a number or a boolean.
+        if not isinstance(pods, Mapping) or not pods or not all(isinstance(ns, str) and ns for ns in pods):
+            raise ChaosSpecError("selector.pods", f"must be a non-empty {{namespace: [pod names]}} mapping, each "
+                                                  f"namespace a string; got {pods!r}")
+        checked["pods"] = {ns: _string_list(names, f"selector.pods[{ns!r}]") for ns, names in pods.items()}
     return checked
 
 
@@ -93,6 +95,8 @@ def _expression(expression: Any) -> dict[str, Any]:
     field = "selector.expressionSelectors"
     if not isinstance(expression, Mapping) or "key" not in expression or "operator" not in expression:
         raise ChaosSpecError(field, f"each entry needs 'key' and 'operator' ({', '.join(OPERATORS)}); got {expression!r}")
+    if not isinstance(expression["key"], str) or not expression["key"]:
+        raise ChaosSpecError(field, f"each entry's 'key' must be a label name (a string); got {expression['key']!r}")
     operator = expression["operator"]
     if operator not in OPERATORS:
         raise ChaosSpecError(field, f"unknown operator {operator!r}; accepted: {', '.join(OPERATORS)}")
@@ -102,7 +106,7 @@ def _expression(expression: Any) -> dict[str, Any]:
         raise ChaosSpecError(field, f"operator {operator} needs a non-empty 'values' list")
     if operator in ("Exists", "DoesNotExist") and values:
         raise ChaosSpecError(field, f"operator {operator} takes no 'values'")
-    return {"key": str(expression["key"]), "operator": operator, "values": values}
+    return {"key": expression["key"], "operator": operator, "values": values}
 
 
 def _list(value: Any, field: str) -> list[Any]:

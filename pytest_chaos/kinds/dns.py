@@ -28,7 +28,7 @@ class Dns(AppliedKind):
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         params = super().check_params(params)
         action = params.get("action")
-        if action not in ACTIONS:
+        if not isinstance(action, str) or action not in ACTIONS:
             raise ChaosSpecError("action", f"is required: one of {', '.join(ACTIONS)}; got {action!r}")
         patterns = params.get("patterns", [])
         if isinstance(patterns, str) or not isinstance(patterns, Sequence):
@@ -36,8 +36,10 @@ class Dns(AppliedKind):
                                              f"got {patterns!r}")
         checked = []
         for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise ChaosSpecError("patterns", f"holds {pattern!r}: each pattern must be a string")
             try:
-                checked.append(check_pattern(pattern) if isinstance(pattern, str) else check_pattern(""))
+                checked.append(check_pattern(pattern))
             except ValueError as err:
                 raise ChaosSpecError("patterns", f"{pattern!r}: {err}") from None
         return {"action": action, "patterns": checked}

@@ -31,7 +31,7 @@ class HelloWorld:
             names = ", ".join(unknown)
             raise ChaosSpecError(names, f"kind 'helloworld' takes only 'source' (got {names})")
         source = params.get("source", "ps")
-        if source not in SOURCES:
+        if not isinstance(source, str) or source not in SOURCES:
             raise ChaosSpecError("source", f"must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
         return {"source": source}
 

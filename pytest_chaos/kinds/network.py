@@ -12,15 +12,18 @@ addresses, CIDRs or host names, resolved when applied.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
+from pytest_chaos_daemon.api.contract import MAX_LATENCY_MS, MAX_RATE
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from ..errors import ChaosError, ChaosSpecError
+from ..quantities import finite_float
 from .applied import AppliedKind
 from .base import InjectContext
 
@@ -38,7 +41,7 @@ _RATE = re.compile(r"(\d+)\s*(tbps|gbps|mbps|kbps|bps|tbit|gbit|mbit|kbit|bit)")
 _RATE_BYTES = {"bps": 1, "kbps": 1 << 10, "mbps": 1 << 20, "gbps": 1 << 30, "tbps": 1 << 40,
                "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8, "tbit": 1e12 / 8}
 RATE_FORMS = ("a rate like '1mbps' (bytes per second, as Chaos Mesh: bps, kbps, mbps, gbps, tbps, each 1024 times "
-              "the last) or '8mbit' (bits per second, as tc: bit, kbit, mbit, gbit, tbit)")
+              "the last) or '8mbit' (bits per second, as tc: bit, kbit, mbit, gbit, tbit), up to 1tbps")
 
 
 def correlation(params: Mapping[str, Any], field: str = "correlation") -> float:
@@ -49,10 +52,8 @@ def correlation(params: Mapping[str, Any], field: str = "correlation") -> float:
 
 def percent(value: object, field: str) -> float:
     """A percentage from 0 to 100, as a number or a string like Chaos Mesh's "25"."""
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
+    number = finite_float(value)
+    if isinstance(value, str):
         try:
             number = float(value.strip().rstrip("%"))
         except ValueError:
@@ -63,21 +64,25 @@ def percent(value: object, field: str) -> float:
 
 
 def duration_ns(value: object, field: str, required: bool = False) -> int:
-    """Nanoseconds from a Go-style duration like '100ms', '1.5s', '10us'."""
+    """Nanoseconds from a Go-style duration like '100ms', '1.5s', '10us', up to the daemon's 60s."""
     if value is None and not required:
         return 0
     match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
+    # A float: a number too long for one is inf, out of range rather than an OverflowError.
+    nanoseconds = float(match.group(1)) * _DURATION_NS[match.group(2)] if match else math.nan
+    if not 0 <= nanoseconds <= MAX_LATENCY_MS * 1e6:
         raise ChaosSpecError(field, f"{'is required: ' if value is None else 'must be '}a duration like '100ms', "
-                                    f"'1.5s' or '10us'; got {value!r}")
-    return int(float(match.group(1)) * _DURATION_NS[match.group(2)])
+                                    f"'1.5s' or '10us', up to {MAX_LATENCY_MS / 1000:g}s; got {value!r}")
+    return int(nanoseconds)
 
 
 def rate_bytes(value: object, field: str) -> int:
     match = _RATE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
-    if match is None or int(match.group(1)) == 0:
+    # A float: a count too long for one is inf, out of range rather than an OverflowError.
+    rate = float(match.group(1)) * _RATE_BYTES[match.group(2)] if match else 0.0
+    if not 0 < rate <= MAX_RATE:
         raise ChaosSpecError(field, f"{'is required: ' if value is None else 'must be '}{RATE_FORMS}; got {value!r}")
-    return max(1, int(int(match.group(1)) * _RATE_BYTES[match.group(2)]))
+    return max(1, int(rate))
 
 
 def size_bytes(value: object, field: str) -> int:
@@ -101,7 +106,7 @@ class NetworkKind(AppliedKind):
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         checked = super().check_params(params)
         direction = checked.get("direction", "to")
-        if direction not in DIRECTIONS:
+        if not isinstance(direction, str) or direction not in DIRECTIONS:
             raise ChaosSpecError("direction", f"must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
         checked["direction"] = direction
         checked["device"] = check_device(checked.get("device"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pytest_chaos_daemon.api.contract import MAX_RATE
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from ..errors import ChaosSpecError
@@ -28,7 +29,7 @@ class NetworkBandwidth(NetworkKind):
         peakrate = params.get("peakrate")
         if peakrate is not None:
             checked["peakrate"] = peakrate if isinstance(peakrate, int) and not isinstance(peakrate, bool) \
-                and peakrate > 0 else rate_bytes(peakrate, "peakrate")
+                and 0 < peakrate <= MAX_RATE else rate_bytes(peakrate, "peakrate")
         if bool(checked["peakrate"]) != bool(checked["minburst"]):
             raise ChaosSpecError("peakrate", "and minburst go together (tc tbf's peakrate and mtu)")
         if checked["peakrate"] and checked["peakrate"] <= checked["rate"]:

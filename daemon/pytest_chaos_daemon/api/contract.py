@@ -25,6 +25,13 @@ def grpc_target(listen: str) -> str:
     return listen.removeprefix("tcp://")
 
 
+# --- how long, how fast: bounds the daemon enforces ------------------------------------------------
+
+MAX_LEASE_S = 24 * 3600  # the longest lease and duration (an injection's own) a daemon accepts
+MAX_LATENCY_MS = 60_000.0  # the longest netem latency or jitter
+MAX_RATE = 1 << 40  # the fastest bandwidth rate, in bytes per second (1 TiB/s)
+
+
 # --- stress: workers and memory sizes ------------------------------------------------------------
 
 MAX_WORKERS = 8192
@@ -36,7 +43,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", re.IGNORECASE)
 _PERCENT = re.compile(r"(\d+)%")
 MIN_BYTES, MAX_BYTES = 4096, 256 << 40  # stress-ng's own bounds
 SIZE_FORMS = ("a size like '256MB', '1GB', '512KB' (B, KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: "
-              "powers of 1024) of at least 4KB, or a percentage of the node's available memory like '25%' "
+              "powers of 1024) from 4KiB to 256TiB, or a percentage of the node's available memory like '25%' "
               "(1% to 100%)")
 
 
@@ -47,9 +54,10 @@ def vm_bytes(size: str) -> str:
         if 1 <= int(match.group(1)) <= 100:
             return f"{int(match.group(1))}%"
     elif match := _SIZE.fullmatch(text):
-        count = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+        # Compared as a float, converted after: a number too long for a float is inf here, not an OverflowError.
+        count = float(match.group(1)) * _UNITS[match.group(2).upper()]
         if MIN_BYTES <= count <= MAX_BYTES:
-            return str(count)
+            return str(int(count))
     raise ValueError(f"must be {SIZE_FORMS}; got {size[:100]!r}")
 
 

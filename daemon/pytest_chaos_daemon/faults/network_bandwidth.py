@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.contract import MAX_RATE
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import FailedPrecondition, InvalidArgument
 from ..journal import Record
@@ -31,7 +32,7 @@ class NetworkBandwidth(NetworkFault):
     def check(self, request: pb.ApplyRequest) -> dict[str, Any]:
         message = request.network_bandwidth
         params = rules.check_scope(message.scope, self.kind)
-        if not 1 <= message.rate <= 1 << 40:
+        if not 1 <= message.rate <= MAX_RATE:
             raise InvalidArgument(f"{self.kind}: rate must be from 1 byte/s to 1 TiB/s; got {message.rate}")
         if (message.peakrate == 0) != (message.minburst == 0):
             raise InvalidArgument(f"{self.kind}: peakrate and minburst go together (tbf's peakrate and mtu)")

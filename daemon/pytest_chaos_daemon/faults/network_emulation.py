@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.contract import MAX_LATENCY_MS
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import FailedPrecondition, InvalidArgument
 from ..journal import Record
@@ -27,7 +28,6 @@ from .base import FaultContext, Plan
 from .network_base import NetworkFault
 from .process_list import ProcessRow
 
-MAX_LATENCY_MS = 60_000.0
 MAX_GAP = 1 << 30
 
 
