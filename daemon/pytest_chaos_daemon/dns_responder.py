@@ -18,6 +18,14 @@ Run as ``python3 -m pytest_chaos_daemon.dns_responder --help``. It prints
 ``ready`` once it listens and, on SIGTERM, one JSON line of counters.
 Importing the module has no side effects: the pattern, resolv.conf and
 command-line helpers are for the daemon too.
+
+Malformed input. The target, or anyone who reaches it, sends any bytes. A
+message that does not read as a query is counted (``malformed``) and answered
+FORMERR when its header can be answered, else dropped; a TCP stream that breaks
+its framing (a zero length, a message cut by the end of the stream) is counted
+and closed. The parsers raise nothing but MalformedMessage. Should answering a
+query fail all the same, it is counted in ``errors`` and reported on stderr: no
+input ends the program, which would end the fault.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ MAX_NAME_OCTETS = 255  # RFC 1035 2.3.4, on the wire
 MAX_PENDING = 512  # forwarded queries in flight; past it UDP queries are dropped (clients retry)
 MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_TIMEOUT_S = 10.0
+TCP_READ_SIZE = 16 << 10  # read from a connection at a time
 
 SO_MARK = getattr(socket, "SO_MARK", 36)  # 36 on Linux
 _PLAIN_LABEL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
@@ -196,7 +205,7 @@ def _check_mark(mark: int) -> None:
 
 
 class MalformedMessage(ValueError):
-    """A message that cannot be a DNS query."""
+    """A message that cannot be a DNS query, or a TCP stream that does not frame DNS messages."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +339,45 @@ def random_address(qtype: int, rng: random.Random) -> bytes:
     return bytes([rng.randrange(0x20, 0x40)]) + rng.randbytes(15)
 
 
+class FrameBuffer:
+    """DNS messages out of a TCP byte stream, each after its two-byte length (RFC 1035 4.2.2); no I/O.
+
+    Bytes go in with ``feed`` as they come; ``next_message`` hands out one whole message at a time, so
+    the caller decides when to take the next and the buffer never holds more than what was fed.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def __len__(self) -> int:
+        """Bytes fed and not yet handed out as a message."""
+        return len(self._data)
+
+    def feed(self, data: bytes) -> None:
+        self._data += data
+
+    def next_message(self) -> bytes | None:
+        """The next whole message, or None until more bytes come. MalformedMessage for a zero length: no DNS
+        message is empty, and nothing after it can be trusted to be framed."""
+        if len(self._data) < 2:
+            return None
+        length = self._data[0] << 8 | self._data[1]
+        if length == 0:
+            raise MalformedMessage("zero-length message on a TCP connection")
+        if len(self._data) < 2 + length:
+            return None
+        message = bytes(self._data[2:2 + length])
+        del self._data[:2 + length]
+        return message
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` with its TCP length prefix; ValueError when it is longer than a prefix can say."""
+    if len(message) > 0xFFFF:
+        raise ValueError(f"a DNS message of {len(message)} bytes does not fit TCP framing (65535 at most)")
+    return struct.pack("!H", len(message)) + message
+
+
 # --- the responder ------------------------------------------------------------------------------
 
 
@@ -352,10 +400,13 @@ class Responder:
     def __init__(self, config: Config, rng: random.Random | None = None) -> None:
         self.config = config
         self.rng = rng or random.Random()
-        self.counters = {"queries": 0, "faulted": 0, "forwarded": 0, "malformed": 0, "upstream_failures": 0}
+        self.counters = {"queries": 0, "faulted": 0, "forwarded": 0, "malformed": 0, "upstream_failures": 0,
+                         # Failures of the responder's own (a bug), counted and survived.
+                         "errors": 0}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending = 0  # forwarded UDP queries in flight
         self._connections = 0
+        self._errors_reported = 0
 
     def matches(self, name: str) -> bool:
         if not self.config.patterns:
@@ -416,6 +467,13 @@ class Responder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def failed(self, what: str, error: BaseException) -> None:
+        """A failure of the responder's own: counted and reported (a few times), never fatal."""
+        self.counters["errors"] += 1
+        if self._errors_reported < 10:  # a failure that repeats must not flood the daemon's log
+            self._errors_reported += 1
+            print(f"dns_responder: {what}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
     # UDP ------------------------------------------------------------------------------------
 
     def on_datagram(self, message: bytes, client: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
@@ -461,56 +519,72 @@ class Responder:
     # TCP ------------------------------------------------------------------------------------
 
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = asyncio.current_task()
-        if connection is not None:
-            self._tasks.add(connection)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         answering: set[asyncio.Task[None]] = set()
+        frames = FrameBuffer()
         self._connections += 1
         try:
             if self._connections > MAX_TCP_CONNECTIONS:
                 return  # overloaded: the client sees the connection close and retries
             while True:
                 try:
-                    message = await asyncio.wait_for(_read_message(reader), TCP_IDLE_TIMEOUT_S)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError):
-                    break
+                    message = frames.next_message()
+                except MalformedMessage:
+                    self.counters["queries"] += 1
+                    self.counters["malformed"] += 1
+                    break  # the framing is lost: nothing after can be read as messages
                 if message is None:
-                    break
+                    try:
+                        data = await asyncio.wait_for(reader.read(TCP_READ_SIZE), TCP_IDLE_TIMEOUT_S)
+                    except (OSError, TimeoutError):
+                        break
+                    if not data:
+                        if frames:  # the stream ended inside a message
+                            self.counters["queries"] += 1
+                            self.counters["malformed"] += 1
+                        break
+                    frames.feed(data)
+                    continue
                 # Each query on its own: a slow upstream answer does not hold up the next (RFC 7766 6.2.1.1).
-                task = asyncio.get_running_loop().create_task(self._answer_tcp(message, writer))
-                answering.add(task)
-                task.add_done_callback(answering.discard)
+                answer = asyncio.get_running_loop().create_task(self._answer_tcp(message, writer))
+                answering.add(answer)
+                answer.add_done_callback(answering.discard)
             if answering:  # the client may half-close right after its query: answer it still
                 await asyncio.wait(answering, timeout=self.config.timeout_s * len(self.config.upstreams) + 1)
         except asyncio.CancelledError:
             pass  # shutting down; ending normally keeps asyncio from logging the cancelled handler
         finally:
-            for task in answering:
-                task.cancel()
+            for answer in answering:
+                answer.cancel()
             writer.close()
             self._connections -= 1
-            if connection is not None:
-                self._tasks.discard(connection)
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _answer_tcp(self, message: bytes, writer: asyncio.StreamWriter) -> None:
         def send(reply: bytes) -> None:
             if not writer.is_closing():
-                writer.write(struct.pack("!H", len(reply)) + reply)
+                writer.write(frame(reply))
 
-        verdict = self.decide(message)
-        if isinstance(verdict, bytes):
-            send(verdict)
-        elif verdict is FORWARD:
-            if not await self._forward_tcp(message, send):
-                reply = self._upstream_failed(message)
-                if reply is not None:
-                    send(reply)
-        else:
-            writer.close()  # nothing sensible to say: end the connection
         try:
+            verdict = self.decide(message)
+            if isinstance(verdict, bytes):
+                send(verdict)
+            elif verdict is FORWARD:
+                if not await self._forward_tcp(message, send):
+                    reply = self._upstream_failed(message)
+                    if reply is not None:
+                        send(reply)
+            else:
+                writer.close()  # nothing sensible to say: end the connection
             await writer.drain()
         except OSError:
-            pass
+            pass  # the client is gone
+        except Exception as error:
+            # Raised out of a task it would only be logged when collected; the query gets no answer.
+            self.failed("answering over TCP", error)
 
     async def _forward_tcp(self, message: bytes, send: Callable[[bytes], None]) -> bool:
         """Relay over TCP; a zone transfer's answer spans several messages, all relayed."""
@@ -528,12 +602,17 @@ class Responder:
                     sock.close()
                     raise
                 reader, writer = await asyncio.open_connection(sock=sock)
-                writer.write(struct.pack("!H", len(message)) + message)
+                writer.write(frame(message))
                 await asyncio.wait_for(writer.drain(), timeout)
+                frames = FrameBuffer()
                 while True:
-                    reply = await asyncio.wait_for(_read_message(reader), timeout)
+                    reply = frames.next_message()
                     if reply is None:
-                        break
+                        data = await asyncio.wait_for(reader.read(TCP_READ_SIZE), timeout)
+                        if not data:
+                            break
+                        frames.feed(data)
+                        continue
                     send(reply)
                     if not relayed:  # counted now: a transfer's end may come much later
                         relayed = True
@@ -542,7 +621,7 @@ class Responder:
                         break
                 if relayed:
                     return True
-            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            except (OSError, TimeoutError, MalformedMessage):
                 if relayed:
                     return True  # a transfer that went quiet or was cut: what came is relayed
             finally:
@@ -555,20 +634,6 @@ class Responder:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
-
-
-async def _read_message(reader: asyncio.StreamReader) -> bytes | None:
-    """One length-prefixed message; None at a clean end of stream."""
-    try:
-        prefix = await reader.readexactly(2)
-    except asyncio.IncompleteReadError as error:
-        if not error.partial:
-            return None
-        raise
-    (length,) = struct.unpack("!H", prefix)
-    if length == 0:
-        return None
-    return await reader.readexactly(length)
 
 
 def _qtype(message: bytes) -> int | None:
@@ -591,8 +656,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        try:
             self.responder.on_datagram(data, addr, self.transport)
+        except Exception as error:
+            # Raised out of here, asyncio would close the socket: the fault would silently stop.
+            self.responder.failed("answering over UDP", error)
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error for an earlier reply: that client went away, nothing to do
