@@ -133,45 +133,41 @@ print(json.dumps({"sent": sent, "received": received, "closed_by_responder": clo
 # Opens CONNECTIONS connections to the responder and on each writes queries as DNS_TCP_FLOOD does, all at once,
 # for SECONDS; never reads. Reports what was written and how many connections the responder closed.
 DNS_TCP_CONNECTIONS = r'''
-import json, select, socket, struct, sys, time
+import json, selectors, socket, struct, sys, time
 port, name, connections, seconds = (json.loads(a) for a in sys.argv[1:5])
 labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
 message = struct.pack("!6H", 1, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!HH", 1, 1)
 chunk = (struct.pack("!H", len(message)) + message) * 512
-socks = []
+selector = selectors.DefaultSelector()
 for _ in range(connections):
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.setblocking(False)
-    socks.append(sock)
-sent, closed = 0, set()
+    selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+sent, closed = 0, 0
 end = time.monotonic() + seconds
-while time.monotonic() < end and len(closed) < len(socks):
-    open_socks = [s for s in socks if s not in closed]
-    readable, writable, _ = select.select(open_socks, open_socks, [], max(0.0, end - time.monotonic()))
-    for sock in readable:
+while time.monotonic() < end and selector.get_map():
+    for key, events in selector.select(max(0.0, end - time.monotonic())):
+        sock = key.fileobj
         try:
-            if not sock.recv(1 << 16):
-                closed.add(sock)
-        except OSError:
-            closed.add(sock)
-    for sock in writable:
-        if sock in closed:
-            continue
-        try:
-            sent += sock.send(chunk)
+            if events & selectors.EVENT_READ and not sock.recv(1 << 16):
+                raise ConnectionResetError
+            if events & selectors.EVENT_WRITE:
+                sent += sock.send(chunk)
         except BlockingIOError:
             pass
         except OSError:
-            closed.add(sock)
-for sock in socks:
-    sock.close()
-print(json.dumps({"sent": sent, "closed_by_responder": len(closed)}))
+            selector.unregister(sock)
+            sock.close()
+            closed += 1
+for key in list(selector.get_map().values()):
+    key.fileobj.close()
+print(json.dumps({"sent": sent, "closed_by_responder": closed}))
 '''
 
 # A DNS upstream on ADDRESS:53 that never answers: UDP queries are read and ignored, TCP connections accepted
 # and read until the other side closes. Reports the queries it got and the most TCP connections open at once.
 SILENT_UPSTREAM = r'''
-import json, select, socket, sys
+import json, selectors, socket, sys
 address = json.loads(sys.argv[1])
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.bind((address, 53))
@@ -179,28 +175,34 @@ tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 tcp.bind((address, 53))
 tcp.listen(4096)
+selector = selectors.DefaultSelector()  # epoll: more descriptors than select() takes
+for source in (sys.stdin, udp, tcp):
+    selector.register(source, selectors.EVENT_READ)
 print("ready", flush=True)
-connections, most, udp_queries, accepted = set(), 0, 0, 0
-while True:
-    readable, _, _ = select.select([0, udp, tcp, *connections], [], [])
-    if 0 in readable:
-        break
-    if udp in readable:
-        udp.recv(65535)
-        udp_queries += 1
-    if tcp in readable:
-        connection, _ = tcp.accept()
-        connections.add(connection)
-        accepted += 1
-        most = max(most, len(connections))
-    for connection in [c for c in readable if c in connections]:
-        try:
-            data = connection.recv(65535)
-        except OSError:
-            data = b""
-        if not data:
-            connections.discard(connection)
-            connection.close()
+connections, most, udp_queries, accepted, done = set(), 0, 0, 0, False
+while not done:
+    for key, _ in selector.select():
+        if key.fileobj is sys.stdin:
+            done = True
+        elif key.fileobj is udp:
+            udp.recv(65535)
+            udp_queries += 1
+        elif key.fileobj is tcp:
+            connection, _ = tcp.accept()
+            selector.register(connection, selectors.EVENT_READ)
+            connections.add(connection)
+            accepted += 1
+            most = max(most, len(connections))
+        else:
+            connection = key.fileobj
+            try:
+                data = connection.recv(65535)
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(connection)
+                connections.discard(connection)
+                connection.close()
 print(json.dumps({"udp_queries": udp_queries, "tcp_connections": accepted, "most_at_once": most}))
 '''
 
@@ -213,9 +215,10 @@ tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 tcp.bind((address, 53))
 tcp.listen(16)
-sent = []
+sent = []  # bytes written so far, one entry a connection
 def serve(connection):
-    total = 0
+    sent.append(0)
+    index, total = len(sent) - 1, 0
     try:
         prefix = connection.recv(2)
         query = b""
@@ -229,10 +232,10 @@ def serve(connection):
         while total < limit:
             connection.sendall(framed)
             total += len(framed)
+            sent[index] = total
     except OSError:
         pass
     finally:
-        sent.append(total)
         connection.close()
 def accept():
     while True:
