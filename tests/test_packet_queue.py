@@ -30,11 +30,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pytest_chaos_daemon.packet_queue import bound_queues, parse_args, queue_argv
+from pytest_chaos_daemon.packet_queue import MAX_HELD_BYTES, MAX_HELD_PACKETS, bound_queues, parse_args, queue_argv
 
 from tests.support import programs
-from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe
-from tests.support.programs import start_program, stop_program
+from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe, udp_send
+from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
 
 PROGRAM = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue"]
@@ -718,7 +718,7 @@ def test_resend_delays_like_holding_and_holds_what_it_cannot_resend(pair: Pair) 
     assert 29.5 <= rises[0] and percentile(rises, 90) <= 31.5 and rises[-1] <= 30 + CLIENT_SLACK_MS
 
 
-# --- hostile input, from a target on the network bed ---------------------------------------------
+# --- hostile input and floods, from a target on the network bed ---------------------------------------
 
 BED_PORT = 7011
 # The issue's packet: the version nibble says 6 (IHL 5), in 20 bytes, to be followed by the IPv4 destination.
@@ -772,3 +772,30 @@ def test_a_malformed_packet_from_a_target_is_counted_and_the_queue_serves_on(net
     assert min(after.rtts_ms) >= 29.9 and low <= after.lost <= high
     assert "IP version 6 in an IPv4 hook" in stderr
 
+
+def test_a_flood_through_resend_holds_no_more_than_the_bound(network_bed: NetworkBed) -> None:
+    """Resent packets were held without limit (100,000 of them took 168 MB): now at most MAX_HELD_PACKETS and
+    MAX_HELD_BYTES; beyond, packets are dropped and counted, as by a full netem queue."""
+    target, peer = network_bed.process(name="target"), network_bed.process(name="peer")
+    _queue_rule(target, peer, 1, BIT_A)
+    # Held past the flood's end: everything held stays until SIGTERM releases it.
+    program = start_program(target, "packet_queue", "--queue", "1", "--mark-bit", hex(BIT_A), "--delay-ms", "600000",
+                            "--resend")
+    idle = memory_kb(program.pid)["VmRSS"]
+    size = 1400  # UDP payload: 1428-byte packets
+    # In bursts the queue's socket buffer takes whole (fail-open would pass the rest untouched): every packet
+    # reaches the program, 40,000 of them, to hold 57 MB.
+    sent = sum(udp_send(target, peer.ip, BED_PORT, count=4000, interval_s=0, size=size) for _ in range(10))
+    time.sleep(1)  # the queue reads what the kernel still holds for it
+    peak = memory_kb(program.pid)["VmHWM"]
+    counters, _ = stop_program(program)
+    grown_mb = (peak - idle) / 1024
+    print(f"resend flood: {sent} sent of {size + 28} bytes, idle {idle / 1024:.1f} MB, peak {peak / 1024:.1f} MB "
+          f"(+{grown_mb:.1f}); {counters}")
+    held = counters["delayed"]  # none was released before SIGTERM
+    assert counters["overflowed"] > 0, "the flood did not reach the bound"
+    assert held + counters["overflowed"] == counters["seen"]  # each one held, or dropped at the bound
+    assert held <= MAX_HELD_PACKETS and held * (size + 28) <= MAX_HELD_BYTES
+    assert counters["resent"] == held and counters["errors"] == 0
+    # What it holds, and for each held packet a generous 1 KiB of bookkeeping, with 8 MiB to spare.
+    assert peak - idle <= (MAX_HELD_BYTES + MAX_HELD_PACKETS * 1024 + (8 << 20)) / 1024
