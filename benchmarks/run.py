@@ -29,8 +29,8 @@ if __package__ in (None, ""):  # run as a script: the repository root is the imp
 
 from benchmarks.report import Row, machine, table  # noqa: E402
 
-# In the order of the performance targets: per target, fan-out, selection, cluster, plugin, collection, memory,
-# the recoverable kinds, and netem against the packet queue.
+# In the order of the performance targets: per target, fan-out, selection, cluster, plugin, collection, memory
+# (the daemon's, then its in-namespace programs'), the recoverable kinds, and netem against the packet queue.
 BENCHMARKS = (
     "helloworld_latency",
     "fan_out",
@@ -39,6 +39,7 @@ BENCHMARKS = (
     "plugin_overhead",
     "collection_cost",
     "daemon_memory",
+    "program_memory",
     "lifecycle_latency",
     "netem_throughput",
 )

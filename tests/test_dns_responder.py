@@ -31,6 +31,13 @@ from pathlib import Path
 import pytest
 from pytest_chaos_daemon import dns_responder
 from pytest_chaos_daemon.dns_responder import (
+    MAX_PENDING,
+    MAX_PENDING_PER_CONNECTION,
+    MAX_TCP_CONNECTIONS,
+    TCP_RCVBUF,
+    TCP_READ_SIZE,
+    WRITE_HIGH_WATER,
+    WRITE_TIMEOUT_S,
     check_pattern,
     parse_upstream,
     pattern_matches,
@@ -39,6 +46,9 @@ from pytest_chaos_daemon.dns_responder import (
     responder_argv,
 )
 
+from tests.support import programs
+from tests.support.network_bed import NetTarget, NetworkBed
+from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
 
 A, AAAA, TXT = 1, 28, 16
@@ -46,6 +56,8 @@ SERVER_A = "10.9.9.9"
 SERVER_AAAA = "fd00:9::9"
 SERVER_TXT = "answered-by-the-upstream"
 MARK = 0x2000
+# The counters of load and of the responder's own failures, all 0 when neither happened.
+NO_TROUBLE = {"overloaded": 0, "connections_refused": 0, "slow_readers": 0, "errors": 0}
 
 # --- patterns -----------------------------------------------------------------------------------
 
@@ -249,7 +261,7 @@ def test_decide_without_network() -> None:
     assert isinstance(formerr, bytes) and struct.unpack_from("!HH", formerr) == (7, 0x8000 | 0x0100 | 0x0080 | 1)
     assert responder.decide(struct.pack("!6H", 7, 0x8000, 1, 0, 0, 0)) is None  # a response: never answered
     assert responder.counters == {"queries": 6, "faulted": 1, "forwarded": 0, "malformed": 3,
-                                  "upstream_failures": 0}
+                                  "upstream_failures": 0, **NO_TROUBLE}
 
 
 # --- end to end, between two namespaces ---------------------------------------------------------
@@ -706,7 +718,7 @@ def test_error_action_over_udp_and_tcp(dns_network: DnsNetwork, start_responder:
     assert seen == expected + [f"tcp example.org {AAAA}"]
     faulted = sum(1 for _, f in cases if f) + 1
     assert responder.stop() == {"queries": len(cases) + 2, "faulted": faulted, "forwarded": len(cases) + 2 - faulted,
-                                "malformed": 0, "upstream_failures": 0}
+                                "malformed": 0, "upstream_failures": 0, **NO_TROUBLE}
 
 
 @pytest.mark.parametrize("patterns", [[], ["*"]], ids=["no-pattern", "star"])
@@ -817,3 +829,83 @@ def test_queries_reach_the_server_again_after_recovery(dns_network: DnsNetwork,
     results = dns_network.ask(_q("after.example.com", A, "udp"), _q("after.example.com", AAAA, "tcp"))
     assert _server_answer(results[0], A) and _server_answer(results[1], AAAA)
     assert dns_network.server_saw(since) == [f"udp after.example.com {A}", f"tcp after.example.com {AAAA}"]
+
+
+# --- bounds, under floods from a target on the network bed ------------------------------------------------------
+
+FLOOD_NAME = "www.example.net"  # forwarded upstream: these responders fault fault.example.com only
+# A connection's buffers at most (the module's "Bounds"): the reader's own and one read into it, a read and one
+# message being received, replies waiting and one more: 256 KiB.
+CONNECTION_KB = (2 * TCP_READ_SIZE + 2 * TCP_RCVBUF + TCP_READ_SIZE + 65537 + WRITE_HIGH_WATER + 65537) // 1024
+QUERY_KB = 64  # a query in flight, generously: its task, its upstream connection and its buffers
+SLACK_KB = 8 << 10  # the interpreter's own allocations under load
+
+
+def _flood_responder(target: NetTarget, upstream: str) -> tuple[subprocess.Popen[str], int]:
+    """The responder in the target's namespace, upstream ``upstream`` (2 s each); no REDIRECT: the floods
+    connect to it on 127.0.0.1 themselves."""
+    port = random.randrange(20000, 60000)
+    argv = responder_argv(port, MARK, "error", ["fault.example.com"], [upstream])
+    return start_program(target, "dns_responder", *argv, "--timeout", "2"), port
+
+
+def test_pipelined_queries_wait_for_room_and_the_responder_stays_small(network_bed: NetworkBed) -> None:
+    """3.1 MB of queries pipelined on one connection to an upstream that never answers: the responder used
+    to read them all at once, a task each (170 MB). Now it takes 16 at a time from the connection, and the
+    rest wait, unread, in the client's socket."""
+    target, upstream = network_bed.process(name="target"), network_bed.process(name="upstream")
+    silent = programs.background(upstream, programs.SILENT_UPSTREAM, upstream.ip)
+    responder, port = _flood_responder(target, upstream.ip)
+    idle = memory_kb(responder.pid)["VmRSS"]
+    started = time.monotonic()
+    flood = programs.tool(target, programs.DNS_TCP_FLOOD, port, FLOOD_NAME, 3_100_000, 5.0)
+    peak = memory_kb(responder.pid)["VmHWM"]
+    counters, err = stop_program(responder)
+    took = time.monotonic() - started
+    seen = programs.finish(silent)
+    print(f"pipelined flood: {flood}; upstream {seen}; idle {idle / 1024:.1f} MB, peak {peak / 1024:.1f} MB "
+          f"in {took:.1f} s; {counters}")
+    assert 0 < seen["most_at_once"] <= MAX_PENDING_PER_CONNECTION
+    # Each query takes its 2 s at the silent upstream: a round of 16 every 2 s, one more round to spare.
+    assert counters["queries"] <= MAX_PENDING_PER_CONNECTION * (took / 2 + 2)
+    assert peak - idle <= CONNECTION_KB + MAX_PENDING_PER_CONNECTION * QUERY_KB + SLACK_KB and err == ""
+
+
+def test_connections_past_the_bound_are_refused_and_queries_in_flight_are_bounded(network_bed: NetworkBed) -> None:
+    target, upstream = network_bed.process(name="target"), network_bed.process(name="upstream")
+    silent = programs.background(upstream, programs.SILENT_UPSTREAM, upstream.ip)
+    responder, port = _flood_responder(target, upstream.ip)
+    idle = memory_kb(responder.pid)["VmRSS"]
+    extra = 44
+    flood = programs.tool(target, programs.DNS_TCP_CONNECTIONS, port, FLOOD_NAME, MAX_TCP_CONNECTIONS + extra, 4.0)
+    peak = memory_kb(responder.pid)["VmHWM"]
+    counters, err = stop_program(responder)
+    seen = programs.finish(silent)
+    print(f"{MAX_TCP_CONNECTIONS + extra} connections: {flood}; upstream {seen}; idle {idle / 1024:.1f} MB, peak "
+          f"{peak / 1024:.1f} MB; {counters}")
+    assert counters["connections_refused"] == flood["closed_by_responder"] == extra
+    # Many connections had queries out at once, never more than MAX_PENDING in all.
+    assert MAX_PENDING_PER_CONNECTION < seen["most_at_once"] <= MAX_PENDING
+    assert peak - idle <= MAX_TCP_CONNECTIONS * CONNECTION_KB + MAX_PENDING * QUERY_KB + SLACK_KB and err == ""
+
+
+def test_a_client_that_does_not_read_a_transfer_is_cut_off(network_bed: NetworkBed) -> None:
+    """A zone transfer relayed to a client that reads nothing: the responder used to write every message
+    the upstream sent into its own memory. Now each waits for the client to read; after WRITE_TIMEOUT_S
+    without reading the client is cut off and the transfer stops."""
+    target, upstream = network_bed.process(name="target"), network_bed.process(name="upstream")
+    server = programs.background(upstream, programs.ENDLESS_TRANSFER, upstream.ip, 256 << 20)
+    responder, port = _flood_responder(target, upstream.ip)
+    idle = memory_kb(responder.pid)["VmRSS"]
+    client = programs.tool(target, programs.UNREAD_TRANSFER, port, "example.com", WRITE_TIMEOUT_S + 5)
+    peak = memory_kb(responder.pid)["VmHWM"]
+    counters, err = stop_program(responder)
+    sent = sum(programs.finish(server)["sent"])
+    # What the upstream got out sits in the sockets' buffers (their largest sizes here), not in the responder.
+    with open("/proc/sys/net/ipv4/tcp_rmem") as rmem, open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
+        buffers = int(rmem.read().split()[2]) + int(wmem.read().split()[2])
+    print(f"unread transfer: {client}; upstream sent {sent / 2**20:.1f} MiB (socket buffers {buffers / 2**20:.0f} "
+          f"MiB); idle {idle / 1024:.1f} MB, peak {peak / 1024:.1f} MB; {counters}")
+    assert client["closed_by_responder"] and counters["slow_readers"] == 1
+    assert sent <= buffers + (1 << 20)
+    assert peak - idle <= 2 * CONNECTION_KB + QUERY_KB + SLACK_KB and err == ""  # the client's and the upstream's

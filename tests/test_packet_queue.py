@@ -30,8 +30,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pytest_chaos_daemon.packet_queue import bound_queues, parse_args, queue_argv
+from pytest_chaos_daemon.packet_queue import MAX_HELD_BYTES, MAX_HELD_PACKETS, bound_queues, parse_args, queue_argv
 
+from tests.support import programs
+from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe, udp_send
+from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
 
 PROGRAM = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue"]
@@ -713,3 +716,86 @@ def test_resend_delays_like_holding_and_holds_what_it_cannot_resend(pair: Pair) 
     assert small.answered == 100 and large.answered == 10
     assert counters["resent"] == 100 and counters["delayed"] == 110 and counters["errors"] == 0
     assert 29.5 <= rises[0] and percentile(rises, 90) <= 31.5 and rises[-1] <= 30 + CLIENT_SLACK_MS
+
+
+# --- hostile input and floods, from a target on the network bed ---------------------------------------
+
+BED_PORT = 7011
+# The issue's packet: the version nibble says 6 (IHL 5), in 20 bytes, to be followed by the IPv4 destination.
+MALFORMED_HEAD = bytes([0x65]) + bytes(15)
+
+
+def _queue_rule(target: NetTarget, peer: NetTarget, queue: int, bit: int) -> None:
+    target.run("iptables", "-w", "-t", "mangle", "-A", "POSTROUTING", "-o", "eth0", "-d", peer.ip, "-m", "mark", "!",
+               "--mark", f"{bit:#x}/{bit:#x}", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass", check=True)
+
+
+def _rule_packets(target: NetTarget, comment: str) -> int:
+    out = target.run("iptables", "-w", "-t", "mangle", "-L", "POSTROUTING", "-n", "-v", "-x", check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if f"/* {comment} */" in line)
+
+
+def test_a_malformed_packet_from_a_target_is_counted_and_the_queue_serves_on(network_bed: NetworkBed) -> None:
+    """A target with CAP_NET_RAW sends, with IP_HDRINCL, a packet whose version nibble says 6 in 20 bytes.
+    Its copy used to end the program when resent (--resend, as the daemon runs an egress delay), after which
+    --queue-bypass let all traffic through unchanged. Now it is counted, passed on after its delay, and the
+    queue goes on delaying and dropping."""
+    target, peer = network_bed.process(name="target"), network_bed.process(name="peer")
+    udp_echo_server(peer, BED_PORT)
+    _queue_rule(target, peer, 1, BIT_A)
+    # After the queue's rule: counts the packets it let through (its bit set) whose first nibble is 6.
+    target.run("iptables", "-w", "-t", "mangle", "-A", "POSTROUTING", "-o", "eth0", "-d", peer.ip, "-m", "mark",
+               "--mark", f"{BIT_A:#x}/{BIT_A:#x}", "-m", "u32", "--u32", "0>>28=6", "-m", "comment", "--comment",
+               "version-6", check=True)
+    program = start_program(target, "packet_queue", "--queue", "1", "--mark-bit", hex(BIT_A), "--delay-ms", "30",
+                            "--resend", "--loss", "20", "--seed", "12")
+    before = udp_probe(target, peer.ip, BED_PORT, count=100, interval_s=0.005, wait_s=0.5)
+    malformed = (MALFORMED_HEAD + socket.inet_aton(peer.ip)).hex()
+    assert programs.tool(target, programs.RAW_SEND, [malformed] * 5, peer.ip) == {"sent": 5, "errors": []}
+    time.sleep(0.5)  # well past their 30 ms: when their copies would have been resent
+    alive = program.poll() is None
+    after = udp_probe(target, peer.ip, BED_PORT, count=100, interval_s=0.005, wait_s=0.5)
+    counters, stderr = stop_program(program) if alive else ({}, program.communicate(timeout=10)[1])
+    passed = _rule_packets(target, "version-6")
+    low, high = binomial_interval(100, 0.2)
+    print(f"malformed: alive {alive}; before {before.lost}/100 lost, min rtt {min(before.rtts_ms):.2f} ms; after "
+          f"{after.lost}/100 lost, min rtt {min(after.rtts_ms):.2f} ms; {passed} passed with version 6; {counters}; "
+          f"stderr {stderr.strip()}")
+    assert alive, stderr
+    # Every packet was seen; a malformed one not lost went through, after its delay, as it came.
+    assert counters["seen"] == 205 and counters["errors"] == 0
+    assert 1 <= counters["malformed"] <= 5 and passed == counters["malformed"]
+    assert counters["dropped"] == before.lost + after.lost + 5 - counters["malformed"]
+    assert counters["resent"] == before.received + after.received
+    assert counters["delayed"] == counters["resent"] + counters["malformed"]
+    # Still delaying (only the way out is delayed: a reply comes no sooner than 30 ms), still dropping.
+    assert min(after.rtts_ms) >= 29.9 and low <= after.lost <= high
+    assert "IP version 6 in an IPv4 hook" in stderr
+
+
+def test_a_flood_through_resend_holds_no_more_than_the_bound(network_bed: NetworkBed) -> None:
+    """Resent packets were held without limit (100,000 of them took 168 MB): now at most MAX_HELD_PACKETS and
+    MAX_HELD_BYTES; beyond, packets are dropped and counted, as by a full netem queue."""
+    target, peer = network_bed.process(name="target"), network_bed.process(name="peer")
+    _queue_rule(target, peer, 1, BIT_A)
+    # Held past the flood's end: everything held stays until SIGTERM releases it.
+    program = start_program(target, "packet_queue", "--queue", "1", "--mark-bit", hex(BIT_A), "--delay-ms", "600000",
+                            "--resend")
+    idle = memory_kb(program.pid)["VmRSS"]
+    size = 1400  # UDP payload: 1428-byte packets
+    # In bursts the queue's socket buffer takes whole (fail-open would pass the rest untouched): every packet
+    # reaches the program, 40,000 of them, to hold 57 MB.
+    sent = sum(udp_send(target, peer.ip, BED_PORT, count=4000, interval_s=0, size=size) for _ in range(10))
+    time.sleep(1)  # the queue reads what the kernel still holds for it
+    peak = memory_kb(program.pid)["VmHWM"]
+    counters, _ = stop_program(program)
+    grown_mb = (peak - idle) / 1024
+    print(f"resend flood: {sent} sent of {size + 28} bytes, idle {idle / 1024:.1f} MB, peak {peak / 1024:.1f} MB "
+          f"(+{grown_mb:.1f}); {counters}")
+    held = counters["delayed"]  # none was released before SIGTERM
+    assert counters["overflowed"] > 0, "the flood did not reach the bound"
+    assert held + counters["overflowed"] == counters["seen"]  # each one held, or dropped at the bound
+    assert held <= MAX_HELD_PACKETS and held * (size + 28) <= MAX_HELD_BYTES
+    assert counters["resent"] == held and counters["errors"] == 0
+    # What it holds, and for each held packet a generous 1 KiB of bookkeeping, with 8 MiB to spare.
+    assert peak - idle <= (MAX_HELD_BYTES + MAX_HELD_PACKETS * 1024 + (8 << 20)) / 1024

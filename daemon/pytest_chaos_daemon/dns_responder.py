@@ -18,12 +18,47 @@ Run as ``python3 -m pytest_chaos_daemon.dns_responder --help``. It prints
 ``ready`` once it listens and, on SIGTERM, one JSON line of counters.
 Importing the module has no side effects: the pattern, resolv.conf and
 command-line helpers are for the daemon too.
+
+Malformed input. The target, or anyone who reaches it, sends any bytes. A
+message that does not read as a query is counted (``malformed``) and answered
+FORMERR when its header can be answered, else dropped; a TCP stream that breaks
+its framing (a zero length, a message cut by the end of the stream) is counted
+and closed. The parsers raise nothing but MalformedMessage. Should answering a
+query fail all the same, it is counted in ``errors`` and reported on stderr: no
+input ends the program, which would end the fault.
+
+Bounds. At most MAX_TCP_CONNECTIONS (256) connections (more are closed at once,
+``connections_refused``). A connection has at most MAX_PENDING_PER_CONNECTION
+(16) queries read and not yet answered, and the responder at most MAX_PENDING
+(512) queries in flight, of MAX_PENDING_BYTES (4 MiB), over UDP and TCP. Past
+those a UDP query is dropped (``overloaded``; its client retries) and a TCP
+connection is not read until one of its queries is done, so a client that
+pipelines faster than it is answered waits in its own socket buffer. A reply,
+and each message of a zone transfer, is written once the client has read what
+waits beyond WRITE_HIGH_WATER (16 KiB); a client that has not for
+WRITE_TIMEOUT_S (10 s) is cut off (``slow_readers``; reset, so the kernel
+frees what waited too), and a transfer it asked for stops.
+
+So a connection holds at most about 256 KiB: the reader's buffer (twice
+TCP_READ_SIZE) and one read into it (at most the kernel's receive buffer,
+twice TCP_RCVBUF), a read and one message being received, replies past
+WRITE_HIGH_WATER and one message; 64 MiB over 256 connections at the very
+worst. A query in flight holds its message (MAX_PENDING_BYTES in all) and,
+relayed over TCP, an upstream connection with buffers of the same kinds.
+Measured (``python3 -m benchmarks.program_memory``, 2 cores; an upstream that
+never answers, 2 s a query): 3.1 MB of queries pipelined on one connection,
+peak RSS 22.8 MB from 22.6 MB idle, 16 queries out at once (before the bounds:
+49.6 MB, 3,592 at once, and growing with the flood); 300 connections
+pipelining for 5 s, 45.3 MB, 512 out at once, 44 refused (130.5 MB, 4,096);
+an endless zone transfer to a client that reads nothing, 22.8 MB, the client
+cut off after 10 s (275.1 MB when the upstream stopped at 256 MiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -33,7 +68,7 @@ import socket
 import string
 import struct
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from .api.contract import ASCII_LOWER, check_pattern
@@ -69,9 +104,22 @@ FLAG_RA = 0x0080
 FLAG_CD = 0x0010
 
 MAX_NAME_OCTETS = 255  # RFC 1035 2.3.4, on the wire
-MAX_PENDING = 512  # forwarded queries in flight; past it UDP queries are dropped (clients retry)
-MAX_TCP_CONNECTIONS = 256
+# What the responder holds (see "Bounds" above). Queries being answered or relayed, over UDP and TCP: past
+# either bound a UDP query is dropped (its client retries, as after a lost datagram) and a TCP connection is
+# not read until one finishes.
+MAX_PENDING = 512
+MAX_PENDING_BYTES = 4 << 20
+MAX_PENDING_PER_CONNECTION = 16  # read and not yet answered on one TCP connection; RFC 7766 6.2.1.1 pipelining
+MAX_TCP_CONNECTIONS = 256  # past it a new connection is closed at once (its client retries)
 TCP_IDLE_TIMEOUT_S = 10.0
+TCP_READ_SIZE = 16 << 10  # read from a connection at a time, and the reader's buffer limit (asyncio pauses at 2x)
+# A TCP connection's kernel receive buffer, a client's or an upstream's (the kernel doubles it for its
+# bookkeeping): what one of asyncio's reads can bring at most, and the window the peer is offered.
+TCP_RCVBUF = 32 << 10
+# Replies waiting for a client to read them: past this mark the next waits. A client that has not read them
+# for WRITE_TIMEOUT_S is cut off.
+WRITE_HIGH_WATER = 16 << 10
+WRITE_TIMEOUT_S = 10.0
 
 SO_MARK = getattr(socket, "SO_MARK", 36)  # 36 on Linux
 _PLAIN_LABEL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
@@ -196,7 +244,7 @@ def _check_mark(mark: int) -> None:
 
 
 class MalformedMessage(ValueError):
-    """A message that cannot be a DNS query."""
+    """A message that cannot be a DNS query, or a TCP stream that does not frame DNS messages."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +378,110 @@ def random_address(qtype: int, rng: random.Random) -> bytes:
     return bytes([rng.randrange(0x20, 0x40)]) + rng.randbytes(15)
 
 
+class FrameBuffer:
+    """DNS messages out of a TCP byte stream, each after its two-byte length (RFC 1035 4.2.2); no I/O.
+
+    Bytes go in with ``feed`` as they come; ``next_message`` hands out one whole message at a time, so
+    the caller decides when to take the next and the buffer never holds more than what was fed.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def __len__(self) -> int:
+        """Bytes fed and not yet handed out as a message."""
+        return len(self._data)
+
+    def feed(self, data: bytes) -> None:
+        self._data += data
+
+    def next_message(self) -> bytes | None:
+        """The next whole message, or None until more bytes come. MalformedMessage for a zero length: no DNS
+        message is empty, and nothing after it can be trusted to be framed."""
+        if len(self._data) < 2:
+            return None
+        length = self._data[0] << 8 | self._data[1]
+        if length == 0:
+            raise MalformedMessage("zero-length message on a TCP connection")
+        if len(self._data) < 2 + length:
+            return None
+        message = bytes(self._data[2:2 + length])
+        del self._data[:2 + length]
+        return message
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` with its TCP length prefix; ValueError when it is longer than a prefix can say."""
+    if len(message) > 0xFFFF:
+        raise ValueError(f"a DNS message of {len(message)} bytes does not fit TCP framing (65535 at most)")
+    return struct.pack("!H", len(message)) + message
+
+
 # --- the responder ------------------------------------------------------------------------------
+
+
+class Budget:
+    """Queries held at once, by count and by bytes. UDP takes room or drops the query; TCP waits for room."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = size
+        self.used_count = 0
+        self.used_bytes = 0
+        self._freed = asyncio.Event()
+
+    def try_take(self, size: int) -> bool:
+        if self.used_count >= self.count or self.used_bytes + size > self.size:
+            return False
+        self.used_count += 1
+        self.used_bytes += size
+        return True
+
+    async def take(self, size: int) -> None:
+        while not self.try_take(size):
+            self._freed.clear()
+            await self._freed.wait()
+
+    def give(self, size: int) -> None:
+        self.used_count -= 1
+        self.used_bytes -= size
+        self._freed.set()
+
+
+class Connection:
+    """One client's TCP connection: its replies go out one at a time, each drained with a bound."""
+
+    def __init__(self, writer: asyncio.StreamWriter, counters: dict[str, int]) -> None:
+        self.writer = writer
+        self.counters = counters
+        self.slots = asyncio.Semaphore(MAX_PENDING_PER_CONNECTION)
+        self._lock = asyncio.Lock()
+
+    async def send(self, message: bytes) -> bool:
+        """Write one message and wait until the client has read enough of what waits; False when the
+        connection is gone, or cut off because the client did not read for WRITE_TIMEOUT_S."""
+        async with self._lock:  # one message at a time past the high water mark, not one per query
+            if self.writer.is_closing():
+                return False
+            self.writer.write(frame(message))
+            try:
+                await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
+            except TimeoutError:
+                self.counters["slow_readers"] += 1
+                self.reset()
+                return False
+            except OSError:
+                return False
+        return True
+
+    def reset(self) -> None:
+        """Drop the connection, and what waits for the client in the kernel too: a reset, where a close would
+        go on sending the unread bytes first."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,10 +503,15 @@ class Responder:
     def __init__(self, config: Config, rng: random.Random | None = None) -> None:
         self.config = config
         self.rng = rng or random.Random()
-        self.counters = {"queries": 0, "faulted": 0, "forwarded": 0, "malformed": 0, "upstream_failures": 0}
+        self.counters = {"queries": 0, "faulted": 0, "forwarded": 0, "malformed": 0, "upstream_failures": 0,
+                         # Beyond the answers: UDP queries dropped for want of room (MAX_PENDING,
+                         # MAX_PENDING_BYTES), connections closed at once (MAX_TCP_CONNECTIONS) or cut off
+                         # for not reading (WRITE_TIMEOUT_S), and failures of the responder's own (a bug).
+                         "overloaded": 0, "connections_refused": 0, "slow_readers": 0, "errors": 0}
+        self.budget = Budget(MAX_PENDING, MAX_PENDING_BYTES)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending = 0  # forwarded UDP queries in flight
         self._connections = 0
+        self._errors_reported = 0
 
     def matches(self, name: str) -> bool:
         if not self.config.patterns:
@@ -416,6 +572,13 @@ class Responder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def failed(self, what: str, error: BaseException) -> None:
+        """A failure of the responder's own: counted and reported (a few times), never fatal."""
+        self.counters["errors"] += 1
+        if self._errors_reported < 10:  # a failure that repeats must not flood the daemon's log
+            self._errors_reported += 1
+            print(f"dns_responder: {what}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
     # UDP ------------------------------------------------------------------------------------
 
     def on_datagram(self, message: bytes, client: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
@@ -423,16 +586,16 @@ class Responder:
         if isinstance(verdict, bytes):
             transport.sendto(verdict, client)
         elif verdict is FORWARD:
-            if self._pending >= MAX_PENDING:
+            if not self.budget.try_take(len(message)):
+                self.counters["overloaded"] += 1
                 return  # overloaded: the client retransmits, as after a lost datagram
-            self._pending += 1
             self._spawn(self._relay_udp(message, client, transport))
 
     async def _relay_udp(self, message: bytes, client: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
         try:
             reply = await self._forward_udp(message)
         finally:
-            self._pending -= 1
+            self.budget.give(len(message))
         if reply is None:
             reply = self._upstream_failed(message)
         else:
@@ -461,59 +624,83 @@ class Responder:
     # TCP ------------------------------------------------------------------------------------
 
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = asyncio.current_task()
-        if connection is not None:
-            self._tasks.add(connection)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         answering: set[asyncio.Task[None]] = set()
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        connection = Connection(writer, self.counters)
+        frames = FrameBuffer()
         self._connections += 1
         try:
             if self._connections > MAX_TCP_CONNECTIONS:
+                self.counters["connections_refused"] += 1
                 return  # overloaded: the client sees the connection close and retries
             while True:
                 try:
-                    message = await asyncio.wait_for(_read_message(reader), TCP_IDLE_TIMEOUT_S)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError):
-                    break
+                    message = frames.next_message()
+                except MalformedMessage:
+                    self.counters["queries"] += 1
+                    self.counters["malformed"] += 1
+                    break  # the framing is lost: nothing after can be read as messages
                 if message is None:
-                    break
+                    try:
+                        data = await asyncio.wait_for(reader.read(TCP_READ_SIZE), TCP_IDLE_TIMEOUT_S)
+                    except (OSError, TimeoutError):
+                        break
+                    if not data:
+                        if frames:  # the stream ended inside a message
+                            self.counters["queries"] += 1
+                            self.counters["malformed"] += 1
+                        break
+                    frames.feed(data)
+                    continue
+                # Room on this connection, then in all, before the next query is taken: a client that
+                # pipelines faster than its queries are answered waits, in its own socket buffers.
+                await connection.slots.acquire()
+                try:
+                    await self.budget.take(len(message))
+                except BaseException:
+                    connection.slots.release()
+                    raise
                 # Each query on its own: a slow upstream answer does not hold up the next (RFC 7766 6.2.1.1).
-                task = asyncio.get_running_loop().create_task(self._answer_tcp(message, writer))
-                answering.add(task)
-                task.add_done_callback(answering.discard)
+                answer = asyncio.get_running_loop().create_task(self._answer_tcp(message, connection))
+                answering.add(answer)
+                answer.add_done_callback(answering.discard)
             if answering:  # the client may half-close right after its query: answer it still
                 await asyncio.wait(answering, timeout=self.config.timeout_s * len(self.config.upstreams) + 1)
         except asyncio.CancelledError:
             pass  # shutting down; ending normally keeps asyncio from logging the cancelled handler
         finally:
-            for task in answering:
-                task.cancel()
+            for answer in answering:
+                answer.cancel()
             writer.close()
             self._connections -= 1
-            if connection is not None:
-                self._tasks.discard(connection)
+            if task is not None:
+                self._tasks.discard(task)
 
-    async def _answer_tcp(self, message: bytes, writer: asyncio.StreamWriter) -> None:
-        def send(reply: bytes) -> None:
-            if not writer.is_closing():
-                writer.write(struct.pack("!H", len(reply)) + reply)
-
-        verdict = self.decide(message)
-        if isinstance(verdict, bytes):
-            send(verdict)
-        elif verdict is FORWARD:
-            if not await self._forward_tcp(message, send):
-                reply = self._upstream_failed(message)
-                if reply is not None:
-                    send(reply)
-        else:
-            writer.close()  # nothing sensible to say: end the connection
+    async def _answer_tcp(self, message: bytes, connection: Connection) -> None:
         try:
-            await writer.drain()
-        except OSError:
-            pass
+            verdict = self.decide(message)
+            if isinstance(verdict, bytes):
+                await connection.send(verdict)
+            elif verdict is FORWARD:
+                if not await self._forward_tcp(message, connection.send):
+                    reply = self._upstream_failed(message)
+                    if reply is not None:
+                        await connection.send(reply)
+            else:
+                connection.writer.close()  # nothing sensible to say: end the connection
+        except Exception as error:
+            # Raised out of a task it would only be logged when collected; the query gets no answer.
+            self.failed("answering over TCP", error)
+        finally:
+            self.budget.give(len(message))
+            connection.slots.release()
 
-    async def _forward_tcp(self, message: bytes, send: Callable[[bytes], None]) -> bool:
-        """Relay over TCP; a zone transfer's answer spans several messages, all relayed."""
+    async def _forward_tcp(self, message: bytes, send: Callable[[bytes], Awaitable[bool]]) -> bool:
+        """Relay over TCP; a zone transfer's answer spans several messages, all relayed, each written only
+        once the client has read enough of the ones before (``send`` drains with a bound)."""
         loop = asyncio.get_running_loop()
         timeout = self.config.timeout_s
         transfer = _qtype(message) in (TYPE_AXFR, TYPE_IXFR)
@@ -523,26 +710,32 @@ class Responder:
             try:
                 sock = self._marked_socket(_family(host), socket.SOCK_STREAM)
                 try:
+                    # Small, as a client's: one read brings at most this much of a transfer the client is slow to take.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TCP_RCVBUF)
                     await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
                 except BaseException:
                     sock.close()
                     raise
-                reader, writer = await asyncio.open_connection(sock=sock)
-                writer.write(struct.pack("!H", len(message)) + message)
+                reader, writer = await asyncio.open_connection(sock=sock, limit=TCP_READ_SIZE)
+                writer.write(frame(message))
                 await asyncio.wait_for(writer.drain(), timeout)
+                frames = FrameBuffer()
                 while True:
-                    reply = await asyncio.wait_for(_read_message(reader), timeout)
+                    reply = frames.next_message()
                     if reply is None:
-                        break
-                    send(reply)
+                        data = await asyncio.wait_for(reader.read(TCP_READ_SIZE), timeout)
+                        if not data:
+                            break
+                        frames.feed(data)
+                        continue
                     if not relayed:  # counted now: a transfer's end may come much later
                         relayed = True
                         self.counters["forwarded"] += 1
-                    if not transfer:
-                        break
+                    if not await send(reply) or not transfer:
+                        break  # the client is gone or cut off, or the one answer is relayed
                 if relayed:
                     return True
-            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            except (OSError, TimeoutError, MalformedMessage):
                 if relayed:
                     return True  # a transfer that went quiet or was cut: what came is relayed
             finally:
@@ -555,20 +748,6 @@ class Responder:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
-
-
-async def _read_message(reader: asyncio.StreamReader) -> bytes | None:
-    """One length-prefixed message; None at a clean end of stream."""
-    try:
-        prefix = await reader.readexactly(2)
-    except asyncio.IncompleteReadError as error:
-        if not error.partial:
-            return None
-        raise
-    (length,) = struct.unpack("!H", prefix)
-    if length == 0:
-        return None
-    return await reader.readexactly(length)
 
 
 def _qtype(message: bytes) -> int | None:
@@ -591,8 +770,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        try:
             self.responder.on_datagram(data, addr, self.transport)
+        except Exception as error:
+            # Raised out of here, asyncio would close the socket: the fault would silently stop.
+            self.responder.failed("answering over UDP", error)
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error for an earlier reply: that client went away, nothing to do
@@ -608,7 +792,7 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: print("ready
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _UdpProtocol(responder), local_addr=(LISTEN_ADDRESS, config.port))
     try:
-        server = await asyncio.start_server(responder.serve_tcp, LISTEN_ADDRESS, config.port, reuse_address=True)
+        server = await asyncio.start_server(responder.serve_tcp, sock=_tcp_listener(config.port), limit=TCP_READ_SIZE)
     except BaseException:
         transport.close()
         raise
@@ -621,6 +805,21 @@ async def serve(config: Config, ready: Callable[[], None] = lambda: print("ready
         await responder.close()
         await server.wait_closed()
     return responder.counters
+
+
+def _tcp_listener(port: int) -> socket.socket:
+    """The listening socket; the connections it accepts inherit its small receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TCP_RCVBUF)  # before listen: in the first window too
+        sock.bind((LISTEN_ADDRESS, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 # --- command line -------------------------------------------------------------------------------
