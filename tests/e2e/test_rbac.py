@@ -22,8 +22,8 @@ RUNNER = "system:serviceaccount:chaos-testing:pytest-chaos-runner"
 def can(kube, verb: str, resource: str, namespace: str) -> bool:
     """``kubectl auth can-i`` as the runner account (it exits 1 for "no")."""
     scope = ["-n", namespace] if namespace else []
-    result = subprocess.run([kube.kubectl_path, f"--kubeconfig={kube.kubeconfig}", "auth", "can-i", verb, resource,
-                             *scope, f"--as={RUNNER}"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([kube.kubectl_path, f"--kubeconfig={kube.kubeconfig}", "auth", "can-i", verb,
+                             *resource.split(), *scope, f"--as={RUNNER}"], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() in ("yes", "no"), result.stderr
     return result.stdout.strip() == "yes"
 
@@ -33,7 +33,7 @@ def can(kube, verb: str, resource: str, namespace: str) -> bool:
     ("get", "secret/chaos-daemon-tls", "chaos-testing", False),  # the daemons' own key
     ("list", "secrets", "chaos-testing", False),
     ("get", "secret/chaos-daemon-client-tls", "default", False),
-    ("create", "pods/portforward", "chaos-testing", True),
+    ("create", "pods --subresource=portforward", "chaos-testing", True),
     ("list", "pods", "busybox", True),
     ("delete", "pods", "busybox", True),  # pod-kill
     ("create", "pods", "busybox", False),
@@ -63,7 +63,7 @@ def test_a_run_with_the_runner_accounts_token_alone_works(pytester, kube, worklo
             assert len(experiment.targets) == 2 and all(t.processes for t in experiment.targets)
     """)
     result = pytester.runpytest_subprocess("-p", "chaos", "--chaos-backend=kubernetes",
-                                           f"--chaos-kubeconfig={kubeconfig}", "--chaos-daemon-access=portforward")
+                                           f"--chaos-kubeconfig={kubeconfig}", "--chaos-daemon-access=port-forward")
     result.assert_outcomes(passed=1)
 
 
