@@ -14,8 +14,10 @@ run() {  # run NAME PYTEST_ARGS...: one pytest run; its JUnit XML and summary li
     name=$1
     shift
     started=$(date +%s)
-    python -m pytest -p no:cacheprovider -q -rfE --junitxml="results/$name.xml" "$@" || status=1
-    echo "vm lane: $name: exit $status after $(($(date +%s) - started)) s" >>"results/$name.summary"
+    python -m pytest -p no:cacheprovider -q -rfE --junitxml="results/$name.xml" "$@"
+    code=$?
+    [ $code -eq 0 ] || status=1
+    echo "vm lane: $name: exit $code after $(($(date +%s) - started)) s" >>"results/$name.summary"
 }
 
 echo "==> the guest: $(uname -r), cgroup: $(cat /sys/fs/cgroup/cgroup.controllers), containerd $(ctr version 2>/dev/null | awk '/Version/ {print $2; exit}')"
