@@ -53,7 +53,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The run fails if it left anything of its own behind (tests/support/leftovers.py)."""
+    """The run fails if it left anything of its own behind (tests/support/leftovers.py).
+
+    The sweep is machine-wide (every container in the tests' namespace, every orphan since the start): a
+    second run at once on one machine sets PYTEST_CHAOS_LEFTOVER_SWEEP=0 so it does not remove the first's."""
+    if os.environ.get("PYTEST_CHAOS_LEFTOVER_SWEEP") == "0":
+        return
     if os.geteuid() != 0 or hasattr(session.config, "workerinput") or _SESSION_START not in session.config.stash:
         return
     from tests.support.leftovers import leftovers

@@ -29,12 +29,12 @@ if __package__ in (None, ""):  # run as a script: the repository root is the imp
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpc  # noqa: E402
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb  # noqa: E402
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc  # noqa: E402
 
 from benchmarks.daemon_memory import Sampler, daemon_pid, mb, status_kb  # noqa: E402
 from benchmarks.plugin_overhead import started_daemon  # noqa: E402
 from benchmarks.report import Row, run_main  # noqa: E402
+from pytest_chaos.api.v1 import chaos_daemon_pb2 as pb  # noqa: E402
+from pytest_chaos.api.v1 import chaos_daemon_pb2_grpc as pb_grpc  # noqa: E402
 from tests.support.network_bed import NetworkBed  # noqa: E402
 
 TARGETS, QUICK_TARGETS = 40, 8

@@ -37,11 +37,11 @@ import time
 from collections.abc import Iterator
 
 import grpc
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
 from benchmarks.plugin_overhead import PidTarget, started_daemon
 from benchmarks.report import Row, run_main
+from pytest_chaos.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
 REQUESTS = 200
 TARGETS = 20

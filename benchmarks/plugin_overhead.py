@@ -71,13 +71,13 @@ def test_{n:04d}(stub):
     reply = stub.ExecHelloWorldChaos(request, timeout=60)
     assert "{command}" in [p.command for p in reply.processes]
 '''
-DIRECT_HEADER = "import uuid\n\nfrom pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb\n"
+DIRECT_HEADER = "import uuid\n\nfrom pytest_chaos.api.v1 import chaos_daemon_pb2 as pb\n"
 # One channel for the run, as the plugin keeps one client per daemon.
 DIRECT_CONFTEST = f'''import os
 
 import grpc
 import pytest
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from pytest_chaos.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
 """Regenerate the Python stubs from the .proto files in this directory.
 
 The .proto files are the source of truth; the generated modules are committed
-under daemon/pytest_chaos_daemon/ so that installing the package needs no
-protobuf compiler. Run after editing a .proto:
+(the plugin's API under pytest_chaos/api/, the container runtimes' under
+daemon/pytest_chaos_daemon/runtime_api/) so that installing needs no protobuf
+compiler. The daemon's package holds the API as a link to the plugin's (one
+source, two distributions), so a stub imports its siblings relatively. Run after
+editing a .proto:
 
     python proto/generate.py          # rewrite the committed stubs
     python proto/generate.py --check  # exit 1 if the committed stubs are stale
@@ -15,12 +18,22 @@ from __future__ import annotations
 import argparse
 import filecmp
 import pathlib
+import re
+import shutil
 import sys
 import tempfile
 
 PROTO_ROOT = pathlib.Path(__file__).resolve().parent
-OUTPUT_ROOT = PROTO_ROOT.parent / "daemon"
+REPO_ROOT = PROTO_ROOT.parent
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+# An absolute import of a sibling stub, as protoc writes it: made relative so the API package imports
+# the same as pytest_chaos.api (the plugin) and as pytest_chaos_daemon.api (the daemon's link to it).
+SIBLING_IMPORT = re.compile(r"^from pytest_chaos\.api\.v1 import (\w+_pb2) as", re.MULTILINE)
+
+
+def destination(rel: pathlib.Path) -> pathlib.Path:
+    """Where a generated file is committed: the daemon's own protos under daemon/, the shared API beside the plugin."""
+    return REPO_ROOT / "daemon" / rel if rel.parts[0] == "pytest_chaos_daemon" else REPO_ROOT / rel
 
 
 def proto_files() -> list[pathlib.Path]:
@@ -43,6 +56,8 @@ def generate(out_dir: pathlib.Path) -> None:
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {proto}")
+    for stub in out_dir.rglob("*_pb2*.py*"):
+        stub.write_text(SIBLING_IMPORT.sub(r"from . import \1 as", stub.read_text()))
 
 
 def generated_files(root: pathlib.Path) -> set[pathlib.Path]:
@@ -63,7 +78,7 @@ def stale_files() -> list[str]:
         generate(fresh_root)
         problems = []
         for rel in sorted(generated_files(fresh_root)):
-            committed = OUTPUT_ROOT / rel
+            committed = destination(rel)
             if not committed.exists():
                 problems.append(f"missing: {committed}")
             elif not filecmp.cmp(committed, fresh_root / rel, shallow=False):
@@ -84,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("stubs match the .proto files")
         return 0
-    generate(OUTPUT_ROOT)
-    for rel in sorted(generated_files(OUTPUT_ROOT)):
-        print(f"wrote {OUTPUT_ROOT / rel}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh_root = pathlib.Path(tmp)
+        generate(fresh_root)
+        for rel in sorted(generated_files(fresh_root)):
+            shutil.copyfile(fresh_root / rel, destination(rel))
+            print(f"wrote {destination(rel)}")
     return 0
 
 

@@ -21,8 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from .api.v1 import chaos_daemon_pb2 as pb
 from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
 from .errors import ChaosError
 from .transport import ClientTls, DaemonClient

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from .api.v1 import chaos_daemon_pb2 as pb
 from .model import Target
 
 _ENDED = {

@@ -16,8 +16,8 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
-from pytest_chaos_daemon.api.contract import CONTAINERD_SOCKET, DOCKER_SOCKET
 
+from .api.contract import CONTAINERD_SOCKET, DOCKER_SOCKET
 from .backends import BACKENDS, Backend
 from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
 from .backends.local import LocalBackend

@@ -6,8 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_chaos_daemon.api.contract import MAX_LEASE_S
-
+from .api.contract import MAX_LEASE_S
 from .backends import Backend
 from .errors import ChaosSpecError
 from .kinds import KINDS

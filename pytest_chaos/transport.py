@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME, grpc_target
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 
+from .api.contract import TLS_SERVER_NAME, grpc_target
+from .api.v1 import chaos_daemon_pb2 as pb
+from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .errors import ChaosError, DaemonUnreachable
 
 DEFAULT_RPC_TIMEOUT_S = 60.0  # as Chaos Mesh's controller allows each daemon call

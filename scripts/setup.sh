@@ -55,7 +55,8 @@ if ! command -v go >/dev/null; then
 fi
 
 step "Python package (editable, with test extras)"
-python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]'
+# Two distributions: the plugin (this directory) and the daemon (daemon/), both editable.
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]' -e ./daemon
 # The test cluster tool is a distribution of its own (cluster/): installed after, so an older pytest-chaos that
 # still shipped its console script cannot take the script away when pip replaces it.
 python3 -m pip install -q --disable-pip-version-check -e ./cluster

@@ -6,7 +6,7 @@
 #   sh scripts/vm-lane-guest.sh PYTEST_ARGS  # only these, with pod-placed daemons
 set -u
 pip install -q --disable-pip-version-check --no-deps --no-index wheels/*.whl || exit 1
-mkdir -p /var/cache/pytest-chaos/confine results && cp confine/* /var/cache/pytest-chaos/confine/
+mkdir -p results
 export CI=true  # no test may skip: a missing runtime is a failure
 status=0
 

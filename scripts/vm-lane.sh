@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The VM lane: a chosen part of the project's tests on a second platform, a VM booting Debian 12's stock
 # kernel (cgroup v2 only, netem as a module) with containerd 2.x (python3 -m pytest_chaos_cluster vm --help).
-# The project goes in as wheels built here, with the confine helper built here and the tests; the VM has no
+# The project goes in as its two wheels built here (the daemon's with the confine helper) and the tests; the VM has no
 # network. scripts/vm-lane-guest.sh runs in the guest; JUnit XML and the benchmark's figures come back in
 # the share. Exits non-zero when a test fails or the VM itself fails (no boot, a timeout, a kernel panic).
 #
@@ -22,9 +22,9 @@ mkdir -p "$share"
 [[ -n ${VM_LANE_KEEP:-} ]] || trap 'rm -rf "$share"' EXIT
 rm -rf "${share:?}"/*
 
-echo "==> the project's wheel and confine helper, built here"
-python3 -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$share/wheels" . >/dev/null
-mkdir -p "$share/confine" && cp "$(python3 -m pytest_chaos_daemon.confine)" "$share/confine/"
+echo "==> the project's two wheels (the daemon's carries the confine helper), built here"
+rm -rf build daemon/build  # setuptools reuses a build/ whatever it holds
+python3 -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$share/wheels" . ./daemon >/dev/null
 echo "==> the tests (tests/, benchmarks/, conftest.py, pyproject.toml) and the guest's script"
 tar -c --exclude=__pycache__ tests benchmarks conftest.py pyproject.toml scripts/vm-lane-guest.sh | tar -x -C "$share"
 

@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import confine, logs, netem, node
+from .api.version import VERSION
 from .injections import DEFAULT_LEASE_S
 from .journal import DEFAULT_STATE_DIR
 from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -106,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confine-helper", metavar="PATH",
-        help="the pytest-chaos-confine program that runs commands inside targets. Default: the build of this "
-        "version's source, made at first start if a C compiler is there (python3 -m pytest_chaos_daemon.confine)",
+        help="the pytest-chaos-confine program that runs commands inside targets. Default: the one built with "
+        "this wheel; in a source checkout, the build of this source (python3 -m pytest_chaos_daemon.confine)",
     )
     parser.add_argument(
         "--probe-tracking", choices=("auto", NAMED_V1, V2_SUBTREE), default="auto",

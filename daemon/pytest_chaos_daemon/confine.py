@@ -7,10 +7,11 @@ multi-threaded process cannot) and drop privileges before exec, in a process
 that never loads anything from the target's filesystem. Static, so it runs
 the same on every node.
 
-``python3 -m pytest_chaos_daemon.confine`` builds it (needs a C compiler and
-static libc: Debian's gcc and libc6-dev) and prints its path. The daemon
-looks for a build of the current source beside the source, then in the cache
-directory, and builds it there when it has a compiler.
+It is built when the wheel is built (daemon/setup.py) and shipped in it as
+``native/pytest-chaos-confine``: the daemon never compiles anything at run time.
+In a source checkout, ``python3 -m pytest_chaos_daemon.confine`` builds it
+beside the source, named by the source's digest (needs a C compiler and static
+libc: Debian's gcc and libc6-dev), and prints its path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).parent / "native" / "confine.c"
 NAME = "pytest-chaos-confine"
+PACKAGED = SOURCE.parent / NAME  # where the wheel carries it
 CACHE_DIR = Path("/var/cache/pytest-chaos/confine")
 COMPILE_FLAGS = ["-O2", "-static", "-Wall", "-Wextra", "-Werror"]
 
@@ -33,37 +35,45 @@ class HelperUnavailable(RuntimeError):
     """No build of the helper exists and none can be made here."""
 
 
-def _binary_name() -> str:
+def _source_build_name() -> str:
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
     return f"{NAME}-{digest}"
 
 
-def helper_path(build: bool = True) -> str:
-    """The helper built from the current source, building it if needed and allowed."""
-    name = _binary_name()
+def helper_path() -> str:
+    """The helper shipped in the wheel, or, in a source checkout, the build of the current source."""
+    if _is_executable(PACKAGED):
+        return str(PACKAGED)
+    if not SOURCE.is_file():
+        raise HelperUnavailable(
+            f"{PACKAGED} is missing: this pytest-chaos-daemon was installed without its helper; "
+            "reinstall the wheel built for this platform (Linux), or pass --confine-helper"
+        )
+    name = _source_build_name()
     for directory in (SOURCE.parent, CACHE_DIR):
-        candidate = directory / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    if not build:
-        raise HelperUnavailable(f"no build of {NAME} for this source in {SOURCE.parent} or {CACHE_DIR}")
-    return build_helper()
+        if _is_executable(directory / name):
+            return str(directory / name)
+    raise HelperUnavailable(
+        f"{NAME} is not built for this source: run `python3 -m pytest_chaos_daemon.confine` "
+        "(needs gcc and static libc: libc6-dev on Debian)"
+    )
 
 
-def build_helper(out_dir: Path | None = None) -> str:
-    """Compile the helper into ``out_dir`` (default: beside the source if writable, else the cache)."""
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def build_helper(target: Path) -> str:
+    """Compile the helper to ``target``: a static binary, or HelperUnavailable saying what is missing."""
+    if not sys.platform.startswith("linux"):
+        raise HelperUnavailable(f"{NAME} enters Linux namespaces and cgroups: it builds and runs on Linux only, "
+                                f"not on {sys.platform}")
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise HelperUnavailable(
-            f"{NAME} is not built and there is no C compiler: install gcc and libc6-dev, "
-            "then run `python3 -m pytest_chaos_daemon.confine`"
-        )
-    if out_dir is None:
-        out_dir = SOURCE.parent if os.access(SOURCE.parent, os.W_OK) else CACHE_DIR
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    target = out_dir / _binary_name()
+        raise HelperUnavailable(f"building {NAME} needs a C compiler and static libc: install gcc and libc6-dev")
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     # Compile to a temporary name, then rename: a concurrent start never runs half a file.
-    fd, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{NAME}-")
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{NAME}-")
     os.close(fd)
     try:
         result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", temporary, str(SOURCE)],
@@ -79,8 +89,15 @@ def build_helper(out_dir: Path | None = None) -> str:
 
 
 def main() -> int:
+    """Build the helper of this source checkout (once per source digest) and print its path."""
     try:
-        print(helper_path())
+        if not SOURCE.is_file():
+            print(helper_path())
+            return 0
+        target = SOURCE.parent / _source_build_name()
+        if not os.access(SOURCE.parent, os.W_OK):
+            target = CACHE_DIR / _source_build_name()
+        print(target if _is_executable(target) else build_helper(target))
     except HelperUnavailable as err:
         print(f"pytest_chaos_daemon.confine: {err}", file=sys.stderr)
         return 1

@@ -12,8 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
 from ..transport import ClientTls, DaemonClient

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from ..api.v1 import chaos_daemon_pb2 as pb
 from .applied import AppliedKind
 
 

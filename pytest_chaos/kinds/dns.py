@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_chaos_daemon.api.contract import check_pattern
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from ..api.contract import check_pattern
+from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosSpecError
 from .applied import AppliedKind
 

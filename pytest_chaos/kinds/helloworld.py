@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosSpecError
 from ..model import Process, Target
 from .base import InjectContext

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
-from pytest_chaos_daemon.api.contract import MAX_LATENCY_MS, MAX_RATE
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
+from ..api.contract import MAX_LATENCY_MS, MAX_RATE
+from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosError, ChaosSpecError
 from ..quantities import finite_float
 from .applied import AppliedKind

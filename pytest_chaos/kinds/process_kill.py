@@ -9,9 +9,8 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_chaos_daemon.api.contract import MAX_PROCESS_LEN, RE2_REFUSES, process_pattern
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from ..api.contract import MAX_PROCESS_LEN, RE2_REFUSES, process_pattern
+from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosSpecError
 from ..model import Target
 from .applied import AppliedKind

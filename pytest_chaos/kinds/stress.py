@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_chaos_daemon.api.contract import MAX_WORKERS, SIZE_FORMS, vm_bytes
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-
+from ..api.contract import MAX_WORKERS, SIZE_FORMS, vm_bytes
+from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosSpecError
 from .applied import AppliedKind
 

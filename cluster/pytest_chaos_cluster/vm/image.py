@@ -121,14 +121,16 @@ def containerd_binaries(layout: settings.Layout) -> Path:
 
 
 def requirements(repo: Path) -> tuple[str, ...]:
-    """The project's runtime dependencies and TEST_EXTRAS, as its pyproject.toml pins them."""
-    pyproject = repo / "pyproject.toml"
-    if not pyproject.is_file():
-        raise ClusterError(f"{pyproject} not found: pass --repo, a pytest-chaos checkout")
-    project = tomllib.loads(pyproject.read_text())["project"]
-    dev = project.get("optional-dependencies", {}).get("dev", [])
+    """The runtime dependencies of both distributions (the plugin's pyproject.toml, the daemon's
+    daemon/pyproject.toml) and TEST_EXTRAS, as they pin them."""
+    projects = []
+    for pyproject in (repo / "pyproject.toml", repo / "daemon" / "pyproject.toml"):
+        if not pyproject.is_file():
+            raise ClusterError(f"{pyproject} not found: pass --repo, a pytest-chaos checkout")
+        projects.append(tomllib.loads(pyproject.read_text())["project"])
+    dev = projects[0].get("optional-dependencies", {}).get("dev", [])
     extras = [r for r in dev if re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] in TEST_EXTRAS]
-    return (*project["dependencies"], *extras)
+    return tuple(dict.fromkeys([*projects[0]["dependencies"], *projects[1]["dependencies"], *extras]))
 
 
 def wheels(layout: settings.Layout, reqs: tuple[str, ...]) -> Path:

@@ -1,10 +1,12 @@
 """What the plugin and the daemon agree on, beside the messages themselves.
 
-The plugin imports from the daemon's package only the generated stubs
-(``v1/``) and this module: the TLS server name, address forms, the runtimes'
-default sockets, and the rules of request fields that the plugin checks at
-collection (so a bad marker fails before anything runs) and the daemon
-checks again (it trusts no client).
+The API package (the generated stubs in ``v1/`` and this module) ships with the
+plugin; the daemon's distribution carries the same files as
+``pytest_chaos_daemon.api``. This module holds the TLS server name, address
+forms, the runtimes' default sockets, and the rules of request fields that the
+plugin checks at collection (so a bad marker fails before anything runs) and
+the daemon checks again (it trusts no client). Standard library only: both
+sides import it.
 """
 
 from __future__ import annotations

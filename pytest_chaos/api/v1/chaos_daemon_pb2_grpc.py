@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2
+from . import chaos_daemon_pb2 as pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in pytest_chaos_daemon/api/v1/chaos_daemon_pb2_grpc.py depends on'
+        + ' but the generated code in pytest_chaos/api/v1/chaos_daemon_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class ChaosDaemonStub:
         """
         self.ExecHelloWorldChaos = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/ExecHelloWorldChaos',
-                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
-                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.FromString,
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.FromString,
                 _registered_method=True)
         self.Apply = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/Apply',
-                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.SerializeToString,
-                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.FromString,
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.FromString,
                 _registered_method=True)
         self.Recover = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/Recover',
-                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.SerializeToString,
-                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.FromString,
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.FromString,
                 _registered_method=True)
         self.Renew = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/Renew',
-                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.SerializeToString,
-                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.FromString,
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.FromString,
                 _registered_method=True)
         self.ListInjections = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/ListInjections',
-                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
-                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
                 _registered_method=True)
         self.ListContainers = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/ListContainers',
-                request_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.SerializeToString,
-                response_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.FromString,
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.FromString,
                 _registered_method=True)
 
 
@@ -129,33 +129,33 @@ def add_ChaosDaemonServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ExecHelloWorldChaos': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecHelloWorldChaos,
-                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.FromString,
-                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.SerializeToString,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.SerializeToString,
             ),
             'Apply': grpc.unary_unary_rpc_method_handler(
                     servicer.Apply,
-                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.FromString,
-                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.SerializeToString,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.SerializeToString,
             ),
             'Recover': grpc.unary_unary_rpc_method_handler(
                     servicer.Recover,
-                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.FromString,
-                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.SerializeToString,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.SerializeToString,
             ),
             'Renew': grpc.unary_unary_rpc_method_handler(
                     servicer.Renew,
-                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.FromString,
-                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.SerializeToString,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.SerializeToString,
             ),
             'ListInjections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInjections,
-                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.FromString,
-                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.SerializeToString,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.SerializeToString,
             ),
             'ListContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContainers,
-                    request_deserializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.FromString,
-                    response_serializer=pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.SerializeToString,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,8 +183,8 @@ class ChaosDaemon:
             request,
             target,
             '/pytest_chaos.daemon.v1.ChaosDaemon/ExecHelloWorldChaos',
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.FromString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,8 +210,8 @@ class ChaosDaemon:
             request,
             target,
             '/pytest_chaos.daemon.v1.ChaosDaemon/Apply',
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.SerializeToString,
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.FromString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ApplyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,8 +237,8 @@ class ChaosDaemon:
             request,
             target,
             '/pytest_chaos.daemon.v1.ChaosDaemon/Recover',
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.SerializeToString,
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.FromString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RecoverResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -264,8 +264,8 @@ class ChaosDaemon:
             request,
             target,
             '/pytest_chaos.daemon.v1.ChaosDaemon/Renew',
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.SerializeToString,
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.FromString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -291,8 +291,8 @@ class ChaosDaemon:
             request,
             target,
             '/pytest_chaos.daemon.v1.ChaosDaemon/ListInjections',
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListInjectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -318,8 +318,8 @@ class ChaosDaemon:
             request,
             target,
             '/pytest_chaos.daemon.v1.ChaosDaemon/ListContainers',
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.SerializeToString,
-            pytest__chaos__daemon_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.FromString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ListContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,
