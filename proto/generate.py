@@ -10,19 +10,30 @@ editing a .proto:
     python proto/generate.py          # rewrite the committed stubs
     python proto/generate.py --check  # exit 1 if the committed stubs are stale
 
-Needs the `dev` extra (grpcio-tools, pinned so the output is reproducible).
+The generator is pinned (GENERATOR), and old on purpose: its output runs on
+every runtime from the floors in pyproject.toml (protobuf 4.25.1, grpcio 1.62.0)
+to the newest; a newer generator's stubs refuse older runtimes. It needs a
+protobuf older than the one the project's environment may hold, so the script
+runs itself in a venv of its own (made once, under ~/.cache/pytest-chaos/, from
+PyPI) unless it already runs with that generator.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.metadata
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import venv
 
+GENERATOR_VERSION = "1.62.3"  # grpcio-tools; writes protobuf 4.25.1 gencode, gRPC stubs with no version check
+GENERATOR = f"grpcio-tools=={GENERATOR_VERSION}"
 PROTO_ROOT = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
@@ -86,7 +97,29 @@ def stale_files() -> list[str]:
         return problems
 
 
+def _generator_python() -> pathlib.Path:
+    """A python with GENERATOR installed: a venv of its own, made once."""
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    env = cache / "pytest-chaos" / f"proto-generator-{GENERATOR_VERSION}"
+    python = env / "bin" / "python"
+    if not python.exists():
+        print(f"generate.py: making a venv with {GENERATOR} in {env} (once) ...", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True, clear=True).create(env)
+        subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", GENERATOR], check=True)
+    return python
+
+
+def _runs_the_generator() -> bool:
+    try:
+        return importlib.metadata.version("grpcio-tools") == GENERATOR_VERSION
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not _runs_the_generator():
+        args = sys.argv[1:] if argv is None else argv
+        return subprocess.run([_generator_python(), __file__, *args]).returncode
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when stale")
     args = parser.parse_args(argv)

@@ -261,7 +261,8 @@ def _build_context(repo: Path, dest: Path) -> None:
                  if p.is_file() and ".git" not in p.parts]
     for name in names:
         src = repo / name
-        if not src.is_file() or "__pycache__" in src.parts:
+        # A link is copied as a link: the daemon's api/ links to the plugin's (both are in the context).
+        if not (src.is_file() or src.is_symlink()) or "__pycache__" in src.parts:
             continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)

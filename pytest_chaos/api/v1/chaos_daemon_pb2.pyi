@@ -1,13 +1,10 @@
-import datetime
-
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -28,7 +25,7 @@ class Injection(_message.Message):
     id: str
     lease: _duration_pb2.Duration
     owner: str
-    def __init__(self, id: _Optional[str] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., lease: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class InjectionStatus(_message.Message):
     __slots__ = ("injection_id", "container_id", "pid", "state", "expires_at", "kind", "applied_at", "ended_at", "detail", "owner", "mechanism", "cgroup")
@@ -72,7 +69,7 @@ class InjectionStatus(_message.Message):
     owner: str
     mechanism: str
     cgroup: str
-    def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., owner: _Optional[str] = ..., mechanism: _Optional[str] = ..., cgroup: _Optional[str] = ...) -> None: ...
+    def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., applied_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., owner: _Optional[str] = ..., mechanism: _Optional[str] = ..., cgroup: _Optional[str] = ...) -> None: ...
 
 class ContainerKill(_message.Message):
     __slots__ = ()
@@ -171,7 +168,7 @@ class NetworkDelay(_message.Message):
     jitter: _duration_pb2.Duration
     correlation: float
     reorder: NetworkDelay.Reorder
-    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., correlation: _Optional[float] = ..., reorder: _Optional[_Union[NetworkDelay.Reorder, _Mapping]] = ...) -> None: ...
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., latency: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., correlation: _Optional[float] = ..., reorder: _Optional[_Union[NetworkDelay.Reorder, _Mapping]] = ...) -> None: ...
 
 class NetworkDuplicate(_message.Message):
     __slots__ = ("scope", "duplicate", "correlation")
@@ -253,7 +250,7 @@ class ApplyRequest(_message.Message):
     network_corrupt: NetworkCorrupt
     network_bandwidth: NetworkBandwidth
     dns: Dns
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes")
@@ -281,7 +278,7 @@ class RenewRequest(_message.Message):
     LEASE_FIELD_NUMBER: _ClassVar[int]
     injection_ids: _containers.RepeatedScalarFieldContainer[str]
     lease: _duration_pb2.Duration
-    def __init__(self, injection_ids: _Optional[_Iterable[str]] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, injection_ids: _Optional[_Iterable[str]] = ..., lease: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RenewResponse(_message.Message):
     __slots__ = ("injections",)
@@ -293,7 +290,7 @@ class ListInjectionsRequest(_message.Message):
     __slots__ = ("include_ended",)
     INCLUDE_ENDED_FIELD_NUMBER: _ClassVar[int]
     include_ended: bool
-    def __init__(self, include_ended: _Optional[bool] = ...) -> None: ...
+    def __init__(self, include_ended: bool = ...) -> None: ...
 
 class ListInjectionsResponse(_message.Message):
     __slots__ = ("injections",)
@@ -340,7 +337,7 @@ class RuntimeListing(_message.Message):
     endpoint: str
     reachable: bool
     error: str
-    def __init__(self, runtime: _Optional[str] = ..., endpoint: _Optional[str] = ..., reachable: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, runtime: _Optional[str] = ..., endpoint: _Optional[str] = ..., reachable: bool = ..., error: _Optional[str] = ...) -> None: ...
 
 class ExecHelloWorldRequest(_message.Message):
     __slots__ = ("container_id", "injection", "source")
@@ -372,4 +369,4 @@ class ExecHelloWorldResponse(_message.Message):
     output: str
     processes: _containers.RepeatedCompositeFieldContainer[Process]
     truncated: bool
-    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., output: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., output: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., truncated: bool = ...) -> None: ...
