@@ -11,16 +11,15 @@ import ast
 import email.parser
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import venv
 import zipfile
 
 import pytest
 
 import pytest_chaos
 from pytest_chaos.api.version import VERSION
+from tests.support.wheels import build_wheels, fresh_venv
 
 ROOT = pathlib.Path(pytest_chaos.__file__).resolve().parent.parent
 PLUGIN_PACKAGE = ROOT / "pytest_chaos"
@@ -38,22 +37,7 @@ def imported_modules(path: pathlib.Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    out = tmp_path_factory.mktemp("wheels")
-    for project, package in ((ROOT, "pytest_chaos"), (ROOT / "daemon", "pytest_chaos_daemon")):
-        # From a copy of the project's files: setuptools reuses a build/ beside the sources, whatever it holds.
-        copy = tmp_path_factory.mktemp("source")
-        for name in ("pyproject.toml", "setup.py", "README.md"):
-            if (project / name).exists():
-                shutil.copy(project / name, copy / name)
-        shutil.copytree(project / package, copy / package, ignore=shutil.ignore_patterns(
-            "__pycache__", "pytest-chaos-confine*"))
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-                                "--no-build-isolation", "-w", str(out), str(copy)],
-                               capture_output=True, text=True, timeout=300)
-        assert built.returncode == 0, built.stderr
-    found = {w.name.split("-")[0]: w for w in out.glob("*.whl")}
-    assert set(found) == {"pytest_chaos", "pytest_chaos_daemon"}, found
-    return found
+    return build_wheels(tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("source"))
 
 
 def wheel_files(wheel: pathlib.Path) -> set[str]:
@@ -115,8 +99,7 @@ def test_the_distributions_dependencies(wheels):
 
 def test_installing_and_uninstalling_both_wheels_leaves_nothing(wheels, tmp_path):
     env = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False, system_site_packages=True).create(env)
-    python = env / "bin" / "python"
+    python = fresh_venv(env, system_site_packages=True)
     # The outer pip installs into the venv (--python): no network, no dependencies (the venv sees the system's).
     pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "-q"]
     site = pathlib.Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
