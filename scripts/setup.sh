@@ -29,6 +29,7 @@ LOG_DIR=/var/log/pytest-chaos
 CRICTL_VERSION=v1.34.0
 GRPCURL_VERSION=v1.9.4
 GRPC_HEALTH_PROBE_VERSION=v0.4.62
+ACTIONLINT_VERSION=v1.7.12
 mkdir -p "$LOG_DIR"
 export PATH="$PATH:/usr/local/go/bin"
 
@@ -76,6 +77,14 @@ fi
 if ! command -v grpc-health-probe >/dev/null; then
     step "grpc-health-probe $GRPC_HEALTH_PROBE_VERSION from the Go module proxy (README's health examples)"
     GOBIN=/usr/local/bin go install "github.com/grpc-ecosystem/grpc-health-probe@$GRPC_HEALTH_PROBE_VERSION"
+fi
+
+step "the docs site's tools (mkdocs, Material for MkDocs: the docs extra, pinned)"
+python3 -m pip install -q --disable-pip-version-check -e '.[docs]'
+
+if [[ $(actionlint -version 2>/dev/null | head -n 1) != "$ACTIONLINT_VERSION" ]]; then
+    step "actionlint $ACTIONLINT_VERSION from the Go module proxy (checks docs/ci/github-actions.yml)"
+    GOBIN=/usr/local/bin go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
 fi
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...

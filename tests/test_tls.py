@@ -33,7 +33,8 @@ from pytest_chaos.errors import ChaosError
 from pytest_chaos.transport import ClientTls, DaemonClient
 from tests.support.targets import require
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+# The page of the docs that shows how to talk to a daemon by hand (it was the README's section).
+README = pathlib.Path(__file__).resolve().parents[1] / "docs" / "deploying.md"
 
 
 def free_port() -> int:
@@ -361,14 +362,14 @@ def test_chaos_daemon_insecure_ini_value_yes_allows_plaintext_tcp(insecure_daemo
     result.assert_outcomes(passed=1)
 
 
-# --- the README's grpcurl and grpc-health-probe commands, run as written ------------------------
+# --- the docs' grpcurl and grpc-health-probe commands (docs/deploying.md), run as written ------------------------
 
 def readme_command(tool: str, wanted: str) -> str:
     """The one command of the README's ``sh`` blocks that runs ``tool`` and contains ``wanted``."""
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     found = [line for line in lines if line.split(" ", 1)[0] == tool and wanted in line]
-    assert len(found) == 1, f"README: {len(found)} {tool} commands with {wanted!r}"
+    assert len(found) == 1, f"{README.name}: {len(found)} {tool} commands with {wanted!r}"
     return found[0]
 
 
