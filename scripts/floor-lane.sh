@@ -13,11 +13,10 @@ venv=${FLOOR_LANE_VENV:-/var/cache/pytest-chaos/floor-venv}
 constraints=$(mktemp /tmp/pytest-chaos-floors.XXXXXX)
 trap 'rm -f "$constraints"' EXIT
 
-# name==floor for every ">=" of both distributions' dependencies and the kubernetes extra, and pluggy at
-# pytest's own floor for it (pytest 8.0.0 asks pluggy>=1.3.0).
+# name==floor for every ">=" of both distributions' dependencies and the kubernetes extra.
 python3 - "$constraints" <<'EOF'
 import re, sys, tomllib
-pins = {"pluggy": "1.3.0"}
+pins = {}
 for path in ("pyproject.toml", "daemon/pyproject.toml"):
     project = tomllib.load(open(path, "rb"))["project"]
     for dep in project["dependencies"] + project.get("optional-dependencies", {}).get("kubernetes", []):
