@@ -1,6 +1,6 @@
 """pytest-chaos: the chaos in force on the daemons you can reach, and recovering it now.
 
-    pytest-chaos status                              every daemon on this machine
+    pytest-chaos status                              every daemon on this machine: its version, what is in force
     pytest-chaos status --backend kubernetes         every node's daemon in a cluster
     pytest-chaos recover --all                       recover everything in force
     pytest-chaos recover ID [ID ...]                 recover these injections
@@ -22,8 +22,10 @@ import sys
 from collections.abc import Sequence
 
 from .api.v1 import chaos_daemon_pb2 as pb
+from .api.version import VERSION
 from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
 from .errors import ChaosError
+from .handshake import DAEMON, HANDSHAKE_SINCE, DaemonInfo
 from .transport import ClientTls, DaemonClient
 
 DAEMON_MODULE = "pytest_chaos_daemon"
@@ -91,9 +93,11 @@ def status(args: argparse.Namespace) -> int:
                                           if args.backend == "local" else ""))
         return 0
     rows = [("DAEMON", "INJECTION", "KIND", "TARGET", "STATE", "APPLIED", "EXPIRES", "OWNER")]
+    described: list[str] = []
     unreachable = 0
     for where, client in daemons:
         try:
+            described.append(f"{where}: {_describe(client)}")
             injections = client.list_injections(include_ended=args.ended)
         except ChaosError as err:
             print(f"{where}: {err}", file=sys.stderr)
@@ -104,6 +108,8 @@ def status(args: argparse.Namespace) -> int:
         for status_ in injections:
             rows.append((where, status_.injection_id, status_.kind, status_.container_id, STATES[status_.state],
                          _when(status_.applied_at), _when(status_.expires_at), status_.owner))
+    for line in described:  # each daemon's version and node, above what it holds
+        print(line)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
@@ -111,6 +117,14 @@ def status(args: argparse.Namespace) -> int:
     print(f"{live} injection(s) in force on {len(daemons) - unreachable} daemon(s)"
           + (f"; {unreachable} daemon(s) unreachable" if unreachable else ""))
     return 1 if unreachable or (args.expect_none and live) else 0
+
+
+def _describe(client: DaemonClient) -> str:
+    """The daemon's version and node (GetInfo), or that it predates the handshake."""
+    reply = client.get_info()
+    if reply is None:
+        return f"{DAEMON} older than {HANDSHAKE_SINCE} (no GetInfo; upgrade it to {VERSION})"
+    return DaemonInfo.from_reply(client.address, reply).describe()
 
 
 def recover(args: argparse.Namespace) -> int:
@@ -145,6 +159,7 @@ def recover(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pytest-chaos", description=__doc__.split("\n\n")[0],
                                   epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     commands = top.add_subparsers(dest="command", required=True)
     for name, helptext in (("status", "list the injections the daemons hold"),
                            ("recover", "recover injections now")):

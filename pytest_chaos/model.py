@@ -37,6 +37,7 @@ class Target:
     detail: str = ""  # how it ended, or why it failed, as the daemon said
     mechanism: str = ""  # how the fault was made on the node ("cgroup v1 freezer", ...)
     cgroup: str = ""  # the node's cgroup layout, as its daemon said: "cgroup v2", "cgroup v1 (hybrid)", ...
+    daemon_version: str = ""  # "pytest-chaos-daemon 0.2.0", from the handshake with its daemon
 
     def describe(self) -> str:
         """``ns/pod/container on node (id, host pid N)``, ``name (id, ...)`` or ``id (host pid N)``; the pid
@@ -112,4 +113,6 @@ class Experiment:
         line = f"{line} ({self.detail})" if self.detail else line
         mechanisms = sorted({f"{t.mechanism} ({t.cgroup})" if t.cgroup else t.mechanism
                              for t in self.targets if t.mechanism})
-        return f"{line}; mechanism: {', '.join(mechanisms)}" if mechanisms else line
+        line = f"{line}; mechanism: {', '.join(mechanisms)}" if mechanisms else line
+        daemons = sorted({t.daemon_version for t in self.targets if t.daemon_version})
+        return f"{line}; daemon: {', '.join(daemons)}" if daemons else line

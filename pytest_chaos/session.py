@@ -18,6 +18,7 @@ from typing import Any
 
 from .backends import Backend
 from .errors import ChaosError, ChaosSpecError, DaemonUnreachable
+from .handshake import Handshakes
 from .kinds import KINDS, InjectContext
 from .leases import LeaseKeeper
 from .manifests import manifest_specs
@@ -41,6 +42,7 @@ class ChaosSession:
         self.rpc_timeout_s = rpc_timeout_s
         self.experiments: list[tuple[str, Experiment]] = []  # (test id, experiment), in order
         self._clients: dict[str, DaemonClient] = {}
+        self.handshakes = Handshakes()  # each daemon's version and kinds, asked before the first Apply there
         self.leases = LeaseKeeper(self.client, lease_s, self.readdress)
         self._owner = f"pytest {os.getpid()}@{socket.gethostname()}"
         self._pool: ThreadPoolExecutor | None = None
@@ -134,7 +136,8 @@ class ChaosSession:
 
     def client(self, address: str) -> DaemonClient:
         if address not in self._clients:
-            self._clients[address] = DaemonClient(address, self.rpc_timeout_s, tls=self.backend.client_tls())
+            self._clients[address] = DaemonClient(address, self.rpc_timeout_s, tls=self.backend.client_tls(),
+                                                  preflight=self.handshakes.check)
         return self._clients[address]
 
     def close(self) -> None:
@@ -164,6 +167,8 @@ class ChaosSession:
             target.injection_id = uuid.uuid4().hex
             if kind.uses_daemon:
                 target.daemon = self.backend.daemon_address(target)
+        if kind.uses_daemon:
+            self._handshake(experiment.kind, [t.daemon for t in experiment.targets])
 
         def inject(target: Target) -> None:
             def context() -> InjectContext:
@@ -178,12 +183,24 @@ class ChaosSession:
                 if not kind.uses_daemon or not self.readdress([target]):
                     raise
                 kind.inject(context(), target, experiment.spec.params)
+            if (info := self.handshakes.known(target.daemon)) is not None:
+                target.daemon_version = info.name
 
         errors = self._each_target(experiment.targets, inject)
         if errors:
             if kind.recoverable:  # undo the targets that did get the fault
                 self._recover_targets([t for t in experiment.targets if t.state == "applied"])
-            raise ChaosError("; ".join(errors))
+            raise ChaosError("; ".join(dict.fromkeys(errors)))  # a daemon's refusal once, not once per target
+
+    def _handshake(self, kind: str, addresses: list[str]) -> None:
+        """Every daemon of the experiment is asked (once per session) before any target is touched: one that
+        predates the handshake or lacks the kind refuses the whole experiment. Its fields are checked per request
+        (``DaemonClient``'s preflight)."""
+        for address in dict.fromkeys(addresses):
+            try:
+                self.handshakes.check_kind(self.client(address), kind)
+            except DaemonUnreachable:
+                continue  # injecting looks the node's daemon up again, and asks the new one
 
     def _recover_targets(self, targets: list[Target]) -> None:
         """Recover through each target's daemon, one call per daemon; record how each ended."""

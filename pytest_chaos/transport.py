@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -16,6 +16,8 @@ from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .errors import ChaosError, DaemonUnreachable
 
 DEFAULT_RPC_TIMEOUT_S = 60.0  # as Chaos Mesh's controller allows each daemon call
+# Called with the client and each ApplyRequest before it is sent; raises ChaosError to refuse it (handshake.py).
+Preflight = Callable[["DaemonClient", pb.ApplyRequest], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +33,11 @@ class ClientTls:
 class DaemonClient:
     """One daemon's API, with errors turned into ``ChaosError`` naming the daemon."""
 
-    def __init__(self, address: str, timeout_s: float = DEFAULT_RPC_TIMEOUT_S, tls: ClientTls | None = None) -> None:
+    def __init__(self, address: str, timeout_s: float = DEFAULT_RPC_TIMEOUT_S, tls: ClientTls | None = None,
+                 preflight: Preflight | None = None) -> None:
         self.address = address
         self._timeout_s = timeout_s
+        self._preflight = preflight
         target = grpc_target(address)
         if tls:
             credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
@@ -54,6 +58,16 @@ class DaemonClient:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
+    def get_info(self) -> pb.GetInfoResponse | None:
+        """The daemon's version, kinds and node (GetInfo); None from a daemon that predates the call."""
+        try:
+            reply: pb.GetInfoResponse = self._stub.GetInfo(pb.GetInfoRequest(), timeout=self._timeout_s)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            self._raise(err, "GetInfo", "the daemon")
+        return reply
+
     def exec_hello_world(
         self, container_id: str, injection_id: str = "", source: pb.ProcessListSource = pb.PROCESS_LIST_SOURCE_PS
     ) -> pb.ExecHelloWorldResponse:
@@ -72,6 +86,8 @@ class DaemonClient:
         request = pb.ApplyRequest(container_id=container_id, injection=_injection(injection_id, lease_s, owner), **fault)
         if duration_s:
             request.duration.FromNanoseconds(int(duration_s * 1e9))
+        if self._preflight is not None:
+            self._preflight(self, request)
         reply: pb.ApplyResponse = self._call("Apply", self._stub.Apply, request, container_id)
         return reply
 
@@ -98,16 +114,19 @@ class DaemonClient:
         try:
             return method(request, timeout=self._timeout_s)
         except grpc.RpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (err.details() or "").lower():
-                raise DaemonUnreachable(
-                    f"chaos daemon unreachable at {self.address}: {err.details()} "
-                    "(is pytest-chaos-daemon running there? check --chaos-daemon)"
-                ) from None
-            raise ChaosError(
-                f"chaos daemon at {self.address}: {name} on {container_id} failed with "
-                f"{code.name if code else 'UNKNOWN'}: {err.details()}"
+            self._raise(err, name, container_id)
+
+    def _raise(self, err: grpc.RpcError, name: str, container_id: str) -> NoReturn:
+        code = err.code()
+        if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (err.details() or "").lower():
+            raise DaemonUnreachable(
+                f"chaos daemon unreachable at {self.address}: {err.details()} "
+                "(is pytest-chaos-daemon running there? check --chaos-daemon)"
             ) from None
+        raise ChaosError(
+            f"chaos daemon at {self.address}: {name} on {container_id} failed with "
+            f"{code.name if code else 'UNKNOWN'}: {err.details()}"
+        ) from None
 
 
 def _injection(injection_id: str, lease_s: float, owner: str) -> pb.Injection:

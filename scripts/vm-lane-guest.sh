@@ -26,8 +26,9 @@ if [ $# -gt 0 ]; then
     exit $status
 fi
 
-# No Docker Engine and no CRI-O in the VM: their tests stay on the host's lanes.
-ONLY_HERE="not docker and not cri"
+# No Docker Engine and no CRI-O in the VM: their tests stay on the host's lanes; nor the repository's git
+# history (only tests/ is copied in): tests that extract an older daemon from it stay there too.
+ONLY_HERE="not docker and not cri and not git_history"
 
 echo "==> (b) each test's daemon placed as a DaemonSet pod on a cgroup v2 node (own cgroup, private cgroup namespace)"
 PYTEST_CHAOS_TEST_DAEMON_PLACEMENT=pod run pod-placed \

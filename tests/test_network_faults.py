@@ -465,7 +465,7 @@ def test_the_marker_applies_a_partition_and_the_report_names_peers_and_mechanism
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*chaos network-partition mode=one: 1 target [[]{target.container_id}[]] with 1 peer "
                                  f"[[]{peer.container_id}[]] recovered*mechanism: iptables DROP in the target's "
-                                 f"network namespace (cgroup v*)"])
+                                 f"network namespace (cgroup v*); daemon: pytest-chaos-daemon *"])
     assert snapshot(target) == before
     assert tcp_connects(target, peer.ip, PORT)
 

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_chaos.api.version import VERSION
 from tests.support.targets import wait_for
 
 pytestmark = pytest.mark.usefixtures("_root_only")
@@ -414,9 +415,9 @@ def test_report_and_junit_say_how_a_fault_that_stayed_ended(pytester, targets):
     result.stdout.fnmatch_lines(["*Captured chaos setup*", "*container-pause mode=one: 1 target*applied*",
                                  "*Captured chaos teardown*", "*container-pause mode=one: 1 target*recovered*"])
     properties = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
-    # The mechanism, and the node's cgroup layout as its daemon reports it.
-    assert re.search(r"recovered; mechanism: SIGSTOP to the process and its descendants \(cgroup v[12]( \(hybrid\))?\)$",
-                     properties["chaos[1]"]), properties["chaos[1]"]
+    # The mechanism, the node's cgroup layout as its daemon reports it, and the daemon's version (the handshake).
+    assert re.search(r"recovered; mechanism: SIGSTOP to the process and its descendants \(cgroup v[12]( \(hybrid\))?\); "
+                     rf"daemon: pytest-chaos-daemon {re.escape(VERSION)}$", properties["chaos[1]"]), properties["chaos[1]"]
     assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T"
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
+import tomllib
 from pathlib import Path
 
 from . import settings, vm
@@ -90,9 +92,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="etcd version to build/use (default: %(default)s)")
 
 
+def version() -> str:
+    """This distribution's version: installed, from its metadata; in a source checkout, from its pyproject.toml."""
+    try:
+        return importlib.metadata.version("pytest-chaos-cluster")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown (neither installed nor in its source tree)"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pytest_chaos_cluster", description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"pytest-chaos-cluster {version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{build,up,down,status,docker-runtime,vm}")
 
     b = sub.add_parser("build", help="build and cache the binaries and images",

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .api.contract import TLS_SERVER_NAME as SERVER_NAME
+from .api.version import VERSION
 
 CLIENT_NAME = "pytest-chaos-client"
 CA_NAME = "pytest-chaos CA"
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="directory to write the PEM files into, each mode 0600 (created mode 0700; "
                         "a symbolic link is refused)")

@@ -22,8 +22,7 @@ from typing import Any
 from . import journal as states
 from .api.v1 import chaos_daemon_pb2 as pb
 from .errors import DaemonError, FailedPrecondition
-from .faults.base import Fault, FaultContext
-from .faults.process_list import ProcessRow
+from .faults.base import Fault, FaultContext, Output
 from .journal import Journal, Record
 from .logs import log
 from .procfs import boot_id, instance_alive, instance_key
@@ -99,12 +98,12 @@ class Injections:
     async def apply(
         self, kind: str, container_id: str, target: HeldTarget, params: dict[str, Any],
         injection: pb.Injection, duration_s: float | None,
-    ) -> tuple[Record, list[ProcessRow]]:
+    ) -> tuple[Record, Output]:
         fault = self._faults[kind]
         existing = self._records.get(injection.id)
         if existing is not None:
             if existing.kind == kind and existing.container_id == container_id:
-                return existing, []  # a retried Apply: applied once
+                return existing, Output([])  # a retried Apply: applied once
             raise FailedPrecondition(f"injection id {injection.id} is already used for {existing.kind} on "
                                      f"{existing.container_id}")
         plan = await fault.plan(self._ctx, target, params)
@@ -122,7 +121,7 @@ class Injections:
             self._records[record.id] = record
             self._journal.write(record)
             try:
-                processes = await fault.apply(self._ctx, target, params, plan)
+                done = await fault.apply(self._ctx, target, params, plan)
             except BaseException as err:
                 await self._undo_partial(fault, record, err)
                 raise
@@ -134,7 +133,7 @@ class Injections:
         log(logging.INFO, "applied", injection_id=record.id, kind=kind, container_id=container_id, pid=target.pid,
             mechanism=record.mechanism, expires_at=record.expires_at, owner=record.owner)
         self._changed.set()
-        return record, processes
+        return record, done if isinstance(done, Output) else Output(done)
 
     async def recover(self, injection_id: str, detail_prefix: str = "", state: str = states.RECOVERED) -> Record | None:
         """Recover once; a second call returns how it ended. None for an unknown id."""

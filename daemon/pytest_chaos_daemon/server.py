@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from .api.contract import grpc_target
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .faults import FAULTS, FaultContext
+from .info import daemon_info
 from .injections import DEFAULT_LEASE_S, Injections
 from .interceptors import HandlerWrapping
 from .journal import DEFAULT_STATE_DIR, Journal
@@ -69,11 +71,11 @@ async def serve(
     # Injections of daemons that died are taken over before serving.
     netem = NetemSupport(children, network_emulation)
     emulation = await netem.describe()  # checked once, before serving, so the start line tells
-    injections = Injections(Journal(state_dir), FAULTS,
-                            FaultContext(runtimes, children, confiner, limits.exec_timeout_s, netem),
-                            default_lease_s, recover_on_exit)
+    ctx = FaultContext(runtimes, children, confiner, limits.exec_timeout_s, netem)
+    injections = Injections(Journal(state_dir), FAULTS, ctx, default_lease_s, recover_on_exit)
     await injections.start()
-    servicer = ChaosDaemonServicer(runtimes, confiner, limits, injections)
+    servicer = ChaosDaemonServicer(runtimes, confiner, limits, injections,
+                                   functools.partial(daemon_info, FAULTS, ctx, limits.allow_pid_targets))
     pb_grpc.add_ChaosDaemonServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # not in the health stubs
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

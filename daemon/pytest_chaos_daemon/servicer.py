@@ -29,7 +29,7 @@ from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from .faults import BY_FIELD
-from .faults.helloworld import exec_hello_world
+from .faults.helloworld import exec_hello_world, source_of
 from .injections import Injections
 from .interceptors import Context
 from .journal import Record
@@ -51,11 +51,6 @@ MAX_IDS_PER_CALL = 1000
 DEADLINE_MARGIN_S = 0.1
 Response = TypeVar("Response")
 _INJECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_SOURCES: dict[int, str] = {
-    pb.PROCESS_LIST_SOURCE_UNSPECIFIED: "ps",
-    pb.PROCESS_LIST_SOURCE_PS: "ps",
-    pb.PROCESS_LIST_SOURCE_PROC: "proc",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,17 +120,11 @@ def injection_status(record: Record | None, injection_id: str = "") -> pb.Inject
     return status
 
 
-def validate_source(source: int) -> str:
-    if source not in _SOURCES:
-        raise InvalidArgument(
-            f"source {source} is unknown; accepted: {', '.join(pb.ProcessListSource.keys())}"
-        )
-    return _SOURCES[source]
-
-
 class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
-    def __init__(self, runtimes: RuntimeRegistry, confiner: Confiner, limits: Limits, injections: Injections) -> None:
+    def __init__(self, runtimes: RuntimeRegistry, confiner: Confiner, limits: Limits, injections: Injections,
+                 info: Callable[[], Awaitable[pb.GetInfoResponse]]) -> None:
         self._runtimes = runtimes
+        self._info = info
         self._confiner = confiner
         self._limits = limits
         self._injections = injections
@@ -155,6 +144,13 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         for pool in self._lookup_pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
 
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.GetInfoResponse:
+        return await self._handle(_Call("GetInfo", request, context), self._get_info)
+
+    async def _get_info(self, call: _Call) -> pb.GetInfoResponse:
+        call.log_request()
+        return await self._info()
+
     async def ExecHelloWorldChaos(
         self, request: pb.ExecHelloWorldRequest, context: Context
     ) -> pb.ExecHelloWorldResponse:
@@ -164,7 +160,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         request: pb.ExecHelloWorldRequest = call.request
         validate_container_id(request.container_id)
         validate_injection(request.injection)
-        source = validate_source(request.source)
+        source = source_of(request.source)
         call.log_request(source=source)
         async with self._target(request.container_id, call.context) as target:
             listing = await exec_hello_world(self._confiner, target, source, self._limits.exec_timeout_s)
@@ -199,12 +195,14 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         duration_s = validate_duration(request.duration)
         call.log_request(kind=fault.kind)
         async with self._target(request.container_id, call.context) as target:
-            record, processes = await self._injections.apply(
+            record, output = await self._injections.apply(
                 fault.kind, request.container_id, target, params, request.injection, duration_s
             )
         return pb.ApplyResponse(
             status=injection_status(record),
-            processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in processes],
+            processes=[pb.Process(pid=row.pid, user=row.user, command=row.command) for row in output.processes],
+            output=output.text,
+            truncated=output.truncated,
         )
 
     async def Recover(self, request: pb.RecoverRequest, context: Context) -> pb.RecoverResponse:

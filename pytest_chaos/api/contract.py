@@ -125,3 +125,42 @@ def process_pattern(process: str) -> Any:
     except re2.error as err:
         reason = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else str(err)
         raise ValueError(reason) from None
+
+
+# --- the version handshake: the request fields each side knows ---------------------------------------
+# The daemon lists the fields of its own messages (GetInfo); the plugin lists those it set in a request and
+# refuses one the daemon would not read. Both name a nested message's fields as dotted paths, so a field added
+# deep inside (NetworkScope, NetworkDelay.Reorder) is caught too. Duck-typed protobuf: no import needed here.
+
+
+def _opaque(field: Any) -> bool:
+    """A field counted whole: a scalar, a map, or a well-known type (google.protobuf.Duration)."""
+    message = field.message_type
+    return message is None or message.GetOptions().map_entry or message.full_name.startswith("google.protobuf.")
+
+
+def field_paths(descriptor: Any, prefix: str = "", skip: frozenset[str] = frozenset()) -> list[str]:
+    """Every field of the message type ``descriptor`` (but ``skip``'s), a nested message's as dotted paths."""
+    paths: list[str] = []
+    for field in descriptor.fields:
+        if field.name in skip:
+            continue
+        path = f"{prefix}{field.name}"
+        paths.append(path)
+        if not _opaque(field) and field.message_type is not descriptor:  # a message holding itself: once
+            paths += field_paths(field.message_type, f"{path}.")
+    return paths
+
+
+def set_field_paths(message: Any, prefix: str = "", skip: frozenset[str] = frozenset()) -> list[str]:
+    """The fields set in ``message`` (but ``skip``'s), as ``field_paths`` names them."""
+    paths: list[str] = []
+    for field, value in message.ListFields():
+        if field.name in skip:
+            continue
+        path = f"{prefix}{field.name}"
+        paths.append(path)
+        if not _opaque(field):
+            for item in (value if field.is_repeated else [value]):
+                paths += [p for p in set_field_paths(item, f"{path}.") if p not in paths]
+    return paths

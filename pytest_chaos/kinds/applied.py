@@ -47,5 +47,6 @@ class AppliedKind:
         target.pid = reply.status.pid
         target.mechanism, target.cgroup = reply.status.mechanism, reply.status.cgroup
         target.detail = reply.status.detail
+        target.output = reply.output
         target.state = "applied"
         target.processes = [Process(p.pid, p.user, p.command) for p in reply.processes]

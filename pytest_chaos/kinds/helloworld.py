@@ -2,7 +2,9 @@
 
 ``source="ps"`` (the default) runs ``sh -c "ps aux"`` inside the target, as
 the target would; ``source="proc"`` has the daemon read the target's /proc,
-executing nothing, so it also works on distroless images.
+executing nothing, so it also works on distroless images. An ordinary
+one-shot kind of the daemon's ``Apply``: the listing comes back as the
+response's output and processes.
 """
 
 from __future__ import annotations
@@ -12,17 +14,15 @@ from typing import Any
 
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosSpecError
-from ..model import Process, Target
-from .base import InjectContext
+from .applied import AppliedKind
 
 SOURCES = {"ps": pb.PROCESS_LIST_SOURCE_PS, "proc": pb.PROCESS_LIST_SOURCE_PROC}
 
 
-class HelloWorld:
+class HelloWorld(AppliedKind):
     name = "helloworld"
+    field = "hello_world"
     recoverable = False
-    backends: tuple[str, ...] = ()
-    uses_daemon = True
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(params) - {"source"})
@@ -34,11 +34,5 @@ class HelloWorld:
             raise ChaosSpecError("source", f"must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
         return {"source": source}
 
-    def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
-        assert ctx.client is not None
-        reply = ctx.client.exec_hello_world(target.container_id, target.injection_id, SOURCES[params["source"]])
-        target.pid = reply.status.pid
-        target.mechanism, target.cgroup = reply.status.mechanism, reply.status.cgroup
-        target.output = reply.output
-        target.processes = [Process(p.pid, p.user, p.command) for p in reply.processes]
-        target.state = "applied"
+    def message(self, params: Mapping[str, Any]) -> pb.HelloWorld:
+        return pb.HelloWorld(source=SOURCES[params["source"]])

@@ -33,6 +33,15 @@ class FaultContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Output:
+    """What a fault's command printed, for ApplyResponse (HelloWorld's process list); most kinds print nothing."""
+
+    processes: list[ProcessRow]
+    text: str = ""
+    truncated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     undo: dict[str, Any]  # journaled before anything changes; all recovery gets
     mechanism: str  # how the fault is made here, for the user: "cgroup v1 freezer", "SIGSTOP", ...
@@ -51,8 +60,14 @@ class Fault(Protocol):
         """What recovery will need; changes nothing. Raises DaemonError when the fault cannot apply."""
         ...
 
-    async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
-        """Change the target; return the processes acted on (if the kind names them)."""
+    async def apply(
+        self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan
+    ) -> list[ProcessRow] | Output:
+        """Change the target; return the processes acted on (if the kind names them), or what it printed."""
+        ...
+
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        """Each way this daemon may make the kind on this node (GetInfo), as ``Plan.mechanism`` names them."""
         ...
 
     async def recover(self, ctx: FaultContext, record: Record) -> str:

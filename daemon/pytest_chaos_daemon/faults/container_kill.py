@@ -32,6 +32,9 @@ class ContainerKill(OneShot):
         runtime, _ = ctx.runtimes.split(target.description)
         return Plan({}, runtime.kill_mechanism)
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        return list(dict.fromkeys(runtime.kill_mechanism for runtime in ctx.runtimes.all().values()))
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         runtime, ref = ctx.runtimes.split(target.description)
         # Runtime clients block (gRPC, HTTP), each call bounded by its own timeout.

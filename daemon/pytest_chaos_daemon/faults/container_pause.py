@@ -73,6 +73,13 @@ class ContainerPause:
     async def resume(self, ctx: FaultContext, record: Record) -> None:
         """A frozen cgroup or a stopped process stays so without the daemon: nothing to put back."""
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        # The daemon's own cgroups stand for a container's: a v1 freezer hierarchy is preferred where mounted.
+        own = procfs.read_cgroups(os.getpid())
+        if any("freezer" in m.controllers for m in own):
+            return [FREEZER_V1, SIGSTOP]
+        return [FREEZER_V2, SIGSTOP] if any(m.v2 for m in own) else [SIGSTOP]
+
 
 def _freezer_plan(target: HeldTarget) -> Plan:
     memberships = procfs.read_cgroups(target.pid)

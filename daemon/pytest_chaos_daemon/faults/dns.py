@@ -61,6 +61,9 @@ class Dns(NetworkFault):
         return Plan({"netns": namespace.inode, "tag": rules.new_tag(), "mark": mark, "upstreams": upstreams,
                      "port": random.choice(PORTS), "cgroups": [ctx.confiner.new_cgroup(target)]}, MECHANISM)
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        return [MECHANISM]
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         undo = plan.undo
         with rules.target_namespace(target, None) as namespace:

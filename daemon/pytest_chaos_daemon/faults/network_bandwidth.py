@@ -55,6 +55,9 @@ class NetworkBandwidth(NetworkFault):
         undo = {"netns": namespace.inode, "tag": tag, **tc_shaping.undo_fields(tag, device, hooks)}
         return Plan(undo, tc_shaping.mechanism("tbf", hooks))
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        return [tc_shaping.mechanism("tbf", rules.HOOKS["both"])]
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         scope = await rules.resolve_scope(ctx, params)
         with rules.target_namespace(target, None) as namespace:

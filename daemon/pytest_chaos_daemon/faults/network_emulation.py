@@ -100,6 +100,16 @@ class NetworkEmulation(NetworkFault):
             undo.update(await emulation_queue.plan(ctx, namespace, hooks, target))
         return Plan(undo, f"{emulation_queue.MECHANISM} ({why_not_netem})")
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        """As ``plan`` chooses: netem where the kernel has it, the packet queue where it has not, or where a
+        device's qdisc is taken (unless the daemon was told netem only)."""
+        netem = tc_shaping.mechanism("netem", rules.HOOKS["both"])
+        if (missing := await ctx.netem.missing()) is not None:
+            return [] if ctx.netem.choice == NETEM else [f"{emulation_queue.MECHANISM} ({missing})"]
+        if ctx.netem.choice == NETEM:
+            return [netem]
+        return [netem, f"{emulation_queue.MECHANISM} (where the device's qdisc is taken)"]
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         scope = await rules.resolve_scope(ctx, params)
         with rules.target_namespace(target, None) as namespace:

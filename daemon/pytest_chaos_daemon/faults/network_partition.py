@@ -34,6 +34,9 @@ class NetworkPartition(NetworkFault):
         with rules.target_namespace(target, params["device"]) as namespace:
             return Plan({"netns": namespace.inode, "tag": rules.new_tag()}, MECHANISM)
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        return [MECHANISM]
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         scope = await rules.resolve_scope(ctx, params)
         action = "-j DROP" if scope.direction == "both" else "-m conntrack --ctdir ORIGINAL -j DROP"

@@ -75,6 +75,9 @@ class ProcessKill(OneShot):
         undo = {"processes": [[e.pid, e.stat.start_ticks, e.user, e.command] for e in matched]}
         return Plan(undo, f"{signal_name(params['signal'])} to the matching processes (pidfd)")
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        return ["the signal asked for (SIGKILL by default) to the matching processes (pidfd)"]
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         signalled = await target_files.run(lambda: _signal_each(target, plan.undo["processes"], params["signal"]),
                                            f"signalling the processes of target {target.description}")

@@ -85,6 +85,9 @@ class Stress:
         _check_temp_path()
         return Plan({"cgroup": ctx.confiner.new_cgroup(target), "tag": uuid.uuid4().hex}, MECHANISM)
 
+    async def mechanisms(self, ctx: FaultContext) -> list[str]:
+        return [MECHANISM]
+
     async def apply(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any], plan: Plan) -> list[ProcessRow]:
         await _start(ctx, target, params, plan.undo)
         return []

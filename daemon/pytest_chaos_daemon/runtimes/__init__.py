@@ -24,6 +24,10 @@ class RuntimeRegistry:
     def names(self) -> list[str]:
         return list(self._runtimes)
 
+    def all(self) -> dict[str, ContainerRuntime]:
+        """Every runtime, by name (containerd, docker, cri-o, pid)."""
+        return dict(self._runtimes)
+
     def listing(self) -> dict[str, ListingRuntime]:
         """The runtimes that can list their running containers, by name."""
         return {name: runtime for name, runtime in self._runtimes.items() if isinstance(runtime, ListingRuntime)}

@@ -71,6 +71,12 @@ class InjectionStatus(_message.Message):
     cgroup: str
     def __init__(self, injection_id: _Optional[str] = ..., container_id: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[InjectionStatus.State, str]] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., applied_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., owner: _Optional[str] = ..., mechanism: _Optional[str] = ..., cgroup: _Optional[str] = ...) -> None: ...
 
+class HelloWorld(_message.Message):
+    __slots__ = ("source",)
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    source: ProcessListSource
+    def __init__(self, source: _Optional[_Union[ProcessListSource, str]] = ...) -> None: ...
+
 class ContainerKill(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -221,7 +227,7 @@ class Dns(_message.Message):
     def __init__(self, action: _Optional[_Union[Dns.Action, str]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +242,7 @@ class ApplyRequest(_message.Message):
     NETWORK_CORRUPT_FIELD_NUMBER: _ClassVar[int]
     NETWORK_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
+    HELLO_WORLD_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
     duration: _duration_pb2.Duration
@@ -250,15 +257,20 @@ class ApplyRequest(_message.Message):
     network_corrupt: NetworkCorrupt
     network_bandwidth: NetworkBandwidth
     dns: Dns
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ...) -> None: ...
+    hello_world: HelloWorld
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("status", "processes")
+    __slots__ = ("status", "processes", "output", "truncated")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     status: InjectionStatus
     processes: _containers.RepeatedCompositeFieldContainer[Process]
-    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ...) -> None: ...
+    output: str
+    truncated: bool
+    def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., output: _Optional[str] = ..., truncated: bool = ...) -> None: ...
 
 class RecoverRequest(_message.Message):
     __slots__ = ("injection_ids",)
@@ -370,3 +382,43 @@ class ExecHelloWorldResponse(_message.Message):
     processes: _containers.RepeatedCompositeFieldContainer[Process]
     truncated: bool
     def __init__(self, status: _Optional[_Union[InjectionStatus, _Mapping]] = ..., output: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., truncated: bool = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KindInfo(_message.Message):
+    __slots__ = ("kind", "field", "fields", "mechanisms", "recoverable")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MECHANISMS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERABLE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    field: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    mechanisms: _containers.RepeatedScalarFieldContainer[str]
+    recoverable: bool
+    def __init__(self, kind: _Optional[str] = ..., field: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., mechanisms: _Optional[_Iterable[str]] = ..., recoverable: bool = ...) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("version", "kinds", "apply_fields", "runtimes", "cgroup", "netem", "netem_missing", "kernel", "pid_targets")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    NETEM_FIELD_NUMBER: _ClassVar[int]
+    NETEM_MISSING_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    PID_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    kinds: _containers.RepeatedCompositeFieldContainer[KindInfo]
+    apply_fields: _containers.RepeatedScalarFieldContainer[str]
+    runtimes: _containers.RepeatedCompositeFieldContainer[RuntimeListing]
+    cgroup: str
+    netem: bool
+    netem_missing: str
+    kernel: str
+    pid_targets: bool
+    def __init__(self, version: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[KindInfo, _Mapping]]] = ..., apply_fields: _Optional[_Iterable[str]] = ..., runtimes: _Optional[_Iterable[_Union[RuntimeListing, _Mapping]]] = ..., cgroup: _Optional[str] = ..., netem: bool = ..., netem_missing: _Optional[str] = ..., kernel: _Optional[str] = ..., pid_targets: bool = ...) -> None: ...

@@ -14,6 +14,11 @@ class ChaosDaemonStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.GetInfo = channel.unary_unary(
+                '/pytest_chaos.daemon.v1.ChaosDaemon/GetInfo',
+                request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.GetInfoResponse.FromString,
+                )
         self.ExecHelloWorldChaos = channel.unary_unary(
                 '/pytest_chaos.daemon.v1.ChaosDaemon/ExecHelloWorldChaos',
                 request_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.SerializeToString,
@@ -49,12 +54,24 @@ class ChaosDaemonStub(object):
 class ChaosDaemonServicer(object):
     """Missing associated documentation comment in .proto file."""
 
+    def GetInfo(self, request, context):
+        """What this daemon is and offers: its version, the fault kinds it applies
+        with the request fields each one reads, and what it found on its node.
+        A client asks first, so that a kind or a field this daemon does not know
+        is refused before anything is applied, not silently dropped. Daemons
+        before 0.2.0 answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExecHelloWorldChaos(self, request, context):
         """Lists the target's processes and returns the list. With source PS (the
         default) it runs `sh -c "ps aux"` inside the target: in all of its
         namespaces and cgroups, as its user, with at most its capabilities. With
         source PROC the daemon reads the target's own /proc and executes nothing.
-        One-shot: nothing to recover.
+        One-shot: nothing to recover. The same as Apply with hello_world, without
+        an injection id required: the tutorial's call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,6 +124,11 @@ class ChaosDaemonServicer(object):
 
 def add_ChaosDaemonServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInfo,
+                    request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.GetInfoRequest.FromString,
+                    response_serializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.GetInfoResponse.SerializeToString,
+            ),
             'ExecHelloWorldChaos': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecHelloWorldChaos,
                     request_deserializer=pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.ExecHelloWorldRequest.FromString,
@@ -146,6 +168,23 @@ def add_ChaosDaemonServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ChaosDaemon(object):
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/pytest_chaos.daemon.v1.ChaosDaemon/GetInfo',
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.GetInfoRequest.SerializeToString,
+            pytest__chaos_dot_api_dot_v1_dot_chaos__daemon__pb2.GetInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
     @staticmethod
     def ExecHelloWorldChaos(request,
