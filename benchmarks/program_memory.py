@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pytest_chaos_daemon import dns_responder, packet_queue
+from pytest_chaos_daemon.programs import dns_responder, packet_queue
 
 from benchmarks.report import Row, run_main
 from tests.support import programs

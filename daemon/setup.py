@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 def _confine_module():
     # Loaded by path: the package's dependencies are not installed while the wheel builds.
-    spec = importlib.util.spec_from_file_location("_confine", HERE / "pytest_chaos_daemon" / "confine.py")
+    spec = importlib.util.spec_from_file_location("_confine", HERE / "pytest_chaos_daemon" / "confinement" / "confine.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +33,7 @@ class BuildWithHelper(build_py):
     def run(self) -> None:
         super().run()
         if getattr(self, "editable_mode", False):
-            return  # a source checkout builds it with `python3 -m pytest_chaos_daemon.confine`
+            return  # a source checkout builds it with `python3 -m pytest_chaos_daemon.confinement.confine`
         confine = _confine_module()
         target = Path(self.build_lib) / "pytest_chaos_daemon" / "native" / confine.NAME
         try:

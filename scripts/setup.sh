@@ -62,7 +62,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[dev,kubernetes]' -e 
 # still shipped its console script cannot take the script away when pip replaces it.
 python3 -m pip install -q --disable-pip-version-check -e ./cluster
 step "the daemon's confine helper (static C, built once per source version)"
-python3 -m pytest_chaos_daemon.confine
+python3 -m pytest_chaos_daemon.confinement.confine
 
 if ! command -v crictl >/dev/null; then
     step "crictl $CRICTL_VERSION from the Go module proxy (tests create CRI containers with it)"

@@ -13,7 +13,7 @@ import threading
 import pytest
 from cryptography import x509
 from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME
-from pytest_chaos_daemon.certs import main
+from pytest_chaos_daemon.server.certs import main
 
 from tests.support.targets import require
 

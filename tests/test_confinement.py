@@ -14,9 +14,9 @@ import uuid
 
 import grpc
 import pytest
-from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.tracking import HIERARCHY
+from pytest_chaos_daemon.confinement import procfs
+from pytest_chaos_daemon.confinement.tracking import HIERARCHY
 
 from tests.support.cgroups import tracking_modes
 from tests.support.targets import require, wait_for

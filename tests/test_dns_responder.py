@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pytest_chaos_daemon import dns_responder
-from pytest_chaos_daemon.dns_responder import (
+from pytest_chaos_daemon.programs import dns_responder
+from pytest_chaos_daemon.programs.dns_responder import (
     MAX_PENDING,
     MAX_PENDING_PER_CONNECTION,
     MAX_TCP_CONNECTIONS,
@@ -653,7 +653,7 @@ def start_responder(dns_network: DnsNetwork) -> Iterator[Callable[..., RunningRe
             responder.rules.append(rule)
             dns_network.iptables("-t", "nat", "-A", "OUTPUT", *rule)
         responder.process = dns_network.start(dns_network.target, sys.executable, "-m",
-                                              "pytest_chaos_daemon.dns_responder", *argv)
+                                              "pytest_chaos_daemon.programs.dns_responder", *argv)
         line = _read_line(responder.process, 10)
         assert line == "ready", responder.process.stderr.read() if responder.process.poll() is not None else line
         return responder

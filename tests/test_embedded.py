@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pytest_chaos_daemon.journal import DEFAULT_STATE_DIR
+from pytest_chaos_daemon.lifecycle.journal import DEFAULT_STATE_DIR
 
 from pytest_chaos.embedded import EMBEDDED_STATE_DIR, MAX_SOCKET_PATH, SHORT_PARENTS
 from pytest_chaos.transport import DaemonClient

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pytest_chaos_daemon import confine
+from pytest_chaos_daemon.confinement import confine
 
 from pytest_chaos.api.contract import field_paths
 from pytest_chaos.api.v1 import chaos_daemon_pb2 as pb
@@ -308,7 +308,7 @@ def cluster_version() -> str:
 @pytest.mark.parametrize(("module", "program"), [
     ("pytest_chaos.cli", "pytest-chaos"),
     ("pytest_chaos_daemon", "pytest-chaos-daemon"),
-    ("pytest_chaos_daemon.certs", "pytest-chaos-daemon-certs"),
+    ("pytest_chaos_daemon.server.certs", "pytest-chaos-daemon-certs"),
     ("pytest_chaos_cluster", "pytest-chaos-cluster"),
 ])
 def test_version_option_prints_the_version_and_exits_0(module, program):

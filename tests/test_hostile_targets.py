@@ -19,8 +19,8 @@ import time
 
 import grpc
 import pytest
-from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.confinement import procfs
 
 from tests.support.network_bed import snapshot, udp_echo_server, udp_probe
 from tests.support.targets import running, wait_for
@@ -159,7 +159,7 @@ def test_a_fault_whose_program_dies_ends_failed_saying_so_and_is_undone(start_da
     assert daemon.stub.Apply(request, timeout=30).status.state == pb.InjectionStatus.ACTIVE
     assert udp_probe(target, peer.ip, PORT, count=5).median_rtt_ms >= 75
     # This daemon's queue (whatever else runs here), not the confine helper that runs it.
-    [queue] = [pid for pid in running("pytest_chaos_daemon.packet_queue")
+    [queue] = [pid for pid in running("pytest_chaos_daemon.programs.packet_queue")
                if daemon.process.pid in procfs.ancestors(pid) and "confine" not in procfs.read_cmdline(pid)[0]]
     os.kill(queue, signal.SIGKILL)
 

@@ -10,8 +10,8 @@ import uuid
 
 import grpc
 import pytest
-from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.confinement import procfs
 
 from tests.support.targets import CONTAINERD_NAMESPACE, run, running, wait_for
 from tests.test_cri import cri, cri_container, cri_daemon  # noqa: F401, F811 (fixtures: a CRI endpoint of the test's own)

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pytest_chaos_daemon import journal as journal_states
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.injections import ADOPT_EVERY_S
-from pytest_chaos_daemon.journal import Journal
+from pytest_chaos_daemon.lifecycle import journal as journal_states
+from pytest_chaos_daemon.lifecycle.injections import ADOPT_EVERY_S
+from pytest_chaos_daemon.lifecycle.journal import Journal
 
 from tests.conftest import RunningDaemon
 from tests.support.pausing import (

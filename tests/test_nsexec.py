@@ -8,9 +8,9 @@ import subprocess
 import time
 
 import pytest
-from pytest_chaos_daemon import confine
+from pytest_chaos_daemon.confinement import confine
+from pytest_chaos_daemon.confinement.nsexec import CHILD_ENV, ChildProcesses
 from pytest_chaos_daemon.errors import DeadlineExceeded
-from pytest_chaos_daemon.nsexec import CHILD_ENV, ChildProcesses
 
 
 def alive(pid: int) -> bool:

@@ -73,7 +73,7 @@ def test_the_plugins_wheel_holds_the_plugin_and_the_api_and_nothing_of_the_daemo
 def test_the_daemons_wheel_holds_the_server_and_the_built_helper_not_its_source(wheels):
     wheel = wheels["pytest_chaos_daemon"]
     files = wheel_files(wheel)
-    assert {"pytest_chaos_daemon/servicer.py", "pytest_chaos_daemon/api/v1/chaos_daemon_pb2.py",
+    assert {"pytest_chaos_daemon/server/servicer.py", "pytest_chaos_daemon/api/v1/chaos_daemon_pb2.py",
             "pytest_chaos_daemon/native/pytest-chaos-confine"} <= files
     assert not [f for f in files if f.startswith("pytest_chaos/") or f.endswith(".c")]
     assert "-py3-none-linux_" in wheel.name  # it carries a native program
@@ -109,7 +109,7 @@ def test_installing_and_uninstalling_both_wheels_leaves_nothing(wheels, tmp_path
     started = subprocess.run([env / "bin" / "pytest-chaos-daemon", "--version"], capture_output=True, text=True,
                              timeout=60)
     assert started.returncode == 0 and VERSION in started.stdout, started.stderr
-    helper = subprocess.run([python, "-c", "from pytest_chaos_daemon import confine; print(confine.helper_path())"],
+    helper = subprocess.run([python, "-c", "from pytest_chaos_daemon.confinement import confine; print(confine.helper_path())"],
                             check=True, capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout.strip()
     assert helper == str(site / "pytest_chaos_daemon" / "native" / "pytest-chaos-confine")
     subprocess.run([*pip, "uninstall", "-y", "pytest-chaos", "pytest-chaos-daemon"], check=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The nfnetlink_queue program (pytest_chaos_daemon.packet_queue) on real traffic.
+"""The nfnetlink_queue program (pytest_chaos_daemon.programs.packet_queue) on real traffic.
 
 Each test builds two network namespaces of its own joined by a veth pair: ``a``
 (the sender, 10.250.X.1) and ``b`` (a UDP echo server, 10.250.X.2). The test
@@ -30,14 +30,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pytest_chaos_daemon.packet_queue import MAX_HELD_BYTES, MAX_HELD_PACKETS, bound_queues, parse_args, queue_argv
+from pytest_chaos_daemon.programs.packet_queue import MAX_HELD_BYTES, MAX_HELD_PACKETS, bound_queues, parse_args, queue_argv
 
 from tests.support import programs
 from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe, udp_send
 from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
 
-PROGRAM = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue"]
+PROGRAM = [sys.executable, "-m", "pytest_chaos_daemon.programs.packet_queue"]
 PORT = 7007
 TCP_PORT = 7008
 BIT_A = 0x10000

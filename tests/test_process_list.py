@@ -7,8 +7,8 @@ import shutil
 import subprocess
 
 import pytest
+from pytest_chaos_daemon.confinement.nsexec import CHILD_ENV
 from pytest_chaos_daemon.faults.process_list import parse_ps
-from pytest_chaos_daemon.nsexec import CHILD_ENV
 
 from tests.support.targets import require
 

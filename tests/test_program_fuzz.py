@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pytest_chaos_daemon import dns_responder as dns
-from pytest_chaos_daemon import packet_queue as pq
+from pytest_chaos_daemon.programs import dns_responder as dns
+from pytest_chaos_daemon.programs import packet_queue as pq
 
 FUZZ = settings(max_examples=500, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -16,10 +16,10 @@ import signal
 
 import grpc
 import pytest
-from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.confinement import procfs
+from pytest_chaos_daemon.confinement.tracking import DEFAULT_MOUNT_POINT, HIERARCHY
 from pytest_chaos_daemon.faults.stress import STRESSOR_ID
-from pytest_chaos_daemon.tracking import DEFAULT_MOUNT_POINT, HIERARCHY
 
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
@@ -220,7 +220,7 @@ CPU_SECONDS = """
 import os
 import time
 
-from pytest_chaos_daemon import procfs
+from pytest_chaos_daemon.confinement import procfs
 
 
 def cpu_used(pid):

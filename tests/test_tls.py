@@ -25,9 +25,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pytest_chaos_daemon.api.contract import TLS_SERVER_NAME
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
-from pytest_chaos_daemon.certs import generate
-from pytest_chaos_daemon.probes import MAX_WATCHES
-from pytest_chaos_daemon.tls import client_certificate_verdict
+from pytest_chaos_daemon.server.certs import generate
+from pytest_chaos_daemon.server.probes import MAX_WATCHES
+from pytest_chaos_daemon.server.tls import client_certificate_verdict
 
 from pytest_chaos.errors import ChaosError
 from pytest_chaos.transport import ClientTls, DaemonClient

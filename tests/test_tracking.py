@@ -18,7 +18,7 @@ import subprocess
 import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.tracking import HIERARCHY, NAMED_V1
+from pytest_chaos_daemon.confinement.tracking import HIERARCHY, NAMED_V1
 
 from tests.support import cgroups
 from tests.support.cgroups import tracking_modes

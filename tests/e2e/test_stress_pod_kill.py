@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from pytest_chaos_daemon import procfs
+from pytest_chaos_daemon.confinement import procfs
 
 from pytest_chaos.errors import ChaosError
 from tests.support.targets import container_init_pid, pid_on_node, wait_for
@@ -106,7 +106,7 @@ def test_stress_raises_the_pods_container_cpu_usage_until_recovered(pytester, ku
         import time
 
         import pytest
-        from pytest_chaos_daemon import procfs
+        from pytest_chaos_daemon.confinement import procfs
 
         def cgroup_of(pid, controller):
             [membership] = [m for m in procfs.read_cgroups(pid) if controller in m.controllers]

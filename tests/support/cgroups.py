@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from pytest_chaos_daemon import procfs
-from pytest_chaos_daemon.tracking import NAMED_V1, V2_SUBTREE
+from pytest_chaos_daemon.confinement import procfs
+from pytest_chaos_daemon.confinement.tracking import NAMED_V1, V2_SUBTREE
 
 # The v1 controller that counts each resource.
 V1_CONTROLLERS = {"cpu": "cpuacct", "memory": "memory", "pids": "pids", "freezer": "freezer"}

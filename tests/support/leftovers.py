@@ -17,8 +17,8 @@ import os
 import signal
 import subprocess
 
-from pytest_chaos_daemon import procfs
-from pytest_chaos_daemon.tracking import V2_PROBE
+from pytest_chaos_daemon.confinement import procfs
+from pytest_chaos_daemon.confinement.tracking import V2_PROBE
 
 CONTAINERD_NAMESPACE = "pytest-chaos-test"
 DOCKER_NAME_PREFIX = "/chaos-test-"

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_chaos_daemon import procfs
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.confinement import procfs
 
 from tests.support.targets import Targets, run, wait_for
 

@@ -21,9 +21,9 @@ READY_TIMEOUT_S = 15.0
 
 
 def start_program(target: NetTarget, module: str, *args: str) -> subprocess.Popen[str]:
-    """``python3 -m pytest_chaos_daemon.<module> args`` in ``target``'s network namespace, once it says ready."""
+    """``python3 -m pytest_chaos_daemon.programs.<module> args`` in ``target``'s network namespace, once it says ready."""
     process = subprocess.Popen(["nsenter", f"--net={target.netns_path}", sys.executable, "-m",
-                                f"pytest_chaos_daemon.{module}", *args],
+                                f"pytest_chaos_daemon.programs.{module}", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT_S)

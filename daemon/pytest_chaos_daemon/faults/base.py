@@ -13,11 +13,11 @@ import dataclasses
 from typing import Any, Protocol
 
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..journal import Record
-from ..netem import NetemSupport
-from ..nsexec import ChildProcesses, Confiner
+from ..confinement.nsexec import ChildProcesses, Confiner
+from ..confinement.target import HeldTarget
+from ..host.netem import NetemSupport
+from ..lifecycle.journal import Record
 from ..runtimes import RuntimeRegistry
-from ..target import HeldTarget
 from .process_list import ProcessRow
 
 

@@ -14,8 +14,8 @@ import asyncio
 import signal
 from typing import Any
 
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition
-from ..target import HeldTarget
 from .base import FaultContext, OneShot, Plan
 from .process_list import ProcessRow
 

@@ -15,11 +15,11 @@ import signal
 import time
 from typing import Any
 
-from .. import procfs
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement import procfs
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, NotFound, PermissionDenied
-from ..journal import Record
-from ..target import HeldTarget
+from ..lifecycle.journal import Record
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 

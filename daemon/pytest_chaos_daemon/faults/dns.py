@@ -17,12 +17,12 @@ import random
 import sys
 from typing import Any
 
-from .. import netns, target_files
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..dns_responder import check_pattern, resolv_conf_nameservers, responder_argv
+from ..confinement import netns, target_files
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument
-from ..journal import Record
-from ..target import HeldTarget
+from ..lifecycle.journal import Record
+from ..programs.dns_responder import check_pattern, resolv_conf_nameservers, responder_argv
 from . import network_rules as rules
 from .base import FaultContext, Plan
 from .network_base import NetworkFault
@@ -111,7 +111,7 @@ async def _nameservers(target: HeldTarget) -> list[str]:
 
 async def _start_responder(ctx: FaultContext, namespace: rules.Namespace, params: dict[str, Any],
                            undo: dict[str, Any], where: str, target: HeldTarget | None) -> None:
-    program = [sys.executable, "-m", "pytest_chaos_daemon.dns_responder",
+    program = [sys.executable, "-m", "pytest_chaos_daemon.programs.dns_responder",
                *responder_argv(undo["port"], undo["mark"], params["action"], params["patterns"], undo["upstreams"])]
     cgroup = undo["cgroups"][0]
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .. import netns
-from ..packet_queue import queue_argv
-from ..target import HeldTarget
+from ..confinement import netns
+from ..confinement.target import HeldTarget
+from ..programs.packet_queue import queue_argv
 from . import network_rules as rules
 from .base import FaultContext
 
@@ -84,7 +84,7 @@ async def start_queues(ctx: FaultContext, namespace: rules.Namespace, params: di
         # A packet held on the egress path stays charged to its sending socket, which then stalls (TCP falls
         # to a few Mbit/s): delayed egress packets are dropped at once and an exact copy is sent when due.
         resend = hook == "egress" and bool(effects.get("delay_ms") or effects.get("jitter_ms"))
-        program = [sys.executable, "-m", "pytest_chaos_daemon.packet_queue",
+        program = [sys.executable, "-m", "pytest_chaos_daemon.programs.packet_queue",
                    *queue_argv(queue, undo["mark"], hook=hook, resend=resend, **effects)]
         if params.get("seed"):  # the same seed for each hook's queue: their packets are not the same
             program += ["--seed", str(params["seed"])]

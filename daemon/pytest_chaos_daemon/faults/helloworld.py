@@ -16,12 +16,12 @@ import dataclasses
 import logging
 from typing import Any
 
-from .. import target_files
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement import target_files
+from ..confinement.nsexec import Completed, Confiner, explain_failure
+from ..confinement.target import HeldTarget
 from ..errors import InvalidArgument
-from ..logs import log
-from ..nsexec import Completed, Confiner, explain_failure
-from ..target import HeldTarget
+from ..server.logs import log
 from .base import FaultContext, OneShot, Output, Plan
 from .proc_listing import list_processes
 from .process_list import ProcessRow, parse_ps

@@ -11,9 +11,9 @@ from typing import Any
 
 from ..api.contract import MAX_RATE
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument
-from ..journal import Record
-from ..target import HeldTarget
+from ..lifecycle.journal import Record
 from . import network_rules as rules
 from . import tc_shaping
 from .base import FaultContext, Plan

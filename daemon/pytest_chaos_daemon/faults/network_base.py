@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from .. import procfs
+from ..confinement import procfs
+from ..confinement.target import HeldTarget
 from ..errors import DaemonError, FailedPrecondition
-from ..journal import Record
-from ..target import HeldTarget
+from ..lifecycle.journal import Record
 from . import network_rules as rules
 from .base import FaultContext
 

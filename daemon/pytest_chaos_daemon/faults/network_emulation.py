@@ -18,10 +18,10 @@ from typing import Any
 
 from ..api.contract import MAX_LATENCY_MS
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument
-from ..journal import Record
-from ..netem import NETEM
-from ..target import HeldTarget
+from ..host.netem import NETEM
+from ..lifecycle.journal import Record
 from . import emulation_netem, emulation_queue, tc_shaping
 from . import network_rules as rules
 from .base import FaultContext, Plan

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..journal import Record
-from ..target import HeldTarget
+from ..confinement.target import HeldTarget
+from ..lifecycle.journal import Record
 from . import network_rules as rules
 from .base import FaultContext, Plan
 from .network_base import NetworkFault

@@ -25,11 +25,11 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .. import netns
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement import netns
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
-from ..journal import Record
-from ..target import HeldTarget
+from ..lifecycle.journal import Record
 from .base import FaultContext
 
 DIRECTIONS = {pb.NetworkScope.DIRECTION_TO: "to", pb.NetworkScope.DIRECTION_FROM: "from",

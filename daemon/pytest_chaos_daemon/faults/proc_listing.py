@@ -25,10 +25,10 @@ import os
 import time
 from collections.abc import Iterator
 
-from .. import procfs
+from ..confinement import procfs
+from ..confinement.target import HeldTarget
+from ..confinement.target_files import open_in_root, read_file
 from ..errors import FailedPrecondition, NotFound
-from ..target import HeldTarget
-from ..target_files import open_in_root, read_file
 from .process_list import ProcessRow, parse_ps
 
 PROC_SUPER_MAGIC = 0x9FA0

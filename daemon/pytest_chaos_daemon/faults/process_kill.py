@@ -33,11 +33,11 @@ import signal
 import time
 from typing import Any
 
-from .. import procfs, target_files
 from ..api.contract import MAX_PROCESS_LEN, RE2_REFUSES, process_pattern
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement import procfs, target_files
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from ..target import HeldTarget
 from .base import FaultContext, OneShot, Plan
 from .proc_listing import ProcEntry, TargetProc, read_at
 from .process_list import ProcessRow

@@ -24,12 +24,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from .. import procfs
 from ..api.contract import MAX_WORKERS, vm_bytes
 from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement import procfs
+from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
-from ..journal import Record
-from ..target import HeldTarget
+from ..lifecycle.journal import Record
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 

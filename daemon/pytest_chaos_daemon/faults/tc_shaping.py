@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .. import netns
+from ..confinement import netns
 from . import network_rules as rules
 from .base import FaultContext
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from ..target import HeldTarget
+    from ..confinement.target import HeldTarget
 
 # Container ids and names as containerd, Docker and CRI-O accept them: a
 # conservative superset that still keeps '/', '?', '%', spaces and control

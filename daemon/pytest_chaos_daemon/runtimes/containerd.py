@@ -31,7 +31,7 @@ from ..runtime_api import (
 from .base import RunningContainer, check_container_ref
 
 if TYPE_CHECKING:
-    from ..target import HeldTarget
+    from ..confinement.target import HeldTarget
 
 DEFAULT_SOCKET = CONTAINERD_SOCKET
 DEFAULT_NAMESPACE = "k8s.io"

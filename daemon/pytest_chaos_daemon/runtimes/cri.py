@@ -14,7 +14,7 @@ from ..runtime_api import cri_runtime_pb2_grpc as cri_grpc
 from .base import check_container_ref
 
 if TYPE_CHECKING:
-    from ..target import HeldTarget
+    from ..confinement.target import HeldTarget
 
 DEFAULT_SOCKET = "/var/run/crio/crio.sock"
 CALL_TIMEOUT_S = 10.0

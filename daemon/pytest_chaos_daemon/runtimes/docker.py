@@ -13,7 +13,7 @@ from ..errors import FailedPrecondition, NotFound, Unavailable
 from .base import RunningContainer, check_container_ref
 
 if TYPE_CHECKING:
-    from ..target import HeldTarget
+    from ..confinement.target import HeldTarget
 
 DEFAULT_SOCKET = DOCKER_SOCKET
 CALL_TIMEOUT_S = 10.0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from ..target import HeldTarget
+    from ..confinement.target import HeldTarget
 
 PID_MAX = 4194304  # the kernel's ceiling for pid_max on 64-bit
 

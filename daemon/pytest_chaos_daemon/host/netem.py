@@ -15,8 +15,8 @@ import asyncio
 import logging
 import shutil
 
-from .logs import log
-from .nsexec import ChildProcesses
+from ..confinement.nsexec import ChildProcesses
+from ..server.logs import log
 
 AUTO, NETEM, QUEUE = "auto", "netem", "queue"
 CHOICES = (AUTO, NETEM, QUEUE)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from .errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from ..errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted
 
 _SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
 _RESOLVE_NO_MAGICLINKS = 0x02

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .logs import log
+from ..server.logs import log
 
 DEFAULT_STATE_DIR = "/var/lib/pytest-chaos/daemon"
 # How long ended injections stay listed (and journaled) before they are pruned.

@@ -44,8 +44,9 @@ import signal
 import tempfile
 import time
 
-from . import node, procfs
-from .logs import log
+from ..host import cgroups as node
+from ..server.logs import log
+from . import procfs
 
 HIERARCHY = "name=pytest-chaos-probes"
 DEFAULT_MOUNT_POINT = "/run/pytest-chaos/probes"

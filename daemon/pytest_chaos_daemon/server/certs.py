@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .api.contract import TLS_SERVER_NAME as SERVER_NAME
-from .api.version import VERSION
+from ..api.contract import TLS_SERVER_NAME as SERVER_NAME
+from ..api.version import VERSION
 
 CLIENT_NAME = "pytest-chaos-client"
 CA_NAME = "pytest-chaos CA"

@@ -7,16 +7,19 @@ import asyncio
 import os
 import sys
 
-from . import confine, logs, netem, node
-from .api.version import VERSION
-from .injections import DEFAULT_LEASE_S
-from .journal import DEFAULT_STATE_DIR
-from .lifetime import REMOVABLE_PREFIX, RemovableDirectory
-from .runtimes import RuntimeRegistry, containerd, cri, docker, process
+from ..api.version import VERSION
+from ..confinement import confine
+from ..confinement.tracking import NAMED_V1, V2_SUBTREE
+from ..host import cgroups as node
+from ..host import netem
+from ..lifecycle.injections import DEFAULT_LEASE_S
+from ..lifecycle.journal import DEFAULT_STATE_DIR
+from ..lifecycle.lifetime import REMOVABLE_PREFIX, RemovableDirectory
+from ..runtimes import RuntimeRegistry, containerd, cri, docker, process
+from . import logs
 from .server import serve
 from .servicer import Limits
 from .tls import TlsFiles
-from .tracking import NAMED_V1, V2_SUBTREE
 
 DEFAULT_PORT = 31767
 DEFAULT_LISTEN = f"tcp://0.0.0.0:{DEFAULT_PORT}"
@@ -109,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--confine-helper", metavar="PATH",
         help="the pytest-chaos-confine program that runs commands inside targets. Default: the one built with "
-        "this wheel; in a source checkout, the build of this source (python3 -m pytest_chaos_daemon.confine)",
+        "this wheel; in a source checkout, the build of this source (python3 -m pytest_chaos_daemon.confinement.confine)",
     )
     parser.add_argument(
         "--probe-tracking", choices=("auto", NAMED_V1, V2_SUBTREE), default="auto",

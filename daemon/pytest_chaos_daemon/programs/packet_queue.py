@@ -5,7 +5,7 @@ CAP_NET_ADMIN) and adds an iptables rule that sends the traffic to its queue::
 
     iptables -t mangle -A POSTROUTING -o eth0 -m mark ! --mark 0x10000/0x10000 \\
         -j NFQUEUE --queue-num 7 --queue-bypass
-    python3 -m pytest_chaos_daemon.packet_queue --queue 7 --mark-bit 0x10000 --delay-ms 100
+    python3 -m pytest_chaos_daemon.programs.packet_queue --queue 7 --mark-bit 0x10000 --delay-ms 100
 
 It binds the queue over nfnetlink_queue (an AF_NETLINK socket, NETLINK_NETFILTER)
 and gives every packet its verdict: NF_DROP for a lost packet, otherwise
@@ -234,7 +234,7 @@ def _seed(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python3 -m pytest_chaos_daemon.packet_queue",
+        prog="python3 -m pytest_chaos_daemon.programs.packet_queue",
         description=(
             "Emulate netem's loss, delay, reorder, duplicate and corrupt on packets an iptables NFQUEUE rule "
             "sends to an nfnetlink queue. Run as root inside the network namespace of the rule. Prints 'ready' "
@@ -306,7 +306,7 @@ def _format_number(value: float) -> str:
 def queue_argv(queue: int, mark_bit: int, *, hook: str, loss: float = 0, delay_ms: float = 0,
                jitter_ms: float = 0, reorder: float = 0, duplicate: float = 0, corrupt: float = 0,
                resend: bool = False) -> list[str]:
-    """The arguments after ``python3 -m pytest_chaos_daemon.packet_queue`` for these settings.
+    """The arguments after ``python3 -m pytest_chaos_daemon.programs.packet_queue`` for these settings.
 
     Checks them as the program would, raising ValueError, so a bad value fails in
     the caller instead of in a program started inside a target.

@@ -20,7 +20,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 
-from .errors import FailedPrecondition
+from ..errors import FailedPrecondition
 from .nsexec import ChildProcesses, Completed
 
 NETNS_MOUNT_DIRS = ("/run/netns", "/var/run/netns")

@@ -16,24 +16,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import node
-from .api.contract import grpc_target
-from .api.v1 import chaos_daemon_pb2 as pb
-from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
-from .faults import FAULTS, FaultContext
+from ..api.contract import grpc_target
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from ..confinement.nsexec import ChildProcesses, Confiner
+from ..confinement.tracking import start_tracker
+from ..faults import FAULTS, FaultContext
+from ..host import cgroups as node
+from ..host.netem import NetemSupport
+from ..lifecycle.injections import DEFAULT_LEASE_S, Injections
+from ..lifecycle.journal import DEFAULT_STATE_DIR, Journal
+from ..lifecycle.lifetime import ParentWatch
+from ..runtimes import RuntimeRegistry
 from .info import daemon_info
-from .injections import DEFAULT_LEASE_S, Injections
 from .interceptors import HandlerWrapping
-from .journal import DEFAULT_STATE_DIR, Journal
-from .lifetime import ParentWatch
 from .logs import log
-from .netem import NetemSupport
-from .nsexec import ChildProcesses, Confiner
 from .probes import ProbeHealth
-from .runtimes import RuntimeRegistry
 from .servicer import ChaosDaemonServicer, Limits
 from .tls import TlsFiles, client_certificate_check
-from .tracking import start_tracker
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChaosDaemon"].full_name
 # The name in the daemons' certificates (pytest-chaos-daemon-certs); clients

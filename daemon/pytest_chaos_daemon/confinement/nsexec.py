@@ -22,8 +22,8 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from ..errors import DeadlineExceeded, FailedPrecondition
 from . import procfs
-from .errors import DeadlineExceeded, FailedPrecondition
 from .target import NAMESPACES, Confinement, HeldTarget, cgroups_of, confinement, v2_cgroup
 from .tracking import HIERARCHY, Probe, ProbeTracker, kill_cgroup
 

@@ -19,14 +19,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..confinement.procfs import boot_id, instance_alive, instance_key
+from ..confinement.target import HeldTarget
+from ..errors import DaemonError, FailedPrecondition
+from ..faults.base import Fault, FaultContext, Output
+from ..server.logs import log
 from . import journal as states
-from .api.v1 import chaos_daemon_pb2 as pb
-from .errors import DaemonError, FailedPrecondition
-from .faults.base import Fault, FaultContext, Output
 from .journal import Journal, Record
-from .logs import log
-from .procfs import boot_id, instance_alive, instance_key
-from .target import HeldTarget
 
 DEFAULT_LEASE_S = 30.0
 # How often a daemon looks for injections of daemons that died while it runs.

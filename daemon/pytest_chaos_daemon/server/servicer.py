@@ -23,20 +23,21 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, json_format
 
-from . import journal, node
-from .api.contract import MAX_LEASE_S
-from .api.v1 import chaos_daemon_pb2 as pb
-from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
-from .errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from .faults import BY_FIELD
-from .faults.helloworld import exec_hello_world, source_of
-from .injections import Injections
+from ..api.contract import MAX_LEASE_S
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from ..confinement.nsexec import Confiner
+from ..confinement.target import HeldTarget
+from ..errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from ..faults import BY_FIELD
+from ..faults.helloworld import exec_hello_world, source_of
+from ..host import cgroups as node
+from ..lifecycle import journal
+from ..lifecycle.injections import Injections
+from ..lifecycle.journal import Record
+from ..runtimes import ListingRuntime, RunningContainer, RuntimeRegistry
 from .interceptors import Context
-from .journal import Record
 from .logs import log, truncate_fields
-from .nsexec import Confiner
-from .runtimes import ListingRuntime, RunningContainer, RuntimeRegistry
-from .target import HeldTarget
 
 MAX_CONTAINER_ID_LEN = 512
 # Requests waiting beyond this are refused (RESOURCE_EXHAUSTED) rather than queued.

@@ -18,7 +18,7 @@ import signal
 import stat
 from collections.abc import Callable
 
-from .logs import log
+from ..server.logs import log
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 REMOVABLE_PREFIX = "pytest-chaos-"

@@ -9,7 +9,7 @@ the same on every node.
 
 It is built when the wheel is built (daemon/setup.py) and shipped in it as
 ``native/pytest-chaos-confine``: the daemon never compiles anything at run time.
-In a source checkout, ``python3 -m pytest_chaos_daemon.confine`` builds it
+In a source checkout, ``python3 -m pytest_chaos_daemon.confinement.confine`` builds it
 beside the source, named by the source's digest (needs a C compiler and static
 libc: Debian's gcc and libc6-dev), and prints its path.
 """
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).parent / "native" / "confine.c"
+SOURCE = Path(__file__).parent.parent / "native" / "confine.c"
 NAME = "pytest-chaos-confine"
 PACKAGED = SOURCE.parent / NAME  # where the wheel carries it
 CACHE_DIR = Path("/var/cache/pytest-chaos/confine")
@@ -54,7 +54,7 @@ def helper_path() -> str:
         if _is_executable(directory / name):
             return str(directory / name)
     raise HelperUnavailable(
-        f"{NAME} is not built for this source: run `python3 -m pytest_chaos_daemon.confine` "
+        f"{NAME} is not built for this source: run `python3 -m pytest_chaos_daemon.confinement.confine` "
         "(needs gcc and static libc: libc6-dev on Debian)"
     )
 
@@ -99,7 +99,7 @@ def main() -> int:
             target = CACHE_DIR / _source_build_name()
         print(target if _is_executable(target) else build_helper(target))
     except HelperUnavailable as err:
-        print(f"pytest_chaos_daemon.confine: {err}", file=sys.stderr)
+        print(f"pytest_chaos_daemon.confinement.confine: {err}", file=sys.stderr)
         return 1
     return 0
 

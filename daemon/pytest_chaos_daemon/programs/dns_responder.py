@@ -14,7 +14,7 @@ Every other query is relayed unchanged to the upstream servers, from sockets
 carrying the firewall mark the REDIRECT rule skips, and the upstream's answer
 comes back unchanged. Over UDP and TCP alike.
 
-Run as ``python3 -m pytest_chaos_daemon.dns_responder --help``. It prints
+Run as ``python3 -m pytest_chaos_daemon.programs.dns_responder --help``. It prints
 ``ready`` once it listens and, on SIGTERM, one JSON line of counters.
 Importing the module has no side effects: the pattern, resolv.conf and
 command-line helpers are for the daemon too.
@@ -71,7 +71,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from .api.contract import ASCII_LOWER, check_pattern
+from ..api.contract import ASCII_LOWER, check_pattern
 
 __all__ = [
     "check_pattern",
@@ -206,7 +206,7 @@ def parse_upstream(text: str) -> tuple[str, int]:
 
 
 def responder_argv(port: int, mark: int, action: str, patterns: list[str], upstreams: list[str]) -> list[str]:
-    """The arguments after ``python3 -m pytest_chaos_daemon.dns_responder``; ValueError on bad input,
+    """The arguments after ``python3 -m pytest_chaos_daemon.programs.dns_responder``; ValueError on bad input,
     so the daemon refuses a request before it changes anything."""
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is not between 1 and 65535")
@@ -863,7 +863,7 @@ def _checked(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python3 -m pytest_chaos_daemon.dns_responder",
+        prog="python3 -m pytest_chaos_daemon.programs.dns_responder",
         description=(
             "DNSChaos responder. Run as root in the target's network namespace, next to an iptables "
             "nat OUTPUT REDIRECT of port 53 (UDP and TCP) to --port that skips packets marked --mark. "

@@ -21,7 +21,7 @@ import ctypes
 import functools
 import os
 
-from . import procfs
+from ..confinement import procfs
 
 CLONE_NEWCGROUP = 0x02000000
 V1, HYBRID, V2 = "v1", "hybrid", "v2"

@@ -15,12 +15,12 @@ import os
 import socket
 from collections.abc import Mapping
 
-from . import node
-from .api.contract import field_paths
-from .api.v1 import chaos_daemon_pb2 as pb
-from .api.version import VERSION
-from .faults.base import Fault, FaultContext
-from .runtimes import ContainerRuntime
+from ..api.contract import field_paths
+from ..api.v1 import chaos_daemon_pb2 as pb
+from ..api.version import VERSION
+from ..faults.base import Fault, FaultContext
+from ..host import cgroups as node
+from ..runtimes import ContainerRuntime
 
 PROBE_TIMEOUT_S = 1.0
 _FAULT_FIELDS = frozenset(field.name for field in pb.ApplyRequest.DESCRIPTOR.oneofs_by_name["fault"].fields)

@@ -17,8 +17,8 @@ import select
 import signal
 from collections.abc import Sequence
 
+from ..errors import FailedPrecondition, NotFound, PermissionDenied
 from . import procfs
-from .errors import FailedPrecondition, NotFound, PermissionDenied
 
 # Entered in this order by the confine helper: user first, mount last.
 NAMESPACES = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")

@@ -1,0 +1,1 @@
+"""What the node offers: its cgroup layout and namespace, and whether its kernel has netem."""
