@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
-from pytest_chaos_daemon.server.servicer import RUNTIME_POOL_SIZE
+from pytest_chaos_daemon.runtimes.resolver import RUNTIME_POOL_SIZE
 
 from tests.support.targets import wait_for
 

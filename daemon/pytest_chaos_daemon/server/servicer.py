@@ -1,6 +1,6 @@
 """The ChaosDaemon gRPC service: one request pipeline, shared by every fault kind.
 
-validate -> log -> resolve the target (per-runtime pool, bounded in time) ->
+validate -> log -> resolve the target (runtimes/resolver.py: per-runtime pool, bounded in time) ->
 refuse what no fault may touch -> hold it by pidfd -> wait for its lock and a
 slot (within the request's deadline) -> run the fault -> respond. Every
 failure becomes a gRPC status with a message for the user; nothing reaches the
@@ -17,7 +17,6 @@ import os
 import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -28,7 +27,7 @@ from ..api.v1 import chaos_daemon_pb2 as pb
 from ..api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from ..confinement.nsexec import Confiner
 from ..confinement.target import HeldTarget
-from ..errors import DaemonError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from ..errors import DaemonError, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from ..faults import BY_FIELD
 from ..faults.helloworld import exec_hello_world, source_of
 from ..host import cgroups as node
@@ -36,18 +35,15 @@ from ..lifecycle import journal
 from ..lifecycle.injections import Injections
 from ..lifecycle.journal import Record
 from ..runtimes import ListingRuntime, RunningContainer, RuntimeRegistry
+from ..runtimes.resolver import RUNTIME_LOOKUP_TIMEOUT_S, TargetResolver
 from .interceptors import Context
 from .logs import log, truncate_fields
 
 MAX_CONTAINER_ID_LEN = 512
 # Requests waiting beyond this are refused (RESOURCE_EXHAUSTED) rather than queued.
 MAX_PENDING = 2048
-RUNTIME_LOOKUP_TIMEOUT_S = 15.0
 # A listing's containers per runtime, beyond which the rest are left out (a response stays well under 4 MiB).
 MAX_LISTED_CONTAINERS = 10000
-# Containers whose init process is remembered (see _hold_remembered); beyond this the memory starts over.
-REMEMBERED_TARGETS = 4096
-RUNTIME_POOL_SIZE = 4
 MAX_IDS_PER_CALL = 1000
 DEADLINE_MARGIN_S = 0.1
 Response = TypeVar("Response")
@@ -134,16 +130,10 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         self._pending = 0
         # One probe at a time per target: concurrent probes would list each other.
         self._target_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._resolved: dict[str, tuple[int, int]] = {}  # container id -> (init's host pid, its start time)
-        # A pool per runtime: a stalled Docker socket cannot hold up containerd or pid:// lookups.
-        self._lookup_pools = {
-            prefix: ThreadPoolExecutor(RUNTIME_POOL_SIZE, thread_name_prefix=f"lookup-{prefix}")
-            for prefix in runtimes.names
-        }
+        self._resolver = TargetResolver(runtimes, limits.allow_pid_targets)
 
     def close(self) -> None:
-        for pool in self._lookup_pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._resolver.close()
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.GetInfoResponse:
         return await self._handle(_Call("GetInfo", request, context), self._get_info)
@@ -253,9 +243,8 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
     async def _listing(self, name: str, runtime: ListingRuntime) -> tuple[list[RunningContainer], str | None]:
         if not os.path.exists(runtime.endpoint):
             return [], f"no socket at {runtime.endpoint}"
-        future = asyncio.get_running_loop().run_in_executor(self._lookup_pools[name], runtime.list_running)
         try:
-            return await asyncio.wait_for(future, RUNTIME_LOOKUP_TIMEOUT_S), None
+            return await self._resolver.ask(name, runtime.list_running), None
         except TimeoutError:
             return [], f"it did not answer within {RUNTIME_LOOKUP_TIMEOUT_S:g}s"
         except DaemonError as err:
@@ -286,21 +275,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
     @contextlib.asynccontextmanager
     async def _target(self, container_id: str, context: Context) -> AsyncIterator[HeldTarget]:
         """Resolve, check and hold the target; hold its lock and a slot while the fault runs."""
-        runtime_name = self._runtimes.name_of(container_id)
-        if runtime_name == "pid" and not self._limits.allow_pid_targets:
-            raise FailedPrecondition(
-                "pid:// targets are disabled on this daemon (start it with --allow-pid-targets to allow them)"
-            )
-        target = self._hold_remembered(container_id)
-        if target is None:
-            target = HeldTarget(await self._resolve(runtime_name, container_id), container_id)
-            if runtime_name != "pid":
-                try:
-                    target.confirm(await self._resolve(runtime_name, container_id))
-                except BaseException:
-                    target.close()
-                    raise
-                self._remember(container_id, target)
+        target = await self._resolver.hold(container_id)
         with target:
             lock = self._target_locks.get(target.pid)
             if lock is None:
@@ -308,46 +283,6 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
             async with _within_deadline(lock, context, f"waiting for another fault on {container_id}"):
                 async with _within_deadline(self._slots, context, "waiting for a free slot"):
                     yield target
-
-    def _hold_remembered(self, container_id: str) -> HeldTarget | None:
-        """The container's init process as last resolved, held, if that very process still runs.
-
-        A container runs as long as its init process does, and a PID with the
-        same start time is the same process: while both hold, the runtime need
-        not be asked again. Anything else resolves afresh.
-        """
-        remembered = self._resolved.get(container_id)
-        if remembered is None:
-            return None
-        pid, start_ticks = remembered
-        try:
-            target = HeldTarget(pid, container_id)
-        except DaemonError:
-            target = None
-        if target is None or target.stat.start_ticks != start_ticks:
-            if target is not None:
-                target.close()
-            self._resolved.pop(container_id, None)
-            return None
-        return target
-
-    def _remember(self, container_id: str, target: HeldTarget) -> None:
-        if len(self._resolved) >= REMEMBERED_TARGETS:
-            self._resolved.clear()
-        self._resolved[container_id] = (target.pid, target.stat.start_ticks)
-
-    async def _resolve(self, runtime_name: str, container_id: str) -> int:
-        if runtime_name == "pid":  # /proc only: no runtime to wait for
-            return self._runtimes.pid_of(container_id)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._lookup_pools[runtime_name], self._runtimes.pid_of, container_id)
-        try:
-            return await asyncio.wait_for(future, RUNTIME_LOOKUP_TIMEOUT_S)
-        except TimeoutError:
-            endpoint = self._runtimes.endpoint_of(container_id)
-            raise Unavailable(
-                f"the {runtime_name} runtime at {endpoint} did not answer within {RUNTIME_LOOKUP_TIMEOUT_S:g}s"
-            ) from None
 
 
 class _Call:
