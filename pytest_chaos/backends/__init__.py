@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Backend
+from .base import Backend, PodApi
 
 BACKENDS = ("local", "kubernetes")
 
-__all__ = ["BACKENDS", "Backend"]
+__all__ = ["BACKENDS", "Backend", "PodApi"]

@@ -19,11 +19,11 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ChaosError
 from ..model import Target
-from ..transport import ClientTls
+from .base import PodApi
 from .pod_selector import (
     SELECTOR_KEYS,
     annotations_match,
@@ -32,6 +32,9 @@ from .pod_selector import (
     label_selector,
     phase_matches,
 )
+
+if TYPE_CHECKING:  # gRPC loads with the first call to a daemon, not with the backend
+    from ..transport import ClientTls
 
 DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
 CLIENT_TLS_SECRET = "chaos-daemon-client-tls"
@@ -120,6 +123,8 @@ class KubernetesBackend:
 
         from kubernetes.client.exceptions import ApiException
 
+        from ..transport import ClientTls
+
         try:
             secret = self.core.read_namespaced_secret(CLIENT_TLS_SECRET, self.daemon_namespace, _request_timeout=30)
         except ApiException as err:
@@ -133,6 +138,9 @@ class KubernetesBackend:
         if missing:
             raise ChaosError(f"Secret {self.daemon_namespace}/{CLIENT_TLS_SECRET} lacks {', '.join(sorted(missing))}")
         return ClientTls(cert=data["tls.crt"], key=data["tls.key"], ca=data["ca.crt"])
+
+    def pod_api(self) -> PodApi:
+        return self
 
     def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int) -> None:
         """Delete the pod ``name`` if it is still the one selected (``uid``), with this grace period
