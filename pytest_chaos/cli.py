@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 
 from .api.v1 import chaos_daemon_pb2 as pb
-from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
+from .backends.kubernetes import KubernetesBackend
+from .defaults import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
 from .errors import ChaosError
 from .transport import ClientTls, DaemonClient
 

@@ -9,3 +9,7 @@ from __future__ import annotations
 
 DEFAULT_RPC_TIMEOUT_S = 60.0  # as Chaos Mesh's controller allows each daemon call
 DEFAULT_LEASE_S = 30.0
+BACKENDS = ("local", "kubernetes")
+# The kubernetes backend's: where the daemons run, and how this machine reaches them.
+DEFAULT_DAEMON_NAMESPACE = "chaos-testing"
+ACCESS_MODES = ("auto", "direct", "port-forward")

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from .api.contract import CONTAINERD_SOCKET, DOCKER_SOCKET
-from .backends import BACKENDS
-from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
-from .defaults import DEFAULT_LEASE_S, DEFAULT_RPC_TIMEOUT_S
+from .defaults import ACCESS_MODES, BACKENDS, DEFAULT_DAEMON_NAMESPACE, DEFAULT_LEASE_S, DEFAULT_RPC_TIMEOUT_S
 
 OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     # (option, argparse kwargs, help)

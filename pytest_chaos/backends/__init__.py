@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
+from ..defaults import BACKENDS
 from .base import Backend, PodApi
-
-BACKENDS = ("local", "kubernetes")
 
 __all__ = ["BACKENDS", "Backend", "PodApi"]

@@ -9,11 +9,11 @@ import pytest
 
 from .. import keys
 from ..api.contract import CONTAINERD_SOCKET, DOCKER_SOCKET
+from ..defaults import ACCESS_MODES, BACKENDS, DEFAULT_DAEMON_NAMESPACE
 from ..embedded import EMBEDDED_STATE_DIR, EmbeddedDaemon
 from ..options import flag, option
-from . import BACKENDS
 from .base import Backend
-from .kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
+from .kubernetes import KubernetesBackend
 from .local import LocalBackend
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..defaults import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
 from ..errors import ChaosError
 from ..model import Target
 from .base import PodApi
@@ -39,8 +40,6 @@ if TYPE_CHECKING:  # gRPC loads with the first call to a daemon, not with the ba
 DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
 CLIENT_TLS_SECRET = "chaos-daemon-client-tls"
 DAEMON_PORT = 31767
-DEFAULT_DAEMON_NAMESPACE = "chaos-testing"
-ACCESS_MODES = ("auto", "direct", "port-forward")
 PROBE_TIMEOUT_S = 1.0
 PAGE_SIZE = 500  # pods per list request
 
