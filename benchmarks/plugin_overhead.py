@@ -53,7 +53,7 @@ FILES = 10  # tests spread over this many modules, as a real suite would be
 GOAL_RATIO = 1.25
 PYTEST_TIMEOUT_S = 600
 ADDRESS_ENV = "PYTEST_CHAOS_BENCH_DAEMON"
-# What plugin._backend hands the embedded daemon with every option at its default.
+# What backends.config.from_config hands the embedded daemon with every option at its default.
 DAEMON_ARGS = ["--allow-pid-targets", "--recover-on-exit", "--containerd-socket", containerd.DEFAULT_SOCKET,
                "--docker-socket", docker.DEFAULT_SOCKET, "--containerd-namespace", "*"]
 PR_SET_PDEATHSIG = 1

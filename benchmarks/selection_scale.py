@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import statistics
 import sys
 import threading
@@ -38,12 +37,12 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.cluster import kubeconfig as find_kubeconfig
 from benchmarks.report import Row, ms, run_main
 from benchmarks.timing import interleaved_medians
 from pytest_chaos.backends.kubernetes import PAGE_SIZE, KubernetesBackend
-from pytest_chaos_cluster.settings import Layout
 
-DEFAULT_KUBECONFIG = os.environ.get("PYTEST_CHAOS_KUBECONFIG", str(Layout().kubeconfig))
+NEEDS_CLUSTER = True  # benchmarks/run.py passes it the cluster's kubeconfig, or reports the row skipped
 NAMESPACE_PREFIX = "chaos-bench-select-"
 # Namespaces are found by this label at the start, to remove what an interrupted run left.
 OWNER_LABEL = ("pytest-chaos-bench", "selection-scale")
@@ -243,7 +242,8 @@ def peak_heap(select: Callable[[], None]) -> float:
     return float(min(peaks))
 
 
-def rows(quick: bool, kubeconfig: str = DEFAULT_KUBECONFIG) -> list[Row]:
+def rows(quick: bool, kubeconfig: str | None = None) -> list[Row]:
+    kubeconfig = find_kubeconfig(kubeconfig)
     sizes = QUICK_SIZES if quick else SIZES
     rounds = 3 if quick else 15
     core = connect(kubeconfig)
@@ -321,7 +321,8 @@ def _mb(size: float) -> str:
 
 def main() -> int:
     return run_main(__doc__, "Pod selection over many pods in the API (kubernetes backend, no daemon call)", rows,
-                    "500 and 5,000 pods, fewer rounds", ("--kubeconfig", {"default": DEFAULT_KUBECONFIG}))
+                    "500 and 5,000 pods, fewer rounds",
+                    ("--kubeconfig", {"help": "default: $PYTEST_CHAOS_KUBECONFIG, $KUBECONFIG, the test bed's"}))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.version import VERSION
-from .backends.kubernetes import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE, KubernetesBackend
+from .backends.kubernetes import KubernetesBackend
+from .defaults import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
 from .errors import ChaosError
 from .handshake import DAEMON, HANDSHAKE_SINCE, DaemonInfo
 from .transport import ClientTls, DaemonClient

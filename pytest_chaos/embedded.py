@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -16,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from .errors import ChaosError
-from .transport import DaemonClient
 
 START_TIMEOUT_S = 20.0
 # The plugin's own daemons journal here, apart from a node daemon's default (/var/lib/pytest-chaos/daemon, the
@@ -29,6 +29,7 @@ SOCKET_NAME = "daemon.sock"
 MAX_SOCKET_PATH = 107
 # Where the socket's directory goes when the temporary directory's path is too long for it.
 SHORT_PARENTS = ("/tmp", "/run")
+DAEMON_MODULE = "pytest_chaos_daemon"
 # Forks the daemon when the caller is not the main thread; its one worker lives as long as the process.
 _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pytest-chaos-spawner")
 
@@ -69,7 +70,7 @@ class EmbeddedDaemon:
         """Start the daemon without waiting for it: it boots (imports, listens) while pytest collects,
         and the first experiment waits only for what is left. Does nothing if it cannot start here; the
         first use then says why."""
-        if self._process is None and os.geteuid() == 0:
+        if self._process is None and os.geteuid() == 0 and daemon_installed():
             with contextlib.suppress(ChaosError):
                 self._spawn_process()
 
@@ -78,6 +79,12 @@ class EmbeddedDaemon:
             if not self._serving:
                 self._wait_serving()
             return self.address
+        if not daemon_installed():
+            raise ChaosError(
+                f"the local backend runs the chaos daemon on this machine, and it is not installed (no module "
+                f"{DAEMON_MODULE} for {sys.executable}): pip install 'pytest-chaos[local]'; or use "
+                "--chaos-backend=kubernetes, or --chaos-daemon=ADDRESS to use a daemon running elsewhere"
+            )
         if os.geteuid() != 0:
             raise ChaosError(
                 "the local backend's daemon must run as root to enter other processes' namespaces; "
@@ -101,6 +108,8 @@ class EmbeddedDaemon:
             self._process = _spawn(argv, log)
 
     def _wait_serving(self) -> None:
+        from .transport import DaemonClient  # gRPC: loaded once a daemon is to be talked to
+
         client = DaemonClient(self.address)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
@@ -136,6 +145,14 @@ class EmbeddedDaemon:
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def daemon_installed() -> bool:
+    """Whether this interpreter can run the daemon: the plugin installs without it (the ``local`` extra)."""
+    try:
+        return importlib.util.find_spec(DAEMON_MODULE) is not None
+    except ImportError:  # an import hook that refuses it
+        return False
 
 
 def _spawn(argv: list[str], log: BinaryIO) -> subprocess.Popen[bytes]:

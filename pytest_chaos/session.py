@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .backends import Backend
+from .defaults import DEFAULT_LEASE_S, DEFAULT_RPC_TIMEOUT_S
 from .errors import ChaosError, ChaosSpecError, DaemonUnreachable
 from .handshake import Handshakes
 from .kinds import KINDS, InjectContext
@@ -26,10 +27,9 @@ from .model import Experiment, ExperimentSpec, Target
 from .modes import choose
 from .outcomes import settle_from_daemon
 from .spec import build_spec
-from .transport import DEFAULT_RPC_TIMEOUT_S, DaemonClient
+from .transport import DaemonClient
 
 MAX_PARALLEL_TARGETS = 16
-DEFAULT_LEASE_S = 30.0
 
 
 class ChaosSession:

@@ -13,12 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .api.contract import TLS_SERVER_NAME, grpc_target
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.v1 import chaos_daemon_pb2_grpc as pb_grpc
+from .defaults import DEFAULT_RPC_TIMEOUT_S
 from .errors import ChaosError, DaemonUnreachable
 
-DEFAULT_RPC_TIMEOUT_S = 60.0  # as Chaos Mesh's controller allows each daemon call
 # Called with the client and each ApplyRequest before it is sent; raises ChaosError to refuse it (handshake.py).
 Preflight = Callable[["DaemonClient", pb.ApplyRequest], None]
-
 
 @dataclasses.dataclass(frozen=True)
 class ClientTls:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Backend
+from ..defaults import BACKENDS
+from .base import Backend, PodApi
 
-BACKENDS = ("local", "kubernetes")
-
-__all__ = ["BACKENDS", "Backend"]
+__all__ = ["BACKENDS", "Backend", "PodApi"]

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ChaosSpecError
 from ..model import Target
-from ..transport import ClientTls
+
+if TYPE_CHECKING:  # the transport loads gRPC: a backend is built before the run knows it needs one
+    from ..transport import ClientTls
+
+
+class PodApi(Protocol):
+    """What a backend whose targets are pods offers the kinds that act on a pod itself (pod-kill)."""
+
+    def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int) -> None:
+        """Delete pod ``name`` if it is still the one selected (``uid``); raises ChaosError when refused."""
+        ...
 
 
 class Backend(Protocol):
@@ -35,6 +45,10 @@ class Backend(Protocol):
 
     def client_tls(self) -> ClientTls | None:
         """Credentials for mutual TLS with the daemons; None for plaintext."""
+        ...
+
+    def pod_api(self) -> PodApi | None:
+        """The pods' API where targets are pods of a cluster; None where they are not."""
         ...
 
     def describe(self) -> str:

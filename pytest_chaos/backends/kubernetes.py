@@ -19,11 +19,12 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..defaults import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
 from ..errors import ChaosError
 from ..model import Target
-from ..transport import ClientTls
+from .base import PodApi
 from .pod_selector import (
     SELECTOR_KEYS,
     annotations_match,
@@ -33,11 +34,12 @@ from .pod_selector import (
     phase_matches,
 )
 
+if TYPE_CHECKING:  # gRPC loads with the first call to a daemon, not with the backend
+    from ..transport import ClientTls
+
 DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
 CLIENT_TLS_SECRET = "chaos-daemon-client-tls"
 DAEMON_PORT = 31767
-DEFAULT_DAEMON_NAMESPACE = "chaos-testing"
-ACCESS_MODES = ("auto", "direct", "port-forward")
 PROBE_TIMEOUT_S = 1.0
 PAGE_SIZE = 500  # pods per list request
 
@@ -120,6 +122,8 @@ class KubernetesBackend:
 
         from kubernetes.client.exceptions import ApiException
 
+        from ..transport import ClientTls
+
         try:
             secret = self.core.read_namespaced_secret(CLIENT_TLS_SECRET, self.daemon_namespace, _request_timeout=30)
         except ApiException as err:
@@ -133,6 +137,9 @@ class KubernetesBackend:
         if missing:
             raise ChaosError(f"Secret {self.daemon_namespace}/{CLIENT_TLS_SECRET} lacks {', '.join(sorted(missing))}")
         return ClientTls(cert=data["tls.crt"], key=data["tls.key"], ca=data["ca.crt"])
+
+    def pod_api(self) -> PodApi:
+        return self
 
     def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int) -> None:
         """Delete the pod ``name`` if it is still the one selected (``uid``), with this grace period

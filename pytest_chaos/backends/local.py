@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
-from ..transport import ClientTls, DaemonClient
-from .base import check_selector_keys
+from .base import PodApi, check_selector_keys
+
+if TYPE_CHECKING:  # gRPC loads with the first call to the daemon, not with the backend
+    from ..api.v1 import chaos_daemon_pb2 as pb
+    from ..transport import ClientTls, DaemonClient
 
 SELECTOR_KEYS = {
     "pids": "list of host PIDs of local processes",
@@ -40,6 +42,9 @@ class LocalBackend:
 
     def describe(self) -> str:
         return f"local ({self._runtimes})" if self._runtimes else "local"
+
+    def pod_api(self) -> PodApi | None:
+        return None  # processes and containers, no pods
 
     def close(self) -> None:
         if self._client is not None:
@@ -104,6 +109,8 @@ class LocalBackend:
 
     def _daemon(self) -> DaemonClient:
         """The daemon lists the containers: it is the one that talks to the runtimes. One channel per run."""
+        from ..transport import DaemonClient
+
         address = self._daemon_address()
         if self._client is None or self._client.address != address:
             if self._client is not None:

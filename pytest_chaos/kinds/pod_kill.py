@@ -8,10 +8,9 @@ Deployment, a StatefulSet, ...) replaces it, a bare pod stays gone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
-from ..backends.kubernetes import KubernetesBackend
-from ..errors import ChaosSpecError
+from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
 from .base import InjectContext
 
@@ -39,9 +38,11 @@ class PodKill:
         # The pod's first picked container deletes it; the others share its outcome.
         first = next((t for t in ctx.targets if (t.namespace, t.pod) == (target.namespace, target.pod)), target)
         if first is target:
-            cast(KubernetesBackend, ctx.backend).delete_pod(
-                target.namespace or "", target.pod or "", target.pod_uid or "", grace_period
-            )
+            pods = ctx.backend.pod_api()
+            if pods is None:
+                raise ChaosError(f"kind '{self.name}' deletes pods, and the {ctx.backend.name} backend's targets are "
+                                 "not pods: use --chaos-backend=kubernetes")
+            pods.delete_pod(target.namespace or "", target.pod or "", target.pod_uid or "", grace_period)
             target.detail = f"deleted pod {pod} (grace period {grace_period}s)"
         else:
             target.detail = f"pod {pod} deleted once, with its container {first.container}"
