@@ -48,6 +48,7 @@ BENCHMARKS = (
     "unused_plugin",
     "daemon_memory",
     "program_memory",
+    "daemon_load",
     "lifecycle_latency",
     "netem_throughput",
 )
