@@ -30,8 +30,11 @@ import sys
 import tempfile
 import time
 
-from benchmarks.collection_cost import child_env, write_tests
-from benchmarks.report import Row, ms, run_main
+if __package__ in (None, ""):  # run as a script: the repository root is the import root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.collection_cost import child_env, write_tests  # noqa: E402
+from benchmarks.report import Row, ms, run_main  # noqa: E402
 
 TESTS = 1000
 ROUNDS, QUICK_ROUNDS = 9, 3
