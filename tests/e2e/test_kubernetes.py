@@ -56,8 +56,9 @@ def test_tutorial_scenario_through_the_marker(pytester, kube):
         entries = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
         mine = [e for e in entries if e.get("container_id") == container_id
                 or e.get("request", {}).get("container_id") == container_id]
-        assert {"ExecHelloWorldChaos", "command ran"} <= {e["msg"] for e in mine}
-        request = next(e for e in mine if e["msg"] == "ExecHelloWorldChaos")
+        # HelloWorld is a one-shot kind of Apply (ExecHelloWorldChaos stays for callers of the tutorial's RPC).
+        assert {"Apply", "command ran"} <= {e["msg"] for e in mine}
+        request = next(e for e in mine if e["msg"] == "Apply" and e.get("kind") == "helloworld")
         assert request["subject"] == "pytest-chaos-client"
         ran = next(e for e in mine if e["msg"] == "command ran")
         assert ran["argv"][-4:] == ["--", "sh", "-c", "ps aux"] and ran["returncode"] == 0

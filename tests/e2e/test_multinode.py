@@ -82,7 +82,7 @@ def served(kube, node: str) -> set[str]:
     logs = kube.kubectl("-n", "chaos-testing", "logs", kube.daemon_pod_on(node), "--tail=5000")
     entries = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     return {e["request"]["container_id"] for e in entries
-            if e.get("msg") == "ExecHelloWorldChaos" and "container_id" in e.get("request", {})}
+            if e.get("msg") == "Apply" and e.get("kind") == "helloworld" and "container_id" in e.get("request", {})}
 
 
 def run_suite(pytester, kube, source: str, *args: str):
