@@ -161,6 +161,15 @@ def set_field_paths(message: Any, prefix: str = "", skip: frozenset[str] = froze
         path = f"{prefix}{field.name}"
         paths.append(path)
         if not _opaque(field):
-            for item in (value if field.is_repeated else [value]):
+            for item in (value if _is_repeated(field) else [value]):
                 paths += [p for p in set_field_paths(item, f"{path}.") if p not in paths]
     return paths
+
+
+def _is_repeated(field: Any) -> bool:
+    """Across the supported protobuf range: 6.x and later say ``is_repeated``; before 6 only ``label`` tells,
+    and 7 has no ``label`` any more."""
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
