@@ -15,6 +15,7 @@ install: there it fails.
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Iterator
 
 import pytest
@@ -41,6 +42,14 @@ def module_targets(busybox_rootfs: str) -> Iterator[Targets]:
     pool = Targets(busybox_rootfs)
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """The project's two wheels, built once per run from the working tree (tests/support/wheels.py)."""
+    from tests.support.wheels import build_wheels
+
+    return build_wheels(tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("source"))
 
 
 _SESSION_START = pytest.StashKey[float]()

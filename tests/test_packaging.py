@@ -15,11 +15,9 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
 import pytest_chaos
 from pytest_chaos.api.version import VERSION
-from tests.support.wheels import build_wheels, fresh_venv
+from tests.support.wheels import fresh_venv
 
 ROOT = pathlib.Path(pytest_chaos.__file__).resolve().parent.parent
 PLUGIN_PACKAGE = ROOT / "pytest_chaos"
@@ -33,11 +31,6 @@ def imported_modules(path: pathlib.Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append(node.module)
     return found
-
-
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    return build_wheels(tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("source"))
 
 
 def wheel_files(wheel: pathlib.Path) -> set[str]:

@@ -14,9 +14,7 @@ import pathlib
 import shutil
 import subprocess
 
-import pytest
-
-from tests.support.wheels import ROOT, build_wheels, fresh_venv
+from tests.support.wheels import ROOT, fresh_venv
 
 LOCAL_TEST = '''
 import subprocess
@@ -30,11 +28,6 @@ def test_a_process_is_listed_by_the_daemon_of_the_local_extra(chaos):
     finally:
         sleeper.kill()
 '''
-
-
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    return build_wheels(tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("source"))
 
 
 def pip_install(python: pathlib.Path, *requirements: str, find_links: pathlib.Path) -> None:
