@@ -233,7 +233,10 @@ def test_corrupt_40_percent_is_dropped_by_the_receiver_on_its_checksum(emulating
     counts = receiver.result()
     errors = checksum_errors(peer) - errors_before
     dropped = 1000 - counts.received
-    low, high = binomial_interval(1000, 0.6)
+    # netem's flip may land in the Ethernet source address (6 of the frame's 106 bytes), which no one checks:
+    # such a datagram arrives intact, so with netem a little more than 60% do.
+    intact = 0.6 if emulation == "queue" else 0.6 + 0.4 * 6 / 106
+    low, high = binomial_interval(1000, intact)
     measured(f"network-corrupt 40% ({emulation}) over 1000 UDP datagrams: share dropped ({errors} checksum errors)",
              dropped / 1000, "0.40")
     assert low <= counts.received <= high, f"{counts.received} of 1000 arrived intact"
@@ -369,7 +372,9 @@ def test_netem_parameters_are_honoured_by_netem_and_refused_by_the_queue(emulati
     result = udp_probe(target, peer.ip, PORT, count=100, interval_s=0.005)
     fast = sum(rtt < 50 for rtt in result.rtts_ms)
     measured("network-delay 100ms reorder 100% gap 5 (netem): share sent at once", fast / result.received, "0.20")
-    assert abs(fast - result.received / 5) <= 2, f"{fast} of {result.received} went at once"
+    # Never more than every 5th goes at once (a held packet takes 100 +- 5 ms); a stalled machine (the VM lane's
+    # one emulated CPU) can only make a fast one late, so fewer is allowed, down to 70% of them.
+    assert 0.7 * result.received / 5 <= fast <= result.received / 5 + 1, f"{fast} of {result.received} went at once"
     session.recover(experiment)
     assert snapshot(target) == before
 
