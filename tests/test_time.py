@@ -270,6 +270,17 @@ def test_a_daemon_sigkilled_with_the_fault_in_force_leaves_it_to_a_successor_on_
           f"back {back_s:.2f} s later")
 
 
+def test_a_duration_ends_the_shift_by_itself(daemon, python_probe):
+    request = pb.ApplyRequest(container_id=f"pid://{python_probe.pid}", injection=pb.Injection(id=uuid.uuid4().hex),
+                              time=pb.Time(time_offset=Duration(seconds=HOURS_2)), duration=Duration(seconds=2))
+    reply = daemon.stub.Apply(request, timeout=60)
+    python_probe.wait_skews(HOURS_2, 0.0)
+    python_probe.wait_skews(0.0, 0.0, within=2 + 3 + SEEN_WITHIN_S)  # the daemon recovers at 2 s, checking each second
+    [status] = daemon.stub.ListInjections(pb.ListInjectionsRequest(include_ended=True), timeout=30).injections
+    assert status.injection_id == reply.status.injection_id and status.state == pb.InjectionStatus.EXPIRED, status
+    assert "put back the vDSO clocks of 1 process" in status.detail, status.detail
+
+
 @pytest.mark.parametrize(("fault", "words"), [
     (pb.Time(), "time.time_offset is required"),
     (pb.Time(time_offset=Duration(seconds=0)), "other than zero"),
