@@ -23,6 +23,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.errors import FailedPrecondition
 from pytest_chaos_daemon.faults import vdso
 
 from tests.support.targets import CONTAINERD_NAMESPACE, container_init_pid, make_busybox_rootfs, require, run
@@ -41,6 +42,8 @@ PROBE = textwrap.dedent(f"""\
     import os, select, sys, threading, time
     threading.Thread(target=lambda: [select.select([], [], [], 0.05) for _ in iter(int, 1)], daemon=True).start()
     out = sys.argv[1]
+    if len(sys.argv) > 2 and os.fork() == 0:  # a second process of the target, writing to argv[2]
+        out = sys.argv[2]
     while True:
         with open(out + ".new", "w") as f:
             f.write(f"{{time.time()}} {{time.monotonic()}}\\n")
@@ -118,10 +121,16 @@ def python_container(targets, tmp_path: Path) -> tuple[str, Probe]:
         os.symlink(f"usr/{link}", os.path.join(root, link))
     os.makedirs(os.path.join(root, "usr"))
     Path(root, "probe.py").write_text(PROBE)
-    container_id = targets.containerd(PYTHON, "/probe.py", "/tmp/time.txt", rootfs=root, mounts=("/usr",))
+    container_id = targets.containerd(PYTHON, "/probe.py", "/tmp/time.txt", "/tmp/child.txt", rootfs=root,
+                                      mounts=("/usr",))
     probe = Probe(container_init_pid(container_id), "/tmp/time.txt")
     _wait_running(probe)
     return f"containerd://{container_id}", probe
+
+
+def child_of(probe: Probe) -> Probe:
+    """The probe's forked second process, read through the same /proc/<pid>/root."""
+    return Probe(probe.pid, "/tmp/child.txt")
 
 
 @pytest.fixture
@@ -187,8 +196,10 @@ def test_a_container_sees_a_negative_offset_within_2s_processes_started_later_do
     container_id, probe = python_container
     reply, apply_s = apply(daemon, container_id, HOURS_2)
     assert reply.status.state == pb.InjectionStatus.ACTIVE
-    assert [p.pid for p in reply.processes] == [1], reply.processes  # the container's one process, as it sees it
+    # Both processes of the container, as it sees them: PID 1 and its child.
+    assert len(reply.processes) == 2 and reply.processes[0].pid == 1, reply.processes
     seen_s = probe.wait_skews(HOURS_2, 0.0)  # CLOCK_MONOTONIC was not asked for: unshifted
+    child_of(probe).wait_skews(HOURS_2, 0.0)
 
     # A process started in the target after apply gets a vDSO of its own: unaffected, as documented.
     bare = container_id.split("://", 1)[1]
@@ -199,8 +210,9 @@ def test_a_container_sees_a_negative_offset_within_2s_processes_started_later_do
 
     status, recover_s = recover(daemon, reply.status.injection_id)
     assert status.state == pb.InjectionStatus.RECOVERED, status.detail
-    assert status.detail == "put back the vDSO clocks of 1 process(es)", status.detail
+    assert status.detail == "put back the vDSO clocks of 2 process(es)", status.detail
     back_s = probe.wait_skews(0.0, 0.0)
+    child_of(probe).wait_skews(0.0, 0.0)
     assert_nothing_left(probe)
     print(f"\ntime, containerd target: apply {apply_s * 1000:.1f} ms, shift seen {seen_s:.2f} s after apply; "
           f"recover {recover_s * 1000:.1f} ms, back {back_s:.2f} s after recovery")
@@ -324,6 +336,29 @@ def test_a_target_that_ended_counts_as_recovered_saying_so(daemon, start_probe, 
     status, _ = recover(daemon, reply.status.injection_id)
     assert status.state == pb.InjectionStatus.RECOVERED, status.detail
     assert status.detail.startswith("nothing to put back"), status.detail
+
+
+def _own_vdso() -> bytes:
+    """This process's vDSO image, as the daemon reads a target's."""
+    with open("/proc/self/maps") as f:
+        low, high = next(line.split()[0] for line in f if line.rstrip().endswith("[vdso]")).split("-")
+    with open("/proc/self/mem", "rb", buffering=0) as mem:
+        mem.seek(int(low, 16))
+        return mem.read(int(high, 16) - int(low, 16))
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda image: image[:4] + b"\x01" + image[5:18] + (3).to_bytes(2, "little") + image[20:], "a 32-bit i386 vDSO"),
+    (lambda image: image[:18] + (183).to_bytes(2, "little") + image[20:], "a 64-bit aarch64 vDSO"),
+    (lambda image: b"\0" * len(image), "not an ELF image"),
+    (lambda image: image.replace(b"__vdso_gettimeofday", b"__vdso_gettimeofdaX"), "has no __vdso_gettimeofday"),
+])
+def test_a_vdso_of_another_architecture_or_layout_is_refused_naming_it(change, words):
+    """The node's own vDSO image, changed as another architecture's or layout's would be."""
+    assert vdso._entries(_own_vdso(), 1234)  # as it is: handled
+    with pytest.raises(FailedPrecondition) as info:
+        vdso._entries(change(_own_vdso()), 1234)
+    assert words in info.value.message and "process 1234" in info.value.message, info.value.message
 
 
 def test_the_marker_is_checked_at_collection_naming_the_field_and_what_it_accepts(pytester: pytest.Pytester):
