@@ -16,9 +16,10 @@ from .network_partition import NetworkPartition
 from .pod_kill import PodKill
 from .process_kill import ProcessKill
 from .stress import Stress
+from .time import Time
 
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), Time())}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]
