@@ -75,8 +75,14 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 
 def _wait_until_started(daemon: RunningDaemon) -> None:
-    deadline = time.monotonic() + 15
-    while '"serving"' not in daemon.log():
+    """Until it serves and, when it claimed a journal's records, has taken them over (that goes on beside its
+    calls: tests that look at what a restart resumed look after it)."""
+    deadline = time.monotonic() + 30
+
+    def started(log: str) -> bool:
+        return '"serving"' in log and ('"adopted from the journal"' not in log or '"adoption done"' in log)
+
+    while not started(daemon.log()):
         if daemon.process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"daemon did not start:\n{daemon.log()}")
         time.sleep(0.05)
