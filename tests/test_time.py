@@ -324,6 +324,31 @@ def test_a_second_time_fault_on_a_shifted_process_is_refused_and_the_first_stays
     python_probe.wait_skews(0.0, 0.0)
 
 
+def test_a_paused_container_is_refused_at_once_and_time_applied_before_the_pause_recovers_after_it(
+        daemon, python_container):
+    container_id, probe = python_container
+    pause = pb.ApplyRequest(container_id=container_id, injection=pb.Injection(id="pause-first"),
+                            container_pause=pb.ContainerPause())
+    daemon.stub.Apply(pause, timeout=60)
+    with pytest.raises(grpc.RpcError) as info:
+        apply(daemon, container_id, HOURS_2)
+    # Refused by its plan, at once, not by the helper's 20 s limit on stopping a process.
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is paused (frozen by the cgroup v" in info.value.details(), info.value.details()
+    [thawed] = daemon.stub.Recover(pb.RecoverRequest(injection_ids=["pause-first"]), timeout=60).injections
+    assert thawed.state == pb.InjectionStatus.RECOVERED, thawed.detail
+    # In the other order both apply, and recovering the pause first (teardown's order) lets time's recovery work.
+    reply, _ = apply(daemon, container_id, HOURS_2, injection_id="time-first")
+    probe.wait_skews(HOURS_2, 0.0)
+    daemon.stub.Apply(pb.ApplyRequest(container_id=container_id, injection=pb.Injection(id="pause-second"),
+                                      container_pause=pb.ContainerPause()), timeout=60)
+    daemon.stub.Recover(pb.RecoverRequest(injection_ids=["pause-second"]), timeout=60)
+    status, _ = recover(daemon, "time-first")
+    assert status.state == pb.InjectionStatus.RECOVERED, status.detail
+    probe.wait_skews(0.0, 0.0)
+    assert_nothing_left(probe)
+
+
 def test_a_target_that_ended_counts_as_recovered_saying_so(daemon, start_probe, tmp_path: Path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)

@@ -116,13 +116,21 @@ def _freezer_dir(undo: dict[str, Any], mechanism: str) -> str | None:
 
 
 def paused(pid: int) -> str | None:
-    """How the process ``pid`` is paused, if it is: frozen by a freezer cgroup of its own or an ancestor's
-    (container-pause, ``docker pause``, ...), or stopped by a signal; None when it runs."""
+    """How the process ``pid`` is paused, if it is: frozen (``frozen``), or stopped by a signal; None when it runs."""
     try:
-        memberships = procfs.read_cgroups(pid)
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rpartition(")")[2].split()[0]
     except (OSError, IndexError):
+        return None
+    return frozen(pid) or ("stopped by a signal (SIGSTOP)" if state in ("T", "t") else None)
+
+
+def frozen(pid: int) -> str | None:
+    """Which freezer cgroup holds the process ``pid`` frozen, its own or an ancestor's (container-pause,
+    ``docker pause``, ...), if one does. A frozen process can be neither stopped nor ptraced until thawed."""
+    try:
+        memberships = procfs.read_cgroups(pid)
+    except OSError:
         return None
     mounts = procfs.cgroup_mounts()
     for membership in memberships:
@@ -134,7 +142,7 @@ def paused(pid: int) -> str | None:
                 return f"frozen by the {FREEZER_V1} ({membership.path})"
         elif membership.v2 and "frozen 1" in _read(os.path.join(directory, "cgroup.events")).splitlines():
             return f"frozen by the {FREEZER_V2} ({membership.path})"
-    return "stopped by a signal (SIGSTOP)" if state in ("T", "t") else None
+    return None
 
 
 def release_from_v1_freezer(pids: set[int]) -> int:

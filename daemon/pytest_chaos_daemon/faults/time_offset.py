@@ -32,7 +32,7 @@ from ..confinement import confine, procfs, target_files, timeshift
 from ..confinement.target import HeldTarget
 from ..errors import DaemonError, FailedPrecondition, InvalidArgument, NotFound
 from ..lifecycle.journal import Record
-from . import vdso
+from . import container_pause, vdso
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 
@@ -69,6 +69,9 @@ class TimeOffset:
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         _helper()
+        if (how := container_pause.frozen(target.pid)) is not None:  # a frozen process cannot be ptrace-stopped
+            raise FailedPrecondition(f"target {target.description} is paused ({how}): its clocks cannot be shifted "
+                                     "while it is frozen; apply time before pausing it, or recover the pause first")
         layouts = await target_files.run(lambda: _plan_processes(target),
                                          f"reading the vDSO of the processes of target {target.description}")
         return Plan({"processes": layouts}, MECHANISM)

@@ -87,7 +87,7 @@ class Injections:
         return claimed
 
     async def _take_over(self, records: list[Record]) -> None:
-        for record in records:
+        for record in recovery_order(records):
             if record.state == states.APPLYING:
                 await self.recover(record.id, "interrupted while applying: undone", states.FAILED)
             elif record.expires_at is not None and record.expires_at <= time.time():
@@ -265,10 +265,10 @@ class Injections:
 
     async def _expire_due(self) -> None:
         now = time.time()
-        due = [r.id for r in self._records.values() if r.state == states.ACTIVE
-               and r.expires_at is not None and r.expires_at <= now]
-        for injection_id in due:
-            record = self._records[injection_id]
+        due = recovery_order([r for r in self._records.values() if r.state == states.ACTIVE
+                              and r.expires_at is not None and r.expires_at <= now])
+        for record in due:
+            injection_id = record.id
             why = ("its duration passed" if record.duration_expires_at is not None
                    and record.duration_expires_at <= now else "its lease ran out")
             await self.recover(injection_id, why, states.EXPIRED)
@@ -292,3 +292,14 @@ def _program_cgroups(plan: dict[str, Any]) -> list[str]:
     """The tracking cgroups of the programs a fault's plan left running (network kinds: ``cgroups``; stress:
     ``cgroup``)."""
     return [*plan.get("cgroups", []), *([plan["cgroup"]] if "cgroup" in plan else [])]
+
+
+# Kinds whose fault must end before others on the same target can be undone: a frozen target can be neither
+# signalled to death (stress-ng's stressors under a v1 freezer) nor ptraced (time).
+RECOVERED_FIRST = ("container-pause",)
+
+
+def recovery_order(records: list[Record]) -> list[Record]:
+    """``records`` in the order to recover them when several end together (a restart, leases that ran out):
+    pauses first, the rest as they were."""
+    return sorted(records, key=lambda record: record.kind not in RECOVERED_FIRST)
