@@ -1,0 +1,484 @@
+"""The soak: many lasting faults, overlapping on shared targets, while runners and the daemon die at random.
+
+Chaos tools are trusted on one question: after the experiment, is every target exactly as it was? This
+script asks it of the lifecycle as a whole (journal, leases, adoption, recovery), not of one piece.
+
+Targets are processes (pid://) and containerd containers on the tests' network bed
+(tests/support/network_bed.py), each in a network namespace of its own. One daemon serves them, on a
+journal of its own. Each experiment is a runner (a child process, as a pytest run is) that applies one
+lasting fault of a random kind to a random target with a short lease, renews it while it holds, then
+recovers it, as a test's teardown does. Several runners run at once, so faults overlap on one target
+(pause plus stress included). Meanwhile, at seeded random moments, the soak
+
+* SIGKILLs a runner (its faults must be recovered when their lease runs out),
+* SIGKILLs the daemon and starts it again on the same journal (the successor adopts what was in force).
+
+At checkpoints, and at the end, it waits until nothing is in force and compares every target with what was
+seen before the first fault: its network namespace (rules, qdiscs, links, bound queues, resolver files:
+``snapshot``), its freezer (thawed; a pid target not stopped), its vDSO (no clock patch), and the machine: no
+stress-ng, packet queue, DNS responder or timeshift helper left, no live record in the journal, none in the
+daemon's ListInjections. It prints one table; it exits 1 if anything was left behind or a recovery failed.
+
+Not exercised here (say so rather than pretend): deleting a daemon pod on the kind bed, restarting targets, a
+stalled container runtime.
+
+Run as root:
+    python3 benchmarks/soak.py --short        # about 3 minutes (.ci/run)
+    python3 benchmarks/soak.py                # 500 experiments
+    python3 benchmarks/soak.py --experiments 100 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: the repository root is the import root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+
+from benchmarks.report import Row, machine, table  # noqa: E402
+from pytest_chaos.api.v1 import chaos_daemon_pb2 as pb  # noqa: E402
+from pytest_chaos.api.v1 import chaos_daemon_pb2_grpc as pb_grpc  # noqa: E402
+
+FULL, SHORT = 500, 200
+CONCURRENT = 6  # runners alive at once
+LEASE_S = 3  # short, as a soak of a runner's death wants (--chaos-lease)
+HOLD_S = (1.0, 6.0)  # how long a runner holds its fault before its teardown recovers it
+DURATION_SHARE = 0.25  # experiments whose fault also has a duration, ending mid-hold
+KILL_RUNNER_EVERY = 6  # one runner SIGKILLed per this many experiments started, on average
+KILL_DAEMON_EVERY = 25
+CHECKPOINT_EVERY, SHORT_CHECKPOINT_EVERY = 100, 100
+QUIET_TIMEOUT_S = 60.0
+LIVE = ("active", "applying")
+PROGRAMS = ("stress-ng", "pytest_chaos_daemon.programs", "pytest-chaos-timeshift")
+DAEMON_MODULE = "pytest_chaos_daemon"
+
+KINDS = ("container-pause", "stress", "network-delay", "network-loss", "network-duplicate", "network-corrupt",
+         "network-bandwidth", "network-partition", "dns", "time")
+
+
+def fault(kind: str, rng: random.Random, peer: str) -> dict[str, Any]:
+    """The ApplyRequest fields of one lasting fault of ``kind`` (JSON, as the runner gets it)."""
+    scope = {"peer_container_ids": [peer], "direction": rng.choice(["DIRECTION_TO", "DIRECTION_FROM"])}
+    return {
+        "container-pause": lambda: {"containerPause": {}},
+        "stress": lambda: {"stress": rng.choice([{"cpu": {"workers": 1, "load": 10}},
+                                                 {"memory": {"workers": 1, "size": "16MB"}}])},
+        "network-delay": lambda: {"networkDelay": {"scope": scope, "latency": f"{rng.randint(5, 50) / 1000}s"}},
+        "network-loss": lambda: {"networkLoss": {"scope": scope, "loss": rng.choice([10, 50])}},
+        "network-duplicate": lambda: {"networkDuplicate": {"scope": scope, "duplicate": 20}},
+        "network-corrupt": lambda: {"networkCorrupt": {"scope": scope, "corrupt": 20}},
+        "network-bandwidth": lambda: {"networkBandwidth": {"scope": scope, "rate": 1 << 20, "limit": 1 << 16,
+                                                           "buffer": 1 << 14}},
+        "network-partition": lambda: {"networkPartition": {"scope": scope}},
+        "dns": lambda: {"dns": {"action": rng.choice(["ACTION_ERROR", "ACTION_RANDOM"]),
+                                "patterns": ["soak.example.*"]}},
+        "time": lambda: {"time": {"timeOffset": f"{rng.choice([-7200, 3600])}s"}},
+    }[kind]()
+
+
+# -- the runner: one experiment, as a test run holds it --------------------------------------------------------
+
+def runner_main() -> int:
+    """Apply the experiment on stdin, renew its lease while holding it, recover it; print what happened."""
+    plan = json.load(sys.stdin)
+    channel = grpc.insecure_channel(plan["address"])
+    stub = pb_grpc.ChaosDaemonStub(channel)
+    request = json_format.ParseDict({"containerId": plan["target"], "injection": {
+        "id": plan["id"], "owner": f"soak runner {os.getpid()}", "lease": f"{LEASE_S}s"}, **plan["fault"]},
+        pb.ApplyRequest())
+    if plan.get("duration_s"):
+        request.duration.FromNanoseconds(int(plan["duration_s"] * 1e9))
+
+    def say(**event: Any) -> None:
+        print(json.dumps({"id": plan["id"], **event}), flush=True)
+
+    try:
+        call(lambda: stub.Apply(request, timeout=30))
+    except grpc.RpcError as err:
+        say(event="refused", code=err.code().name, detail=(err.details() or "")[:300])
+        return 0
+    say(event="applied")
+    until = time.monotonic() + plan["hold_s"]
+    while time.monotonic() < until:  # the plugin renews every third of the lease
+        time.sleep(min(LEASE_S / 3, max(until - time.monotonic(), 0)))
+        with contextlib.suppress(grpc.RpcError):
+            stub.Renew(pb.RenewRequest(injection_ids=[plan["id"]], lease={"seconds": LEASE_S}), timeout=5)
+    [status] = call(lambda: stub.Recover(pb.RecoverRequest(injection_ids=[plan["id"]]), timeout=60)).injections
+    say(event="recovered", state=pb.InjectionStatus.State.Name(status.state), detail=status.detail[:300])
+    return 0
+
+
+def call(rpc: Any, attempts: int = 40) -> Any:
+    """``rpc()``, retried while the daemon is away (SIGKILLed and not yet back), as a runner's calls are."""
+    for attempt in range(attempts):
+        try:
+            return rpc()
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+# -- the soak ----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Runner:
+    id: str
+    kind: str
+    target: str
+    process: subprocess.Popen[str]
+    killed_at: float | None = None  # wall clock, as the daemon's ended_at
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class Daemon:
+    """One daemon on a fixed socket and journal, SIGKILLed and started again at will."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.socket = os.path.join(directory, "daemon.sock")
+        self.state = os.path.join(directory, "state")
+        self.log_path = os.path.join(directory, "daemon.log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts: list[float] = []  # seconds from start to serving, per restart
+        self.start()
+
+    def start(self) -> None:
+        begun = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", DAEMON_MODULE, "--listen", f"unix://{self.socket}", "--state-dir", self.state,
+                 "--containerd-namespace", "*", "--allow-pid-targets", "--log-level", "info"],
+                stdout=log, stderr=log, start_new_session=True)
+        channel = grpc.insecure_channel(f"unix://{self.socket}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            pb_grpc.ChaosDaemonStub(channel).GetInfo(pb.GetInfoRequest(), timeout=30)
+        finally:
+            channel.close()
+        self.restarts.append(time.monotonic() - begun)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stub(self) -> pb_grpc.ChaosDaemonStub:
+        return pb_grpc.ChaosDaemonStub(grpc.insecure_channel(f"unix://{self.socket}"))
+
+    def journal_live(self) -> list[str]:
+        live = []
+        for path in glob.glob(os.path.join(self.state, "injections", "*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                with open(path) as f:
+                    record = json.load(f)
+                if record.get("state") in LIVE:
+                    live.append(f"{record.get('id')} ({record.get('kind')}, {record.get('state')})")
+        return live
+
+    def resources(self) -> dict[str, int]:
+        """The daemon's RSS (KiB), open fds and threads."""
+        with open(f"/proc/{self.pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {"rss_kb": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"]),
+                "fds": len(os.listdir(f"/proc/{self.pid}/fd"))}
+
+
+class Soak:
+    def __init__(self, experiments: int, seed: int, checkpoint_every: int, pids: int, containers: int) -> None:
+        from tests.support.network_bed import NetworkBed
+
+        self.experiments, self.seed, self.checkpoint_every = experiments, seed, checkpoint_every
+        self.rng = random.Random(seed)
+        self.workdir = tempfile.mkdtemp(prefix="pytest-chaos-soak-")
+        self.bed = NetworkBed()
+        self.targets = [self.bed.process() for _ in range(pids)] + [self.bed.containerd() for _ in range(containers)]
+        self.before = {t.container_id: self.look(t) for t in self.targets}
+        self.daemon = Daemon(self.workdir)
+        self.resources_start = self.daemon.resources()
+        self.runners: dict[str, Runner] = {}
+        self.done: list[tuple[Runner, list[dict[str, Any]]]] = []
+        self.kills: collections.Counter[str] = collections.Counter()
+        self.left: list[str] = []
+        self.checkpoints = 0
+        self.resources_end: dict[str, int] = {}
+
+    def look(self, target: Any) -> dict[str, Any]:
+        """What a fault could change in ``target``, as seen from outside the daemon."""
+        from pytest_chaos_daemon.errors import DaemonError
+        from pytest_chaos_daemon.faults import container_pause, vdso
+
+        from tests.support.network_bed import snapshot
+
+        pid = target.pid
+        try:
+            vdso.read_layout(pid)
+            clock = "own"
+        except DaemonError as err:  # "already has its clocks shifted" when a patch is left
+            clock = err.message
+        return {"network": snapshot(target), "paused": container_pause.paused(pid), "clock": clock}
+
+    def run(self) -> bool:
+        started = 0
+        try:
+            while started < self.experiments or self.runners:
+                self.reap()
+                if started < self.experiments and len(self.runners) < CONCURRENT:
+                    self.launch(f"soak-{self.seed}-{started}")
+                    started += 1
+                    if self.rng.random() < 1 / KILL_RUNNER_EVERY:
+                        self.kill_runner()
+                    if self.rng.random() < 1 / KILL_DAEMON_EVERY:
+                        self.kill_daemon()
+                    if started % self.checkpoint_every == 0 and started < self.experiments:
+                        self.drain()
+                        self.check()
+                time.sleep(0.05)
+            self.check()
+        finally:
+            self.resources_end = self.daemon.resources() if self.daemon.process.poll() is None else {}
+            self.daemon.stop()
+            self.bed.close()
+        return not self.left and not self.failures()
+
+    def launch(self, injection_id: str) -> None:
+        target = self.rng.choice(self.targets)
+        peer = self.rng.choice([t for t in self.targets if t is not target])
+        kind = self.rng.choice(KINDS)
+        plan = {"address": f"unix://{self.daemon.socket}", "target": target.container_id, "id": injection_id,
+                "fault": fault(kind, self.rng, peer.container_id), "hold_s": self.rng.uniform(*HOLD_S),
+                "duration_s": self.rng.uniform(0.5, HOLD_S[1]) if self.rng.random() < DURATION_SHARE else None}
+        process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--runner"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(plan))
+        process.stdin.close()
+        self.runners[injection_id] = Runner(injection_id, kind, target.container_id, process)
+
+    def reap(self) -> None:
+        for runner in [r for r in self.runners.values() if r.process.poll() is not None]:
+            assert runner.process.stdout is not None
+            events = [json.loads(line) for line in runner.process.stdout.read().splitlines() if line.startswith("{")]
+            self.done.append((runner, events))
+            del self.runners[runner.id]
+
+    def kill_runner(self) -> None:
+        # One that has had time to apply: killing a runner mid-Apply happens too, but is not the common case.
+        alive = [r for r in self.runners.values() if r.process.poll() is None
+                 and time.monotonic() - r.started > 1.5] or [r for r in self.runners.values() if r.process.poll() is None]
+        if alive:
+            runner = self.rng.choice(alive)
+            runner.process.send_signal(signal.SIGKILL)
+            runner.killed_at = time.time()
+            self.kills["runner SIGKILL"] += 1
+
+    def kill_daemon(self) -> None:
+        self.daemon.kill()
+        self.kills["daemon SIGKILL + restart"] += 1
+        time.sleep(self.rng.uniform(0, 1.5))  # down a moment: runners' calls wait, leases run on
+        self.daemon.start()
+
+    def drain(self) -> None:
+        """Wait for every runner to end and the daemon to hold nothing in force."""
+        while self.runners:
+            self.reap()
+            time.sleep(0.1)
+        deadline = time.monotonic() + QUIET_TIMEOUT_S
+        while self.live() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def live(self) -> list[pb.InjectionStatus]:
+        return list(self.daemon.stub().ListInjections(pb.ListInjectionsRequest(), timeout=30).injections)
+
+    def check(self) -> None:
+        self.drain()
+        self.checkpoints += 1
+        where = f"checkpoint {self.checkpoints}"
+        self.left += [f"{where}: in force at the daemon: {s.injection_id} ({s.kind} on {s.container_id})"
+                      for s in self.live()]
+        self.left += [f"{where}: live in the journal: {record}" for record in self.daemon.journal_live()]
+        for target in self.targets:
+            now = self.look(target)
+            for aspect, value in now.items():
+                if value != self.before[target.container_id][aspect]:
+                    self.left.append(f"{where}: {target.container_id}: its {aspect} differs from before")
+        self.left += [f"{where}: program left running: {line}" for line in self.programs()]
+
+    def programs(self) -> list[str]:
+        """The fault programs running in a target's network or pid namespace (queues, responders, proxies,
+        stress-ng): others on the machine are not the soak's."""
+        namespaces = set()
+        for target in self.targets:
+            for kind in ("net", "pid"):
+                with contextlib.suppress(OSError):
+                    namespaces.add(os.readlink(f"/proc/{target.pid}/ns/{kind}"))
+        found = []
+        listing = subprocess.run(["pgrep", "-af", "|".join(PROGRAMS)], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            pid = line.split(" ", 1)[0]
+            try:
+                theirs = {os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("net", "pid")}
+            except OSError:
+                continue  # gone meanwhile
+            if theirs & namespaces:
+                found.append(line)
+        return found
+
+    # -- what happened ---------------------------------------------------------------------------------------
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every injection's journal record, ended ones included (each daemon keeps them for an hour; a
+        restarted daemon lists only what it adopted, the journal has the rest)."""
+        found = {}
+        for path in glob.glob(os.path.join(self.daemon.state, "injections", "*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                with open(path) as f:
+                    record = json.load(f)
+                found[record["id"]] = record
+        return found
+
+    def failures(self) -> list[str]:
+        """Recoveries that failed: a fault that may still be in force. (An injection ended FAILED on purpose,
+        because its fault stopped early or could not be resumed, says so and is not one.)"""
+        return [f"{record['id']} ({record['kind']}): {record['detail']}" for record in self.records().values()
+                if record["state"] == "failed" and "recovery failed" in record["detail"]]
+
+
+def recovery_path(record: dict[str, Any] | None, runner: Runner, events: list[dict[str, Any]]) -> str:
+    if any(e.get("event") == "refused" for e in events):
+        return "refused at apply (composition)"
+    if record is None:
+        return "never applied (runner killed first)"
+    detail = record["detail"]
+    if record["state"] == "recovered":
+        return "teardown (Recover)"
+    if "no daemon watched" in detail or "interrupted while applying" in detail or "resumed at restart" in detail:
+        return "adoption (a restarted daemon)"
+    if "duration passed" in detail:
+        return "duration"
+    if "lease ran out" in detail:
+        return "lease (runner gone)" if runner.killed_at else "lease"
+    if "applying failed" in detail and "undone" in detail:
+        return "undone: its Apply was cut off (runner killed mid-Apply)"
+    return f"other: {record['state']} {detail[:60]}"
+
+
+def report(soak: Soak, seconds: float) -> list[Row]:
+    records = soak.records()
+    paths: collections.Counter[str] = collections.Counter()
+    death_to_recovery = []
+    for runner, events in soak.done:
+        record = records.get(runner.id)
+        paths[recovery_path(record, runner, events)] += 1
+        if runner.killed_at and record and record.get("ended_at") and record["state"] == "expired":
+            death_to_recovery.append(max(record["ended_at"] - runner.killed_at, 0.0))
+    kinds = collections.Counter(runner.kind for runner, _ in soak.done)
+    failures = soak.failures()
+    start, end = soak.resources_start, soak.resources_end
+    rows = [Row("experiments", f"{len(soak.done)} ({len(kinds)} kinds, {len(soak.targets)} targets)",
+                f"seed {soak.seed}, {seconds:.0f} s"),
+            *(Row(f"kills: {what}", str(count)) for what, count in sorted(soak.kills.items())),
+            Row("faults left behind", str(len(soak.left)), f"{soak.checkpoints} checkpoints", goal="0",
+                met=not soak.left),
+            Row("recoveries that failed", str(len(failures)), goal="0", met=not failures),
+            *(Row(f"ended by: {path}", str(count)) for path, count in sorted(paths.items()))]
+    if death_to_recovery:
+        ordered = sorted(death_to_recovery)
+        rows.append(Row("runner's death to recovery", f"p50 {statistics.median(ordered):.2f} s",
+                        f"p99 {ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]:.2f} s, lease {LEASE_S} s"))
+    if len(soak.daemon.restarts) > 1:
+        restarts = sorted(soak.daemon.restarts[1:])
+        rows.append(Row("restarted daemon: start to serving", f"max {restarts[-1]:.2f} s",
+                        f"median {statistics.median(restarts):.2f} s of {len(restarts)}", goal="<= 5 s",
+                        met=restarts[-1] <= 5))
+    if start and end:
+        rows.append(Row("daemon RSS start -> end", f"{start['rss_kb'] / 1024:.1f} -> {end['rss_kb'] / 1024:.1f} MB"))
+        rows.append(Row("daemon fds start -> end", f"{start['fds']} -> {end['fds']}"))
+        rows.append(Row("daemon threads start -> end", f"{start['threads']} -> {end['threads']}"))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Run as root; exits 1 when a fault was left behind or a recovery failed.")
+    parser.add_argument("--short", action="store_true", help=f"{SHORT} experiments (about 3 minutes), as .ci/run runs")
+    parser.add_argument("--experiments", type=int, help=f"how many (default {FULL}; --short: {SHORT})")
+    parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: random, printed)")
+    parser.add_argument("--pid-targets", type=int, default=4)
+    parser.add_argument("--container-targets", type=int, default=2)
+    parser.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.runner:
+        return runner_main()
+    if os.geteuid() != 0:
+        parser.error("run as root: the daemon enters namespaces, the bed makes them")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    experiments = args.experiments or (SHORT if args.short else FULL)
+    print(f"soak: {experiments} experiments, seed {seed} (again: --seed {seed})", file=sys.stderr, flush=True)
+    begun = time.monotonic()
+    soak = Soak(experiments, seed, SHORT_CHECKPOINT_EVERY if args.short else CHECKPOINT_EVERY,
+                args.pid_targets, args.container_targets)
+    with progress(soak):
+        clean = soak.run()
+    print(f"pytest-chaos soak{' (--short)' if args.short else ''}")
+    print(machine())
+    print(table(report(soak, time.monotonic() - begun)))
+    for line in soak.left + [f"recovery failed: {f}" for f in soak.failures()]:
+        print(f"  {line}")
+    shutil.rmtree(soak.workdir, ignore_errors=True)
+    return 0 if clean else 1
+
+
+@contextlib.contextmanager
+def progress(soak: Soak) -> Iterator[None]:
+    """A line every 15 s on stderr: long work shows it is moving."""
+    import threading
+
+    stop = threading.Event()
+
+    def tell() -> None:
+        while not stop.wait(15):
+            print(f"soak: {len(soak.done)}/{soak.experiments} experiments done, {len(soak.runners)} running, "
+                  f"kills {dict(soak.kills)}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=tell, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
