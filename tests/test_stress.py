@@ -31,7 +31,8 @@ ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
 CPU = pb.Stress.Cpu(workers=1, load=100)
 MEMORY = pb.Stress.Memory(workers=1, size="64MB")
 MEMORY_RISE = 40 << 20  # of the 64MB stress-ng keeps mapped, at least this shows in the container's usage
-BUSY_S = 0.3  # CPU seconds per second one worker at full load adds, at least, on a busy two-core machine
+BUSY_S = 0.1  # CPU seconds per second one worker at full load adds, at least, even on a loaded two-core machine
+# (an idle target adds none: the bound fails only when no stressor runs)
 
 
 def stress_ng_processes(zombies: bool = True) -> list[int]:
