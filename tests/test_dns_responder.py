@@ -357,6 +357,8 @@ CLIENT_SCRIPT = r'''
 """Sends DNS queries as an application in the target namespace would; prints the replies as JSON."""
 import json, random, socket, struct, sys, threading, time
 
+import dns.flags, dns.message, dns.rdatatype
+
 request = json.loads(sys.argv[1])
 server = request["server"]
 
@@ -367,36 +369,22 @@ def encode_query(name, qtype, query_id):
     return struct.pack("!6H", query_id, 0x0100, 1, 0, 0, 0) + question, question
 
 
-def skip_name(message, position):
-    while True:
-        length = message[position]
-        if length & 0xC0 == 0xC0:
-            return position + 2
-        position += 1 + length
-        if length == 0:
-            return position
-
-
 def decode_reply(reply, query_id, question):
-    reply_id, flags, qd, an = struct.unpack_from("!4H", reply)
-    result = {"id_ok": reply_id == query_id, "qr": bool(flags & 0x8000), "ra": bool(flags & 0x0080),
-              "rcode": flags & 0xF, "question_ok": qd == 1 and reply[12:12 + len(question)] == question,
-              "answers": []}
-    position = 12 + len(question) if qd == 1 else 12
-    for _ in range(an):
-        position = skip_name(reply, position)
-        rtype, rclass, ttl, length = struct.unpack_from("!HHIH", reply, position)
-        rdata = reply[position + 10:position + 10 + length]
-        position += 10 + length
-        if rtype == 1:
-            data = socket.inet_ntop(socket.AF_INET, rdata)
-        elif rtype == 28:
-            data = socket.inet_ntop(socket.AF_INET6, rdata)
-        elif rtype == 16:
-            data = rdata[1:1 + rdata[0]].decode()
-        else:
-            data = rdata.hex()
-        result["answers"].append({"type": rtype, "ttl": ttl, "data": data})
+    # dnspython decodes: an independent decoder, not the responder's own codec.
+    message = dns.message.from_wire(reply)
+    qd = struct.unpack_from("!H", reply, 4)[0]
+    result = {"id_ok": message.id == query_id, "qr": bool(message.flags & dns.flags.QR),
+              "ra": bool(message.flags & dns.flags.RA), "rcode": message.rcode(),
+              "question_ok": qd == 1 and reply[12:12 + len(question)] == question, "answers": []}
+    for rrset in message.answer:
+        for rdata in rrset:
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                data = rdata.address
+            elif rrset.rdtype == dns.rdatatype.TXT:
+                data = rdata.strings[0].decode()
+            else:
+                data = rdata.to_wire().hex()
+            result["answers"].append({"type": int(rrset.rdtype), "ttl": rrset.ttl, "data": data})
     return result
 
 

@@ -640,23 +640,15 @@ while True:
 '''
 
 DNS_QUERY = r'''
-import json, random, socket, struct, sys
+import json, socket, sys
+import dns.message, dns.rdatatype  # an independent decoder, not the responder's own codec
 server, name, qtype = sys.argv[1], sys.argv[2], int(sys.argv[3])
-query_id = random.randrange(65536)
-question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", qtype, 1)
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.settimeout(3)
-sock.sendto(struct.pack("!6H", query_id, 0x0100, 1, 0, 0, 0) + question, (server, 53))
-reply = sock.recv(4096)
-rcode, answers = struct.unpack_from("!H", reply, 2)[0] & 0xF, struct.unpack_from("!H", reply, 6)[0]
-addresses, offset = [], 12 + len(question)
-for _ in range(answers):
-    offset += 2 if reply[offset] & 0xC0 else reply.index(b"\0", offset) + 1 - offset
-    rtype, _, _, length = struct.unpack_from("!HHIH", reply, offset)
-    if rtype == 1:
-        addresses.append(socket.inet_ntoa(reply[offset + 10:offset + 10 + length]))
-    offset += 10 + length
-print(json.dumps({"rcode": rcode, "addresses": addresses}))
+sock.sendto(dns.message.make_query(name, qtype).to_wire(), (server, 53))
+reply = dns.message.from_wire(sock.recv(4096))
+addresses = [rdata.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for rdata in rrset]
+print(json.dumps({"rcode": reply.rcode(), "addresses": addresses}))
 '''
 
 
