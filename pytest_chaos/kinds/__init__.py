@@ -16,9 +16,11 @@ from .network_partition import NetworkPartition
 from .pod_kill import PodKill
 from .process_kill import ProcessKill
 from .stress import Stress
+from .tcp import TCP_TOXICS
 
-KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
+_ALL: tuple[FaultKind, ...] = (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), *TCP_TOXICS)
+KINDS: dict[str, FaultKind] = {kind.name: kind for kind in _ALL}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]

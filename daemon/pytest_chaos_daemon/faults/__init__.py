@@ -18,11 +18,12 @@ from .network_emulation import NetworkEmulation
 from .network_partition import NetworkPartition
 from .process_kill import ProcessKill
 from .stress import Stress
+from .tcp_toxic import TCP_TOXICS
 
 NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
                           for name in ("loss", "delay", "duplicate", "corrupt"))
 _ALL: tuple[Fault, ...] = (HelloWorld(), ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(),
-                           *NETWORK_EMULATION, NetworkBandwidth(), Dns())
+                           *NETWORK_EMULATION, NetworkBandwidth(), Dns(), *TCP_TOXICS)
 FAULTS: dict[str, Fault] = {fault.kind: fault for fault in _ALL}
 # The ApplyRequest field that names each kind; kinds that share a field (the TCP toxics) are told apart by
 # ``fault_for``.
