@@ -52,7 +52,7 @@ def _through_proxy(server: NetTarget, client: NetTarget, params: dict, seconds: 
         experiment = session.apply(spec)
         try:
             assert experiment.targets[0].mechanism.startswith("a proxy"), experiment.targets[0].mechanism
-            return tcp_throughput(client, server.ip, PORT, seconds=seconds)
+            return tcp_throughput(client, server.ip, PORT, seconds=seconds, proxied=True)
         finally:
             session.recover(experiment)
     finally:
