@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import math
 import os
 import pathlib
 import secrets
@@ -33,6 +32,7 @@ import pytest
 from pytest_chaos_daemon.programs.packet_queue import MAX_HELD_BYTES, MAX_HELD_PACKETS, bound_queues, parse_args, queue_argv
 
 from tests.support import programs
+from tests.support.binomial import binomial_interval
 from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe, udp_send
 from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
@@ -116,28 +116,6 @@ def wait_line(process: subprocess.Popen[str], timeout: float = 15.0) -> str:
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     assert ready, f"{process.args} printed nothing within {timeout} s"
     return process.stdout.readline().strip()
-
-
-def binomial_interval(n: int, p: float, level: float = 0.99) -> tuple[int, int]:
-    """The central interval holding ``level`` of Binomial(n, p): [low, high] counts."""
-    tail = (1 - level) / 2
-
-    def pmf(k: int) -> float:
-        if p in (0, 1):
-            return float(k == n * p)
-        return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                        + k * math.log(p) + (n - k) * math.log(1 - p))
-
-    masses = [pmf(k) for k in range(n + 1)]
-    low, below = 0, 0.0
-    while below + masses[low] <= tail:
-        below += masses[low]
-        low += 1
-    high, above = n, 0.0
-    while above + masses[high] <= tail:
-        above += masses[high]
-        high -= 1
-    return low, high
 
 
 def percentile(ordered: list[float], pct: float) -> float:
