@@ -27,7 +27,8 @@ from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds import KINDS
 from pytest_chaos.session import ChaosSession
-from tests.support.network_bed import NetTarget, NetworkBed, binomial_interval, measured, snapshot
+from tests.support.binomial import binomial_interval
+from tests.support.network_bed import NetTarget, NetworkBed, measured, snapshot
 from tests.support.targets import running, wait_for
 
 PORT = 7300
