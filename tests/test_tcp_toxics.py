@@ -19,12 +19,15 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.confinement import procfs
+from pytest_chaos_daemon.programs.tcp_proxy import Toxic, build_parser, toxic_argv
+from pytest_chaos_daemon.programs.transparent_proxy import MAX_CONNECTIONS, proxy_argv
 
 from pytest_chaos.backends.local import LocalBackend
-from pytest_chaos.errors import ChaosSpecError
+from pytest_chaos.errors import ChaosError, ChaosSpecError
 from pytest_chaos.kinds import KINDS
 from pytest_chaos.session import ChaosSession
 from tests.support.binomial import binomial_interval
@@ -175,6 +178,26 @@ elif tool == "idle":  # an echo connection where nobody sends: how (and when) it
         out["error"] = error(err)
     out["seconds"] = time.monotonic() - start
     print(json.dumps(out))
+elif tool == "many":  # hold N echo connections open, then try one more and use it
+    held = []
+    for _ in range(args["connections"]):
+        sock = connect()
+        sock.sendall(b"echo\n")
+        sock.sendall(b"x")
+        sock.settimeout(10)
+        assert sock.recv(1) == b"x"
+        held.append(sock)
+    out = {"held": len(held), "error": None}
+    try:
+        extra = connect()
+        extra.settimeout(5)
+        extra.sendall(b"echo\nx")
+        out["echo"] = extra.recv(1).decode()
+    except OSError as err:
+        out["error"] = error(err)
+    held[0].sendall(b"y")
+    out["first_still_works"] = held[0].recv(1) == b"y"
+    print(json.dumps(out))
 elif tool == "connect":
     try:
         connect().close()
@@ -265,6 +288,15 @@ def proxies_in(target: NetTarget) -> list[int]:
     return found
 
 
+def socket_fds(pid: int) -> int:
+    """How many sockets process ``pid`` holds open."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
+
+
 def recover_cleanly(session: ChaosSession, experiment, server: Server, before: str) -> None:
     assert proxies_in(server.target) or experiment.spec.kind == "tcp-down"
     session.recover(experiment)
@@ -333,6 +365,13 @@ def test_reset_peer_gives_econnreset(session, pair):
     assert result["error"] == "ECONNRESET", result
     assert 0.2 <= result["seconds"] <= 0.6, result
     assert client(source, "rtt", server, connections=1)["rtts_ms"]  # data passes until the reset
+    # A stream the server ends before the timeout: the client reads it whole, and the proxy still ends the
+    # connection when the timeout comes (nothing of it is left open in the server's namespace).
+    [proxy] = proxies_in(server.target)
+    idle = socket_fds(proxy)
+    result = client(source, "fetch", server, size=1000)
+    assert result["bytes"] == 1000, result
+    wait_for(lambda: socket_fds(proxy) == idle, "the proxy to end the connection", 5)
     recover_cleanly(session, experiment, server, before)
     assert client(source, "fetch", server, size=1000)["bytes"] == 1000
 
@@ -438,12 +477,83 @@ def test_toxicity_half_hits_about_half_the_connections(session, pair):
 # -- lifecycle -------------------------------------------------------------------------------------
 
 
-def test_a_second_fault_on_the_same_port_is_refused(session, pair):
+def test_a_second_fault_on_the_same_port_is_refused_and_another_port_is_independent(session, pair):
     server, source = pair
+    before = snapshot(server.target)
     experiment = apply(session, "tcp-latency", server, latency=50)
-    with pytest.raises(Exception, match="one proxy fault per port"):
+    with pytest.raises(ChaosError, match="one proxy fault per port"):
         apply(session, "tcp-bandwidth", server, rate=100)
+    other = Server(server.target, PORT + 1)
+    try:
+        down = apply(session, "tcp-down", other)
+        assert client(source, "connect", other)["error"] == "ECONNREFUSED"
+        assert median_rtt(source, server, connections=1, more=2) >= 45  # the first fault is still whole
+        session.recover(down)
+        assert client(source, "connect", other)["error"] is None
+    finally:
+        other.stop()
     session.recover(experiment)
+    assert snapshot(server.target) == before
+
+
+def test_connections_past_the_bound_are_reset_and_the_others_kept(session, pair):
+    server, source = pair
+    experiment = apply(session, "tcp-latency", server, latency=0, toxicity=0)
+    result = client(source, "many", server, connections=MAX_CONNECTIONS)
+    assert result == {"held": MAX_CONNECTIONS, "error": "ECONNRESET", "first_still_works": True}, result
+    session.recover(experiment)
+
+
+@pytest.mark.parametrize(("message", "problem"), [
+    (pb.TcpToxic(latency=pb.TcpToxic.Latency(latency=10)), "port is required"),
+    (pb.TcpToxic(port=80), "no toxic given"),
+    (pb.TcpToxic(port=80, toxicity=1.5, latency=pb.TcpToxic.Latency()), "toxicity must be 0 to 1"),
+    (pb.TcpToxic(port=80, toxicity=float("nan"), latency=pb.TcpToxic.Latency()), "toxicity must be 0 to 1"),
+    (pb.TcpToxic(port=80, stream=7, latency=pb.TcpToxic.Latency()), "stream must be one of downstream, upstream"),
+    (pb.TcpToxic(port=80, latency=pb.TcpToxic.Latency(latency=10**12)), "latency must be at most"),
+    (pb.TcpToxic(port=80, bandwidth=pb.TcpToxic.Bandwidth()), "rate must be 1 KB/s or more"),
+    (pb.TcpToxic(port=80, slicer=pb.TcpToxic.Slicer(average_size=5, size_variation=5)), "size_variation must be"),
+    (pb.TcpToxic(port=80, toxicity=0.5, down=pb.TcpToxic.Down()), "takes port alone"),
+])
+def test_the_daemon_refuses_a_bad_request_naming_the_field(daemon, network_bed, message, problem):
+    target = network_bed.process()
+    before = snapshot(target)
+    request = pb.ApplyRequest(container_id=target.container_id, injection=pb.Injection(id="bad"), tcp_toxic=message)
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Apply(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in info.value.details(), info.value.details()
+    assert snapshot(target) == before
+
+
+def test_the_daemon_lists_each_tcp_kind_with_its_mechanism(daemon):
+    kinds = {k.kind: k for k in daemon.stub.GetInfo(pb.GetInfoRequest(), timeout=30).kinds}
+    for name in ("tcp-latency", "tcp-bandwidth", "tcp-slow-close", "tcp-timeout", "tcp-reset-peer", "tcp-slicer",
+                 "tcp-limit-data", "tcp-down"):
+        assert kinds[name].field == "tcp_toxic" and kinds[name].recoverable, kinds[name]
+    assert kinds["tcp-latency"].mechanisms[0].startswith("a proxy")
+    assert kinds["tcp-down"].mechanisms[0].startswith("the port's connections refused")
+
+
+@pytest.mark.parametrize("toxic", [
+    Toxic("latency", "upstream", 0.25, latency=100, jitter=5),
+    Toxic("slicer", average_size=10, size_variation=3, delay=500),
+    Toxic("limit_data", bytes=0),
+])
+def test_the_toxic_round_trips_through_the_command_line(toxic):
+    args = build_parser().parse_args([*proxy_argv(20001, 1 << 16, seed=3), *toxic_argv(toxic)])
+    assert (args.port, args.mark, args.seed) == (20001, 1 << 16, 3)
+    assert Toxic(args.toxic, args.stream, args.toxicity, args.latency, args.jitter, args.rate, args.delay,
+                 args.timeout, args.average_size, args.size_variation, args.bytes) == toxic
+
+
+def test_the_command_line_refuses_bad_input():
+    with pytest.raises(ValueError, match="port must be 1 to 65535"):
+        proxy_argv(0, 1)
+    with pytest.raises(ValueError, match="mark must be"):
+        proxy_argv(20000, 0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--port", "20000", "--mark", "1", "--toxic", "latency", "--toxicity", "2"])
 
 
 def toxic_request(server: Server, injection_id: str, lease_s: int) -> pb.ApplyRequest:

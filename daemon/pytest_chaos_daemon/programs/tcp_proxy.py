@@ -81,13 +81,17 @@ def _end(writer: asyncio.StreamWriter) -> None:
 async def latency(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: proxy.Connection,
                   toxic: Toxic, counter: str) -> None:
     """Each chunk leaves latency +/- jitter ms after it arrived (never before the chunk ahead of it)."""
-    held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-    room = asyncio.Semaphore(LATENCY_BUFFER // proxy.READ_SIZE)
+    held: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()  # None: the source failed
+    room = asyncio.Semaphore(LATENCY_BUFFER // proxy.READ_SIZE)  # chunks read and not yet written
 
     async def read() -> None:
         while True:
             await room.acquire()
-            data = await reader.read(proxy.READ_SIZE)
+            try:
+                data = await reader.read(proxy.READ_SIZE)
+            except OSError:
+                await held.put((0.0, None))
+                return
             jitter = connection.rng.uniform(-toxic.jitter, toxic.jitter) if toxic.jitter else 0.0
             await held.put((time.monotonic() + max(0.0, toxic.latency + jitter) / 1000, data))
             if not data:
@@ -97,6 +101,8 @@ async def latency(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, co
     try:
         while True:
             due, data = await held.get()
+            if data is None:
+                raise ConnectionResetError("the sending peer's connection failed")
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -149,9 +155,12 @@ async def timeout(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, co
 async def reset_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: proxy.Connection,
                      toxic: Toxic, counter: str) -> None:
     """Data passes until ``timeout`` ms after the connection opened; then both ends are reset."""
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(proxy.pipe(reader, writer, connection.counters, counter), toxic.timeout / 1000)
-        await asyncio.Event().wait()  # the stream ended before: the reset is still due
+    async def until_reset() -> None:
+        await proxy.pipe(reader, writer, connection.counters, counter)
+        await asyncio.Event().wait()  # the stream ended first: the reset is still due
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(until_reset(), toxic.timeout / 1000)
     raise Closed(reset=True)
 
 
