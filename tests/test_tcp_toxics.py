@@ -11,6 +11,7 @@ as it was (``snapshot``) and no proxy behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -63,6 +64,8 @@ def serve(conn):
             while size > 0:
                 conn.sendall(block[:size])
                 size -= len(block[:size])
+        elif verb == "stall":  # read nothing, ever: the client's data waits in buffers
+            threading.Event().wait()
         elif verb == "sink":
             total = 0
             while data := conn.recv(65536):
@@ -198,6 +201,24 @@ elif tool == "many":  # hold N echo connections open, then try one more and use 
     held[0].sendall(b"y")
     out["first_still_works"] = held[0].recv(1) == b"y"
     print(json.dumps(out))
+elif tool == "flood":  # N connections write as fast as they can for a while to a server that never reads
+    import select
+    socks = []
+    for _ in range(args["connections"]):
+        sock = connect()
+        sock.sendall(b"stall\n")
+        sock.setblocking(False)
+        socks.append(sock)
+    chunk, sent, end = bytes(1 << 16), 0, time.monotonic() + args["seconds"]
+    while (now := time.monotonic()) < end:
+        _, writable, _ = select.select([], socks, [], end - now)
+        for sock in writable:
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                pass
+    print(json.dumps({"sent": sent}), flush=True)
+    sys.stdin.readline()  # held open until told
 elif tool == "connect":
     try:
         connect().close()
@@ -207,9 +228,19 @@ elif tool == "connect":
 '''
 
 
-class Server:
+@dataclasses.dataclass
+class Endpoint:
+    """A port on a bed target; nothing started."""
+
+    target: NetTarget
+    port: int
+
+
+class Server(Endpoint):
+    """``SERVER`` serving on ``target``'s ``port`` until ``stop``."""
+
     def __init__(self, target: NetTarget, port: int = PORT) -> None:
-        self.target, self.port = target, port
+        super().__init__(target, port)
         self.process = subprocess.Popen(["nsenter", f"--net={target.netns_path}", sys.executable, "-I", "-c", SERVER,
                                          target.ip, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
@@ -225,7 +256,7 @@ class Server:
             self.process.wait()
 
 
-def client(source: NetTarget, tool: str, server: Server, timeout: float = 120, **args) -> dict:
+def client(source: NetTarget, tool: str, server: Endpoint, timeout: float = 120, **args) -> dict:
     args = {"ip": server.target.ip, "port": server.port, **args}
     result = source.run(sys.executable, "-I", "-c", CLIENT, tool, json.dumps(args), timeout=timeout)
     assert result.returncode == 0, result.stderr
@@ -272,7 +303,7 @@ def pair(network_bed: NetworkBed):
     server.stop()
 
 
-def apply(session: ChaosSession, kind: str, server: Server, **params):
+def apply(session: ChaosSession, kind: str, server: Endpoint, **params):
     spec = session.spec((kind,), {"selector": server.target.selector, "mode": "all", "port": server.port, **params})
     return session.apply(spec)
 
@@ -496,12 +527,52 @@ def test_a_second_fault_on_the_same_port_is_refused_and_another_port_is_independ
     assert snapshot(server.target) == before
 
 
+def test_a_port_nothing_serves_shows_the_client_a_reset(session, pair):
+    """The proxy accepts first, then finds nothing at the original destination: the client is reset."""
+    server, source = pair
+    nothing = Endpoint(server.target, PORT + 2)
+    assert client(source, "connect", nothing)["error"] == "ECONNREFUSED"
+    experiment = apply(session, "tcp-latency", nothing, latency=10)
+    assert client(source, "idle", nothing, read_timeout=10)["error"] == "ECONNRESET"
+    session.recover(experiment)
+
+
 def test_connections_past_the_bound_are_reset_and_the_others_kept(session, pair):
     server, source = pair
     experiment = apply(session, "tcp-latency", server, latency=0, toxicity=0)
     result = client(source, "many", server, connections=MAX_CONNECTIONS)
     assert result == {"held": MAX_CONNECTIONS, "error": "ECONNRESET", "first_still_works": True}, result
     session.recover(experiment)
+
+
+def test_a_flood_to_a_server_that_never_reads_leaves_the_proxy_small(session, pair):
+    """64 connections write as fast as they can through an upstream latency toxic (the toxic that holds most)
+    to a server that reads nothing: the proxy reads only as far as its bounds, and its memory stays small."""
+    server, source = pair
+    experiment = apply(session, "tcp-latency", server, latency=100, stream="upstream")
+    [proxy] = proxies_in(server.target)
+    idle = vm_kib(proxy, "VmRSS")
+    flood = subprocess.Popen(["nsenter", f"--net={source.netns_path}", sys.executable, "-I", "-c", CLIENT, "flood",
+                              json.dumps({"ip": server.target.ip, "port": server.port, "connections": 64,
+                                          "seconds": 3})], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout is not None and flood.stdin is not None
+        sent = json.loads(flood.stdout.readline())["sent"]
+        peak = vm_kib(proxy, "VmHWM")
+        measured(f"tcp proxy peak RSS under a 64-connection flood ({sent / 1e6:.0f} MB accepted by the kernel), "
+                 f"idle {idle / 1024:.1f} MiB", peak / 1024, "MiB")
+        assert sent > 64 * 256 << 10  # the flood did fill what the proxy may hold, and more
+        # About 450 KiB a connection at most (buffers and the latency toxic's 256 KiB): 64 x 0.45 MiB = 29 MiB
+        assert peak - idle < 48 << 10
+    finally:
+        flood.stdin.close()
+        flood.wait(30)
+    session.recover(experiment)
+
+
+def vm_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
 
 
 @pytest.mark.parametrize(("message", "problem"), [
