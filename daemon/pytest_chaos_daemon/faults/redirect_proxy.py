@@ -113,6 +113,11 @@ class RedirectProxyFault(NetworkFault):
             if self.program:
                 await self._start(ctx, namespace, params, undo, target.description, target)
             async with rules.namespace_lock(namespace.inode):
+                # Checked again where it counts: two containers of a pod share the namespace, not a target lock.
+                taken = _port_taken(await rules.save(ctx, namespace), undo["port"])
+                if taken:
+                    raise FailedPrecondition(f"{self.kind}: port {undo['port']} of target {target.description} got "
+                                             f"a proxy fault meanwhile ({taken}): one proxy fault per port")
                 await rules.add_rules(ctx, namespace, redirect_rules(undo, redirect=self.program is not None))
         return []
 
