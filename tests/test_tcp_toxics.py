@@ -646,12 +646,17 @@ def test_a_restarted_daemon_resumes_the_proxy_and_recovers(start_daemon, network
         assert median_rtt(source, server) - base >= 120
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
+        # The proxy ends with its daemon; the redirect stays: the port refuses new connections meanwhile.
+        wait_for(lambda: not proxies_in(target), "the proxy to end with its daemon", 10)
+        assert client(source, "connect", server)["error"] == "ECONNREFUSED"
         second = start_daemon("--allow-pid-targets", "--state-dir", state)
         wait_for(lambda: client(source, "rtt", server, connections=1)["rtts_ms"] != [], "the proxy to serve again", 15)
         assert median_rtt(source, server) - base >= 120
+        assert len(proxies_in(target)) == 1  # the one the new daemon started; none of the old one's is left
         [status] = second.stub.Recover(pb.RecoverRequest(injection_ids=["kept-toxic"]), timeout=30).injections
         assert status.state == pb.InjectionStatus.RECOVERED, status.detail
         assert snapshot(target) == before
+        assert proxies_in(target) == []
         assert median_rtt(source, server) < base + 50
     finally:
         server.stop()
