@@ -37,7 +37,8 @@ from benchmarks.cluster import NoCluster, kubeconfig  # noqa: E402
 from benchmarks.report import Row, machine, table  # noqa: E402
 
 # In the order of the performance targets: per target, fan-out, selection, cluster, plugin, collection, memory
-# (the daemon's, then its in-namespace programs'), the recoverable kinds, and netem against the packet queue.
+# (the daemon's, then its in-namespace programs'), the recoverable kinds, netem against the packet queue, and
+# the tcp-* kinds' proxy against a direct connection.
 BENCHMARKS = (
     "helloworld_latency",
     "fan_out",
@@ -51,6 +52,7 @@ BENCHMARKS = (
     "daemon_load",
     "lifecycle_latency",
     "netem_throughput",
+    "tcp_proxy_throughput",
 )
 
 

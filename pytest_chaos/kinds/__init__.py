@@ -16,10 +16,12 @@ from .network_partition import NetworkPartition
 from .pod_kill import PodKill
 from .process_kill import ProcessKill
 from .stress import Stress
+from .tcp import TCP_TOXICS
 from .time import Time
 
-KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
+_ALL: tuple[FaultKind, ...] = (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), Time())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), Time(), *TCP_TOXICS)
+KINDS: dict[str, FaultKind] = {kind.name: kind for kind in _ALL}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]

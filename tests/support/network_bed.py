@@ -506,10 +506,11 @@ def tcp_sink(target: NetTarget, port: int) -> Background:
 
 
 def tcp_throughput(source: NetTarget, dest_ip: str, port: int, seconds: float = 1.0,
-                   connect_timeout_s: float = 5.0, sink: Background | None = None) -> float:
+                   connect_timeout_s: float = 5.0, sink: Background | None = None, proxied: bool = False) -> float:
     """Bits per second of one TCP stream from ``source`` that writes for ``seconds``, as the sink at
     ``dest_ip:port`` received it (``sink``, or one started there when the destination is on the bed). 0 when
-    the connection fails."""
+    the connection fails. ``proxied``: the stream reaches the sink through a proxy (the tcp-* kinds'), so the
+    sink sees the proxy's port, not the source's: its next report is the stream's."""
     if sink is None:
         bed = _bed(source)
         sink = bed._sinks.get((dest_ip, port))
@@ -528,7 +529,7 @@ def tcp_throughput(source: NetTarget, dest_ip: str, port: int, seconds: float = 
         if line is None:
             raise RuntimeError(f"the sink at {dest_ip}:{port} exited")
         report = json.loads(line)
-        if report["peer_port"] == sent["port"]:
+        if report["peer_port"] == sent["port"] or proxied:
             return report["bytes"] * 8 / report["seconds"] if report["seconds"] > 0 else 0.0
     raise TimeoutError(f"the sink at {dest_ip}:{port} did not report the stream from port {sent['port']}")
 

@@ -234,8 +234,86 @@ class Time(_message.Message):
     clock_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, time_offset: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., clock_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class TcpToxic(_message.Message):
+    __slots__ = ("port", "stream", "toxicity", "seed", "latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data", "down")
+    class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STREAM_DOWNSTREAM: _ClassVar[TcpToxic.Stream]
+        STREAM_UPSTREAM: _ClassVar[TcpToxic.Stream]
+    STREAM_DOWNSTREAM: TcpToxic.Stream
+    STREAM_UPSTREAM: TcpToxic.Stream
+    class Latency(_message.Message):
+        __slots__ = ("latency", "jitter")
+        LATENCY_FIELD_NUMBER: _ClassVar[int]
+        JITTER_FIELD_NUMBER: _ClassVar[int]
+        latency: int
+        jitter: int
+        def __init__(self, latency: _Optional[int] = ..., jitter: _Optional[int] = ...) -> None: ...
+    class Bandwidth(_message.Message):
+        __slots__ = ("rate",)
+        RATE_FIELD_NUMBER: _ClassVar[int]
+        rate: int
+        def __init__(self, rate: _Optional[int] = ...) -> None: ...
+    class SlowClose(_message.Message):
+        __slots__ = ("delay",)
+        DELAY_FIELD_NUMBER: _ClassVar[int]
+        delay: int
+        def __init__(self, delay: _Optional[int] = ...) -> None: ...
+    class Timeout(_message.Message):
+        __slots__ = ("timeout",)
+        TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+        timeout: int
+        def __init__(self, timeout: _Optional[int] = ...) -> None: ...
+    class ResetPeer(_message.Message):
+        __slots__ = ("timeout",)
+        TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+        timeout: int
+        def __init__(self, timeout: _Optional[int] = ...) -> None: ...
+    class Slicer(_message.Message):
+        __slots__ = ("average_size", "size_variation", "delay")
+        AVERAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+        SIZE_VARIATION_FIELD_NUMBER: _ClassVar[int]
+        DELAY_FIELD_NUMBER: _ClassVar[int]
+        average_size: int
+        size_variation: int
+        delay: int
+        def __init__(self, average_size: _Optional[int] = ..., size_variation: _Optional[int] = ..., delay: _Optional[int] = ...) -> None: ...
+    class LimitData(_message.Message):
+        __slots__ = ("bytes",)
+        BYTES_FIELD_NUMBER: _ClassVar[int]
+        bytes: int
+        def __init__(self, bytes: _Optional[int] = ...) -> None: ...
+    class Down(_message.Message):
+        __slots__ = ()
+        def __init__(self) -> None: ...
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TOXICITY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
+    SLOW_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RESET_PEER_FIELD_NUMBER: _ClassVar[int]
+    SLICER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_DATA_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    stream: TcpToxic.Stream
+    toxicity: float
+    seed: int
+    latency: TcpToxic.Latency
+    bandwidth: TcpToxic.Bandwidth
+    slow_close: TcpToxic.SlowClose
+    timeout: TcpToxic.Timeout
+    reset_peer: TcpToxic.ResetPeer
+    slicer: TcpToxic.Slicer
+    limit_data: TcpToxic.LimitData
+    down: TcpToxic.Down
+    def __init__(self, port: _Optional[int] = ..., stream: _Optional[_Union[TcpToxic.Stream, str]] = ..., toxicity: _Optional[float] = ..., seed: _Optional[int] = ..., latency: _Optional[_Union[TcpToxic.Latency, _Mapping]] = ..., bandwidth: _Optional[_Union[TcpToxic.Bandwidth, _Mapping]] = ..., slow_close: _Optional[_Union[TcpToxic.SlowClose, _Mapping]] = ..., timeout: _Optional[_Union[TcpToxic.Timeout, _Mapping]] = ..., reset_peer: _Optional[_Union[TcpToxic.ResetPeer, _Mapping]] = ..., slicer: _Optional[_Union[TcpToxic.Slicer, _Mapping]] = ..., limit_data: _Optional[_Union[TcpToxic.LimitData, _Mapping]] = ..., down: _Optional[_Union[TcpToxic.Down, _Mapping]] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "time")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "tcp_toxic", "time")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +329,7 @@ class ApplyRequest(_message.Message):
     NETWORK_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     HELLO_WORLD_FIELD_NUMBER: _ClassVar[int]
+    TCP_TOXIC_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
@@ -267,8 +346,9 @@ class ApplyRequest(_message.Message):
     network_bandwidth: NetworkBandwidth
     dns: Dns
     hello_world: HelloWorld
+    tcp_toxic: TcpToxic
     time: Time
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., tcp_toxic: _Optional[_Union[TcpToxic, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes", "output", "truncated")
