@@ -168,7 +168,9 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", DAEMON_MODULE, "--listen", f"unix://{self.socket}", "--state-dir", self.state,
-                 "--containerd-namespace", "*", "--allow-pid-targets", "--log-level", "info"],
+                 "--containerd-namespace", "*", "--allow-pid-targets", "--log-level", "info",
+                 # A soak that dies takes its daemon along, and the daemon what it holds (a SIGKILL skips it).
+                 "--exit-with-parent", str(os.getpid()), "--recover-on-exit"],
                 stdout=log, stderr=log, start_new_session=True)
         channel = grpc.insecure_channel(f"unix://{self.socket}")
         try:
@@ -443,6 +445,7 @@ def main() -> int:
         return runner_main()
     if os.geteuid() != 0:
         parser.error("run as root: the daemon enters namespaces, the bed makes them")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM too cleans up (the bed, the daemon)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     experiments = args.experiments or (SHORT if args.short else FULL)
     print(f"soak: {experiments} experiments, seed {seed} (again: --seed {seed})", file=sys.stderr, flush=True)
