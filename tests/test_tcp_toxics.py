@@ -171,6 +171,7 @@ elif tool == "held":  # a connection opened now, used when told (a line on stdin
         print(json.dumps({"error": error(err)}), flush=True)
 elif tool == "idle":  # an echo connection where nobody sends: how (and when) it ends
     out = {"error": None}
+    start = time.monotonic()  # the reset may come as early as the connect
     try:
         sock = connect()
         sock.sendall(b"echo\n")
