@@ -13,12 +13,13 @@ from .network_delay import NetworkDelay
 from .network_duplicate import NetworkDuplicate
 from .network_loss import NetworkLoss
 from .network_partition import NetworkPartition
+from .pod_failure import PodFailure
 from .pod_kill import PodKill
 from .process_kill import ProcessKill
 from .stress import Stress
 
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), PodFailure())}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]
