@@ -96,19 +96,25 @@ class ProcessKill(_message.Message):
 class Stress(_message.Message):
     __slots__ = ("cpu", "memory")
     class Cpu(_message.Message):
-        __slots__ = ("workers", "load")
+        __slots__ = ("workers", "load", "options")
         WORKERS_FIELD_NUMBER: _ClassVar[int]
         LOAD_FIELD_NUMBER: _ClassVar[int]
+        OPTIONS_FIELD_NUMBER: _ClassVar[int]
         workers: int
         load: int
-        def __init__(self, workers: _Optional[int] = ..., load: _Optional[int] = ...) -> None: ...
+        options: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, workers: _Optional[int] = ..., load: _Optional[int] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
     class Memory(_message.Message):
-        __slots__ = ("workers", "size")
+        __slots__ = ("workers", "size", "options", "oom_score_adj")
         WORKERS_FIELD_NUMBER: _ClassVar[int]
         SIZE_FIELD_NUMBER: _ClassVar[int]
+        OPTIONS_FIELD_NUMBER: _ClassVar[int]
+        OOM_SCORE_ADJ_FIELD_NUMBER: _ClassVar[int]
         workers: int
         size: str
-        def __init__(self, workers: _Optional[int] = ..., size: _Optional[str] = ...) -> None: ...
+        options: _containers.RepeatedScalarFieldContainer[str]
+        oom_score_adj: int
+        def __init__(self, workers: _Optional[int] = ..., size: _Optional[str] = ..., options: _Optional[_Iterable[str]] = ..., oom_score_adj: _Optional[int] = ...) -> None: ...
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     cpu: Stress.Cpu
