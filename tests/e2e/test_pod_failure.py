@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from pytest_chaos.errors import ChaosError
 from pytest_chaos.pod_failure import ANNOTATION, LABEL
 from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import PAUSE_IMAGE
@@ -197,3 +198,44 @@ def test_a_runner_killed_mid_test_leaves_a_failed_pod_that_the_cli_shows_and_rec
     assert ANNOTATION not in (back["metadata"].get("annotations") or {})
     assert holder not in cli(kube, "status").stdout
     wait_for(lambda: running(kube, BUSYBOX), "busybox in every container again", timeout=90, interval=0.5)
+
+
+def test_the_marker_fails_the_pod_during_the_test_and_teardown_restores_it(kube, failing, pytester):
+    pytester.makepyfile(test_user=f"""
+        import json
+        import subprocess
+
+        import pytest
+
+        @pytest.mark.chaos("pod-failure", selector={SELECTOR!r}, mode="all", duration="120s")
+        def test_failed(chaos):
+            [experiment] = chaos.experiments
+            [target] = experiment.targets
+            assert experiment.outcome == "applied" and "every container's image set to" in target.detail
+            pod = json.loads(subprocess.run([{kube.kubectl_path!r}, "--kubeconfig={kube.kubeconfig}", "-n",
+                                             {NAMESPACE!r}, "get", "pod", "failing", "-o", "json"],
+                                            capture_output=True, check=True).stdout)
+            assert {{c["image"] for c in pod["spec"]["containers"]}} == {{{PAUSE_IMAGE!r}}}
+    """)
+    result = pytester.runpytest_subprocess(*kube.pytest_args("-rA"))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*chaos pod-failure mode=all: 1 target * recovered*"])
+    back = pod(kube)
+    assert spec_images(back) == {"init": BUSYBOX, "main": BUSYBOX, "sidecar": BUSYBOX}
+    assert ANNOTATION not in (back["metadata"].get("annotations") or {})
+    wait_for(lambda: running(kube, BUSYBOX), "busybox in every container again", timeout=90, interval=0.5)
+
+
+def test_a_pause_image_the_node_lacks_is_an_error_and_nothing_changes(kube, failing):
+    session = ChaosSession(kube.backend(), seed=4)
+    try:
+        spec = session.spec(("pod-failure",), {"selector": SELECTOR, "mode": "all", "duration": "60s",
+                                               "pause_image": "registry.example/pause:0.0"})
+        with pytest.raises(ChaosError, match=r"does not hold the pause image 'registry.example/pause:0.0' "
+                                             r"\(it reports: .*localhost/pytest-chaos/pause:1"):
+            session.apply(spec, "podfail::missing")
+    finally:
+        session.close()
+    current = pod(kube)
+    assert spec_images(current) == {"init": BUSYBOX, "main": BUSYBOX, "sidecar": BUSYBOX}
+    assert ANNOTATION not in (current["metadata"].get("annotations") or {})
