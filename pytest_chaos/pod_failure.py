@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .backends.base import PodApi, PodConflict
+from .backends.base import PodApi, PodConflict, PodPatchRefused
 from .errors import ChaosError
 
 ANNOTATION = "pytest-chaos.io/pod-failure"
@@ -109,9 +109,7 @@ def fail_pod(api: PodApi, namespace: str, name: str, uid: str, injection_id: str
         operations = _guard(pod)
         operations += _images(pod, lambda section, container: pause_image)
         operations += _annotate(pod, record.dump(), label=first)
-        try:
-            api.patch_pod(namespace, name, operations)
-        except PodConflict:
+        if not _patched(api, pod, operations):
             continue
         return record
     raise ChaosError(f"pod {namespace}/{name} kept changing: {RETRIES} conditional patches were refused")
@@ -138,9 +136,7 @@ def restore_pod(api: PodApi, namespace: str, name: str, uid: str, injection_id: 
             if LABEL in (pod["metadata"].get("labels") or {}):
                 operations.append({"op": "remove", "path": f"/metadata/labels/{_escape(LABEL)}"})
             detail = f"pod {namespace}/{name}: original images restored ({_describe(record.originals)})"
-        try:
-            api.patch_pod(namespace, name, operations)
-        except PodConflict:
+        if not _patched(api, pod, operations):
             continue
         return detail
     raise ChaosError(f"pod {namespace}/{name} kept changing: {RETRIES} conditional patches were refused")
@@ -154,6 +150,23 @@ def failed_pods(api: PodApi) -> list[tuple[dict[str, Any], Record]]:
         if record is not None:
             found.append((pod, record))
     return found
+
+
+def _patched(api: PodApi, pod: Mapping[str, Any], operations: list[dict[str, Any]]) -> bool:
+    """Apply ``operations`` to the pod as read; False if the pod changed since (read it again and retry)."""
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    try:
+        api.patch_pod(namespace, name, operations)
+    except PodConflict:
+        return False
+    except PodPatchRefused:
+        # The guard's test failed if the pod moved on (the kubelet writes its status often); else the patch
+        # itself was refused.
+        now = api.read_pod(namespace, name)
+        if now is None or now["metadata"]["resourceVersion"] == pod["metadata"]["resourceVersion"]:
+            raise
+        return False
+    return True
 
 
 def _read(api: PodApi, namespace: str, name: str, uid: str) -> dict[str, Any]:

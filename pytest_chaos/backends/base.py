@@ -16,6 +16,11 @@ class PodConflict(ChaosError):
     """A conditional pod patch found the pod changed since it was read: read it again and retry."""
 
 
+class PodPatchRefused(ChaosError):
+    """The API refused a pod patch as unprocessable: one of its ``test`` operations failed (the pod changed),
+    or the patch is invalid; the API does not say which."""
+
+
 class PodApi(Protocol):
     """What a backend whose targets are pods offers the kinds that act on a pod itself (pod-kill, pod-failure)."""
 
@@ -28,8 +33,8 @@ class PodApi(Protocol):
         ...
 
     def patch_pod(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> None:
-        """Apply a JSON patch (RFC 6902) to the pod; raises PodConflict when one of its ``test`` operations
-        fails (the pod changed), ChaosError when the API refuses otherwise."""
+        """Apply a JSON patch (RFC 6902) to the pod; raises PodConflict on a conflict, PodPatchRefused when it
+        is unprocessable (a failed ``test`` operation among others), ChaosError when the API refuses it."""
         ...
 
     def marked_pods(self, label: str) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..defaults import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
 from ..errors import ChaosError
 from ..model import Target
-from .base import PodApi, PodConflict
+from .base import PodApi, PodConflict, PodPatchRefused
 from .pod_selector import (
     SELECTOR_KEYS,
     annotations_match,
@@ -168,10 +168,13 @@ class KubernetesBackend:
             self.core.patch_namespaced_pod(name, namespace, operations, _content_type="application/json-patch+json",
                                            _request_timeout=30, _preload_content=False)
         except ApiException as err:
-            # A failed ``test`` (the resourceVersion moved on) is a 422 whose message names the test; a
-            # resourceVersion conflict proper is a 409.
-            if err.status == 409 or (err.status == 422 and "test" in str(err.body)):
+            if err.status == 409:
                 raise PodConflict(f"pod {namespace}/{name} changed while it was patched") from None
+            # A failed ``test`` operation is a 422 that does not say which operation failed, as an invalid
+            # patch is: the caller tells them apart by reading the pod again.
+            if err.status == 422:
+                raise PodPatchRefused(f"the Kubernetes API refused patch_namespaced_pod: {err.status} "
+                                      f"{err.reason}: {err.body}") from None
             raise ChaosError(f"the Kubernetes API refused patch_namespaced_pod: {err.status} {err.reason}: "
                              f"{err.body}") from None
         except HTTPError as err:
