@@ -14,13 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from .backends import Backend
 from .defaults import DEFAULT_LEASE_S, DEFAULT_RPC_TIMEOUT_S
 from .errors import ChaosError, ChaosSpecError, DaemonUnreachable
 from .handshake import Handshakes
 from .kinds import KINDS, InjectContext
+from .kinds.base import RecoveredByPlugin
 from .leases import LeaseKeeper
 from .manifests import manifest_specs
 from .model import Experiment, ExperimentSpec, Target
@@ -169,9 +170,8 @@ class ChaosSession:
             experiment.settle()
 
     def _recover_by_plugin(self, kind: str, targets: list[Target]) -> None:
-        recover = getattr(KINDS[kind], "recover")  # noqa: B009 - only the kinds _plugin_recovers names have it
         try:
-            recover(self.backend, targets)
+            cast(RecoveredByPlugin, KINDS[kind]).recover(self.backend, targets)
         except ChaosError as err:
             for target in targets:
                 if target.state == "applied":

@@ -83,27 +83,23 @@ _WORKERS = re.compile(r"[1-9]\d{0,3}")
 _SECONDS = re.compile(r"\d{1,5}")
 
 
-def _pattern(pattern: re.Pattern[str], described: str) -> tuple[re.Pattern[str], str]:
-    return pattern, described
-
-
 # option -> (value pattern, what the value may be); None: the option takes no value.
 _COMMON: dict[str, tuple[re.Pattern[str], str] | None] = {
-    "--timeout": _pattern(_TIMEOUT, "a time like 600, 30s, 10m, 2h or 1d (stress-ng stops the load then)"),
+    "--timeout": (_TIMEOUT, "a time like 600, 30s, 10m, 2h or 1d (stress-ng stops the load then)"),
     "--oomable": None,
 }
 STRESS_OPTIONS: dict[str, dict[str, tuple[re.Pattern[str], str] | None]] = {
     "cpu": {
-        "--cpu": _pattern(_WORKERS, f"a number of workers from 1 to {MAX_WORKERS}"),
-        "--cpu-method": _pattern(_METHOD, "a stress-ng cpu method, like sqrt, matrixprod or all"),
-        "--cpu-load-slice": _pattern(_SLICE, "milliseconds from -9999 to 9999 (stress-ng's meaning)"),
+        "--cpu": (_WORKERS, f"a number of workers from 1 to {MAX_WORKERS}"),
+        "--cpu-method": (_METHOD, "a stress-ng cpu method, like sqrt, matrixprod or all"),
+        "--cpu-load-slice": (_SLICE, "milliseconds from -9999 to 9999 (stress-ng's meaning)"),
         **_COMMON,
     },
     "memory": {
-        "--vm": _pattern(_WORKERS, f"a number of workers from 1 to {MAX_WORKERS}"),
-        "--vm-method": _pattern(_METHOD, "a stress-ng vm method, like flip, zero-one or all"),
-        "--vm-hang": _pattern(_SECONDS, "seconds from 0 to 99999 to sleep before freeing the memory"),
-        "--vm-madvise": _pattern(re.compile("|".join(_MADVISE)), f"one of {', '.join(_MADVISE)}"),
+        "--vm": (_WORKERS, f"a number of workers from 1 to {MAX_WORKERS}"),
+        "--vm-method": (_METHOD, "a stress-ng vm method, like flip, zero-one or all"),
+        "--vm-hang": (_SECONDS, "seconds from 0 to 99999 to sleep before freeing the memory"),
+        "--vm-madvise": (re.compile("|".join(_MADVISE)), f"one of {', '.join(_MADVISE)}"),
         "--vm-populate": None,
         "--page-in": None,
         **_COMMON,
