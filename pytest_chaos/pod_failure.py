@@ -37,6 +37,10 @@ PAUSE_NAME = re.compile(r"(?:^|/)pause(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]
 NODE_STATUS_MAX_IMAGES = 50
 
 
+class PodGone(ChaosError):
+    """The pod failed is gone, or replaced by another of its name: its pause images went with it."""
+
+
 @dataclasses.dataclass
 class Holder:
     injection_id: str
@@ -172,10 +176,10 @@ def _patched(api: PodApi, pod: Mapping[str, Any], operations: list[dict[str, Any
 def _read(api: PodApi, namespace: str, name: str, uid: str) -> dict[str, Any]:
     pod = api.read_pod(namespace, name)
     if pod is None:
-        raise ChaosError(f"pod {namespace}/{name} no longer exists (uid {uid}): its pod-failure went with it")
+        raise PodGone(f"pod {namespace}/{name} no longer exists (uid {uid}): its pod-failure went with it")
     if uid and pod["metadata"]["uid"] != uid:
-        raise ChaosError(f"pod {namespace}/{name} was replaced (uid {pod['metadata']['uid']}, selected {uid}): "
-                         f"its pod-failure went with the pod it replaced")
+        raise PodGone(f"pod {namespace}/{name} was replaced (uid {pod['metadata']['uid']}, selected {uid}): "
+                      f"its pod-failure went with the pod it replaced")
     return pod
 
 

@@ -76,6 +76,8 @@ class PodFailure:
                 detail = pod_failure.restore_pod(_pods(backend), holder.namespace or "", holder.pod or "",
                                                  holder.pod_uid or "", holder.injection_id)
                 state = "recovered"
+            except pod_failure.PodGone as err:  # nothing of the fault is left: as a daemon counts a gone target
+                detail, state = f"{err}; counted as recovered", "recovered"
             except ChaosError as err:
                 detail, state = f"not recovered: {err}", "failed"
             for target in group:

@@ -239,3 +239,21 @@ def test_a_pause_image_the_node_lacks_is_an_error_and_nothing_changes(kube, fail
     current = pod(kube)
     assert spec_images(current) == {"init": BUSYBOX, "main": BUSYBOX, "sidecar": BUSYBOX}
     assert ANNOTATION not in (current["metadata"].get("annotations") or {})
+
+
+def test_a_pod_deleted_while_failed_is_counted_as_recovered_saying_so(kube, failing):
+    kube.kubectl("-n", NAMESPACE, "run", "doomed", f"--image={BUSYBOX}", "--image-pull-policy=IfNotPresent",
+                 "--restart=Never", "--", "sleep", "3600")
+    kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/doomed", "--timeout=120s")
+    session = ChaosSession(kube.backend(), seed=5)
+    try:
+        spec = session.spec(("pod-failure",), {"selector": {"pods": {NAMESPACE: ["doomed"]}}, "mode": "all",
+                                               "duration": "60s"})
+        experiment = session.apply(spec, "podfail::doomed")
+        kube.kubectl("-n", NAMESPACE, "delete", "pod", "doomed", "--grace-period=0", "--wait=true")
+        session.recover(experiment)
+        assert experiment.outcome == "recovered", experiment.summary()
+        assert "no longer exists" in experiment.targets[0].detail
+        assert "counted as recovered" in experiment.targets[0].detail
+    finally:
+        session.close()
