@@ -35,7 +35,9 @@ NETWORK_ACTIONS = {
     "duplicate": ("network-duplicate", "duplicate"),
     "corrupt": ("network-corrupt", "corrupt"),
     "bandwidth": ("network-bandwidth", "bandwidth"),
+    "netem": ("network-netem", None),  # its sections: NETEM_SECTIONS
 }
+NETEM_SECTIONS = ("delay", "loss", "duplicate", "corrupt")
 NETWORK_PARAMETERS = {
     "loss": {"loss": "loss", "correlation": "correlation"},
     "delay": {"latency": "latency", "jitter": "jitter", "correlation": "correlation", "reorder": "reorder"},
@@ -336,8 +338,14 @@ def _network_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, di
     accepted = _common({"action": "action", **NETWORK_SCOPE})
     if section is not None:
         accepted[section] = section
+    if action == "netem":
+        accepted.update({name: name for name in NETEM_SECTIONS})
     kwargs = _take(document, spec, accepted)
     kwargs.pop("action")
+    if action == "netem":
+        for part in NETEM_SECTIONS:
+            if isinstance(kwargs.get(part), Mapping):
+                kwargs[part] = _take(document, kwargs[part], NETWORK_PARAMETERS[part], f"spec.{part}", record=False)
     if section is not None:
         parameters = kwargs.pop(section, None)
         if not isinstance(parameters, Mapping):

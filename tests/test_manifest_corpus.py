@@ -153,3 +153,11 @@ def test_an_oom_score_adj_out_of_range_is_refused_under_its_manifest_name():
     with pytest.raises(ChaosSpecError) as raised:
         manifest_specs(KUBERNETES, text)
     assert raised.value.field.endswith("spec.stressors.memory.oomScoreAdj"), raised.value
+
+
+def test_a_netem_action_maps_to_network_netem_with_its_sections():
+    [spec] = manifest_specs(KUBERNETES, "network-netem.yaml", OURS)
+    assert spec.kind == "network-netem" and spec.duration == 10.0
+    assert spec.params["delay"] == {"latency_ns": 90_000_000, "jitter_ns": 10_000_000, "correlation": 25.0}
+    assert spec.params["loss"] == {"loss": 25.0, "correlation": 25.0}
+    assert spec.params["target"]["mode"] == "one"

@@ -90,8 +90,12 @@ def test_the_documentations_correlated_delay_keeps_its_correlation_for_the_node_
      "spec.stressors.cpu.size", "supported: workers, load, options"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: delay, delay: {latency: 1ms, "
      "rate: x}}\n", "spec.delay.rate", "supported: latency, jitter, correlation, reorder"),
-    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem}\n", "spec.action",
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: rate}\n", "spec.action",
      "supported: partition, loss, delay"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem, selector: {}, rate: "
+     "{rate: 1mbps}}\n", "spec.rate", "supported: selector, mode"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem, selector: {}, loss: "
+     "{loss: '10', los: 1}}\n", "spec.loss.los", "supported: loss, correlation"),
     ("apiVersion: v1\nkind: Pod\nspec: {}\n", "apiVersion", "must be 'chaos-mesh.org/v1alpha1'"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: DNSChaos\nspec: {action: error, selector: {colour: red}}\n",
      "spec.selector.colour", "unknown selector key"),

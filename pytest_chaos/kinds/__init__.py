@@ -12,6 +12,7 @@ from .network_corrupt import NetworkCorrupt
 from .network_delay import NetworkDelay
 from .network_duplicate import NetworkDuplicate
 from .network_loss import NetworkLoss
+from .network_netem import NetworkNetem
 from .network_partition import NetworkPartition
 from .pod_failure import PodFailure
 from .pod_kill import PodKill
@@ -20,6 +21,6 @@ from .stress import Stress
 
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), PodFailure())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), NetworkNetem(), Dns(), PodFailure())}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]

@@ -182,6 +182,20 @@ class NetworkDelay(_message.Message):
     reorder: NetworkDelay.Reorder
     def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., latency: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., correlation: _Optional[float] = ..., reorder: _Optional[_Union[NetworkDelay.Reorder, _Mapping]] = ...) -> None: ...
 
+class NetworkNetem(_message.Message):
+    __slots__ = ("scope", "delay", "loss", "duplicate", "corrupt")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    delay: NetworkDelay
+    loss: NetworkLoss
+    duplicate: NetworkDuplicate
+    corrupt: NetworkCorrupt
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ...) -> None: ...
+
 class NetworkDuplicate(_message.Message):
     __slots__ = ("scope", "duplicate", "correlation")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -233,7 +247,7 @@ class Dns(_message.Message):
     def __init__(self, action: _Optional[_Union[Dns.Action, str]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "network_netem")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +263,7 @@ class ApplyRequest(_message.Message):
     NETWORK_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     HELLO_WORLD_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NETEM_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
     duration: _duration_pb2.Duration
@@ -264,7 +279,8 @@ class ApplyRequest(_message.Message):
     network_bandwidth: NetworkBandwidth
     dns: Dns
     hello_world: HelloWorld
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ...) -> None: ...
+    network_netem: NetworkNetem
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., network_netem: _Optional[_Union[NetworkNetem, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes", "output", "truncated")
