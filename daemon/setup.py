@@ -1,12 +1,14 @@
-"""Builds the confine helper (pytest_chaos_daemon/native/confine.c) into the wheel.
+"""Builds the daemon's native programs into the wheel: the confine helper (pytest_chaos_daemon/native/confine.c)
+and the time fault's helper (native/timeshift.c, x86_64 only).
 
-The helper is a static Linux program, so the wheel is tagged for this platform (py3-none-linux_*), and
-the C source stays out of it. Everything else about the distribution is in pyproject.toml.
+Each is a static Linux program, so the wheel is tagged for this platform (py3-none-linux_*), and
+the C sources stay out of it. Everything else about the distribution is in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import platform
 import sys
 from pathlib import Path
 
@@ -35,12 +37,17 @@ class BuildWithHelper(build_py):
         if getattr(self, "editable_mode", False):
             return  # a source checkout builds it with `python3 -m pytest_chaos_daemon.confinement.confine`
         confine = _confine_module()
-        target = Path(self.build_lib) / "pytest_chaos_daemon" / "native" / confine.NAME
-        try:
-            confine.build_helper(target)
-        except confine.HelperUnavailable as err:
-            sys.exit(f"pytest-chaos-daemon: cannot build the wheel: {err}")
-        (target.parent / "confine.c").unlink(missing_ok=True)
+        native = Path(self.build_lib) / "pytest_chaos_daemon" / "native"
+        helpers = [(confine.SOURCE, confine.NAME)]
+        if platform.machine() in ("x86_64", "AMD64"):  # the time fault patches x86_64 vDSOs only
+            helpers.append((confine.SOURCE.parent / "timeshift.c", "pytest-chaos-timeshift"))
+        for source, name in helpers:
+            try:
+                confine.build_helper(native / name, source, name)
+            except confine.HelperUnavailable as err:
+                sys.exit(f"pytest-chaos-daemon: cannot build the wheel: {err}")
+        for source in ("confine.c", "timeshift.c"):
+            (native / source).unlink(missing_ok=True)
 
 
 class NativeDistribution(Distribution):

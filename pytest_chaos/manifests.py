@@ -367,6 +367,12 @@ def _dns_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[s
     return "dns", kwargs
 
 
+def _time_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    kwargs = _take(document, spec, _common({"timeOffset": "time_offset", "clockIds": "clock_ids",
+                                            "containerNames": "container_names"}))
+    return "time", kwargs
+
+
 def _action(document: Document, spec: Mapping[str, Any], supported: tuple[str, ...]) -> str:
     action = spec.get("action")
     if not isinstance(action, str) or action not in supported:
@@ -389,6 +395,7 @@ MAPPERS: dict[str, Callable[[Document, Mapping[str, Any]], tuple[str, dict[str, 
     "StressChaos": _stress_chaos,
     "NetworkChaos": _network_chaos,
     "DNSChaos": _dns_chaos,
+    "TimeChaos": _time_chaos,
 }
 
 

@@ -75,8 +75,14 @@ def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 
 def _wait_until_started(daemon: RunningDaemon) -> None:
-    deadline = time.monotonic() + 15
-    while '"serving"' not in daemon.log():
+    """Until it serves and, when it claimed a journal's records, has taken them over (that goes on beside its
+    calls: tests that look at what a restart resumed look after it)."""
+    deadline = time.monotonic() + 30
+
+    def started(log: str) -> bool:
+        return '"serving"' in log and ('"adopted from the journal"' not in log or '"adoption done"' in log)
+
+    while not started(daemon.log()):
         if daemon.process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"daemon did not start:\n{daemon.log()}")
         time.sleep(0.05)
@@ -88,9 +94,24 @@ def daemon(start_daemon: Callable[..., RunningDaemon]) -> RunningDaemon:
     return start_daemon("--containerd-namespace", "*", "--allow-pid-targets")
 
 
+# What only root can give: a daemon (it enters namespaces), containers, network namespaces and bridges.
+ROOT_FIXTURES = frozenset({"daemon", "start_daemon", "targets", "module_targets", "network_bed",
+                           "module_network_bed", "busybox_rootfs", "wheels"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a root fixture, or lives under tests/e2e (a cluster and its kubeconfig), needs root;
+    modules and tests that need it otherwise say so with ``needs_root`` themselves."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & ROOT_FIXTURES or "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.needs_root)
+
+
 @pytest.fixture(autouse=True)
-def _root_only() -> None:
-    require(os.geteuid() == 0, "root (entering namespaces needs it)")
+def _root_only(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("needs_root"):
+        require(os.geteuid() == 0, "root (entering namespaces needs it)")
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from tests.support import pod_placement
 from tests.support.targets import wait_for
 
+pytestmark = pytest.mark.needs_root
+
 PLACEMENT = pod_placement.__file__
 # PID 1 of the test's node: a target, then the daemon in its pod placement; the target's pid on the first line.
 NODE_INIT = """

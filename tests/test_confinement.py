@@ -21,6 +21,8 @@ from pytest_chaos_daemon.confinement.tracking import HIERARCHY
 from tests.support.cgroups import tracking_modes
 from tests.support.targets import require, wait_for
 
+pytestmark = pytest.mark.needs_root
+
 NOBODY = 65534
 
 

@@ -681,6 +681,7 @@ def _server_answer(result: dict, qtype: int) -> bool:
             and [a["data"] for a in result["answers"]] == [expected] and result["answers"][0]["ttl"] == 300)
 
 
+@pytest.mark.needs_root
 def test_error_action_over_udp_and_tcp(dns_network: DnsNetwork, start_responder: Callable[..., RunningResponder]) -> None:
     responder = start_responder("error", ["fault.example.com", "wild.*", "q?.example.org"])
     assert "REDIRECT" in dns_network.nat_output()
@@ -721,6 +722,7 @@ def test_error_action_over_udp_and_tcp(dns_network: DnsNetwork, start_responder:
                                 "malformed": 0, "upstream_failures": 0, **NO_TROUBLE}
 
 
+@pytest.mark.needs_root
 @pytest.mark.parametrize("patterns", [[], ["*"]], ids=["no-pattern", "star"])
 def test_random_action(dns_network: DnsNetwork, start_responder: Callable[..., RunningResponder],
                        patterns: list[str]) -> None:
@@ -744,6 +746,7 @@ def test_random_action(dns_network: DnsNetwork, start_responder: Callable[..., R
     assert responder.stop()["faulted"] == 5
 
 
+@pytest.mark.needs_root
 def test_malformed_queries_never_crash_it(dns_network: DnsNetwork,
                                           start_responder: Callable[..., RunningResponder]) -> None:
     responder = start_responder("error", ["fault.example.com"])
@@ -768,6 +771,7 @@ def test_malformed_queries_never_crash_it(dns_network: DnsNetwork,
     assert counters["malformed"] == 7 and counters["faulted"] == 2
 
 
+@pytest.mark.needs_root
 def test_a_slow_upstream_answer_blocks_no_other_query(dns_network: DnsNetwork,
                                                       start_responder: Callable[..., RunningResponder]) -> None:
     responder = start_responder("error", ["fault.example.com"])
@@ -788,6 +792,7 @@ def test_a_slow_upstream_answer_blocks_no_other_query(dns_network: DnsNetwork,
     assert responder.stop()["forwarded"] == 5
 
 
+@pytest.mark.needs_root
 def test_upstreams_are_tried_in_order(dns_network: DnsNetwork,
                                       start_responder: Callable[..., RunningResponder]) -> None:
     silent = f"{dns_network.server_ip}:5300"
@@ -806,6 +811,7 @@ def test_upstreams_are_tried_in_order(dns_network: DnsNetwork,
     assert responder.stop()["upstream_failures"] == 2
 
 
+@pytest.mark.needs_root
 def test_queries_reach_the_server_again_after_recovery(dns_network: DnsNetwork,
                                                        start_responder: Callable[..., RunningResponder]) -> None:
     responder = start_responder("error", ["*"])

@@ -159,6 +159,7 @@ signal.pause()
 """
 
 
+@pytest.mark.needs_root
 def test_watchdog_alone_stops_the_daemon_and_removes_its_directory_when_its_parent_is_killed(tmp_path, reaper):
     directory = private_dir(tmp_path)
     address = f"unix://{directory}/daemon.sock"
@@ -181,6 +182,7 @@ def test_watchdog_alone_stops_the_daemon_and_removes_its_directory_when_its_pare
     assert '"the parent process is gone; shutting down"' in text and '"how": "exited"' in text, text
 
 
+@pytest.mark.needs_root
 def test_daemon_whose_given_parent_is_not_its_parent_exits_at_once_and_removes_its_directory(tmp_path):
     directory = private_dir(tmp_path)
     # As if the parent had died before the daemon set its parent-death signal.
@@ -193,6 +195,7 @@ def test_daemon_whose_given_parent_is_not_its_parent_exits_at_once_and_removes_i
     assert not os.path.exists(directory)
 
 
+@pytest.mark.needs_root
 def test_daemon_stopped_by_sigterm_removes_its_directory(tmp_path, reaper):
     directory = private_dir(tmp_path)
     address = f"unix://{directory}/daemon.sock"
@@ -204,6 +207,7 @@ def test_daemon_stopped_by_sigterm_removes_its_directory(tmp_path, reaper):
     assert not os.path.exists(directory)
 
 
+@pytest.mark.needs_root
 def test_directory_that_no_longer_passes_the_rules_at_exit_is_left_alone(tmp_path, reaper):
     directory = private_dir(tmp_path)
     address = f"unix://{directory}/daemon.sock"
@@ -287,6 +291,7 @@ def test_daemon_started_from_a_short_lived_thread_outlives_that_thread(pytester,
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.needs_root
 def test_second_daemon_on_a_live_daemons_socket_refuses_and_the_first_keeps_serving(tmp_path, reaper):
     path = tmp_path / "daemon.sock"
     address = f"unix://{path}"
@@ -301,6 +306,7 @@ def test_second_daemon_on_a_live_daemons_socket_refuses_and_the_first_keeps_serv
     assert is_serving(address)
 
 
+@pytest.mark.needs_root
 def test_stale_socket_file_is_replaced(tmp_path, reaper):
     path = tmp_path / "daemon.sock"
     with socket.socket(socket.AF_UNIX) as dead:
@@ -311,6 +317,7 @@ def test_stale_socket_file_is_replaced(tmp_path, reaper):
     wait_for(lambda: is_serving(address), "the daemon to serve on the stale socket's path", DEADLINE_S)
 
 
+@pytest.mark.needs_root
 def test_file_that_is_not_a_socket_is_not_replaced(tmp_path):
     path = tmp_path / "daemon.sock"
     path.write_text("keep me")
@@ -362,6 +369,7 @@ def _missing(tmp: Path) -> tuple[str, str]:
 
 @pytest.mark.parametrize("make", [_wrong_name, _open_mode, _other_owner, _symlink, _regular_file, _relative,
                                   _dot_dot, _missing])
+@pytest.mark.needs_root
 def test_remove_on_exit_refuses_a_directory_that_breaks_the_rules(tmp_path, make):
     path, reason = make(tmp_path)
     existed = os.path.lexists(path)

@@ -277,6 +277,7 @@ def test_delay_without_a_gap():
 """
 
 
+@pytest.mark.needs_root
 def test_a_daemon_lacking_a_field_or_a_kind_is_refused_before_anything_is_applied(pytester, stand_in):
     address, servicer = stand_in
     pytester.makepyfile(test_user=STAND_IN_TESTS.format(pid=os.getpid()))

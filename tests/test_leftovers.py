@@ -6,8 +6,12 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from tests.support.leftovers import boot_ticks_now, orphans_since
 from tests.support.targets import running, wait_for
+
+pytestmark = pytest.mark.needs_root
 
 
 def test_an_orphaned_target_is_found_and_a_process_of_this_namespace_is_not():

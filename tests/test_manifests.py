@@ -72,6 +72,14 @@ def test_dns_chaos():
     assert spec.selector == {"namespaces": ["busybox"]}  # its own namespaces win over metadata.namespace
 
 
+def test_time_chaos():
+    [spec] = specs("time-skew.yaml")
+    assert spec.kind == "time" and spec.mode == "one" and spec.duration == 30.0
+    assert spec.params == {"offset_ns": -(600 * 10**9 + 100), "clock_ids": ["CLOCK_REALTIME", "CLOCK_MONOTONIC"]}
+    assert spec.container_names == ("worker",)
+    assert spec.selector == {"namespaces": ["payments"], "labelSelectors": {"app": "billing"}}
+
+
 def test_the_documentations_correlated_delay_keeps_its_correlation_for_the_node_to_honour():
     """Chaos Mesh's own delay example: netem's correlation goes to the daemon, which uses netem where the node's
     kernel has it and refuses the correlation where its packet queue makes the fault."""
@@ -119,6 +127,18 @@ def chaos(kind: str, spec: str, metadata: str = "{name: x}") -> str:
 
 
 SELECTED = "selector: {labelSelectors: {app: web}}"
+
+
+@pytest.mark.parametrize("spec, field, accepted", [
+    (f"{{timeOffset: -1h, remoteCluster: east, {SELECTED}}}", "spec.remoteCluster", "supported: selector, mode, "
+                                                                                      "value, duration, timeOffset"),
+    (f"{{timeOffset: 1 hour, {SELECTED}}}", "spec.timeOffset", "a signed duration such as '-2h'"),
+    (f"{{timeOffset: 1h, clockIds: [CLOCK_TAI], {SELECTED}}}", "spec.clockIds",
+     "'CLOCK_TAI' is not accepted; accepted: CLOCK_REALTIME"),
+    (f"{{clockIds: [CLOCK_REALTIME], {SELECTED}}}", "spec.timeOffset", "is required"),
+])
+def test_time_chaos_refusals_name_the_field(spec, field, accepted):
+    assert_refused(chaos("TimeChaos", spec), field, accepted)
 
 
 # Each was a TypeError traceback, or an error naming the marker argument rather than the manifest's field.

@@ -182,6 +182,7 @@ def without_netfilter(text: str) -> str:
     return "\n## ".join(part for part in text.split("\n## ") if not part.split("\n")[0].endswith("tables-save"))
 
 
+@pytest.mark.needs_root
 def test_close_leaves_nothing_behind(monkeypatch):
     require(os.path.exists(CONTAINERD_SOCKET) and shutil.which("ctr") is not None, "containerd")
     # The rule a bed adds when the host's FORWARD chain may drop bridged traffic: force that branch,

@@ -22,10 +22,10 @@ from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.session import ChaosSession
+from tests.support.binomial import binomial_interval
 from tests.support.network_bed import (
     DNS_SERVER,
     NetworkBed,
-    binomial_interval,
     dns_query,
     emulations,
     measured,

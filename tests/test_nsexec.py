@@ -66,6 +66,7 @@ def confined(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Completed
                           pass_fds=pass_fds, env=CHILD_ENV)
 
 
+@pytest.mark.needs_root
 def test_helper_takes_the_given_user_and_no_capabilities():
     result = confined("--uid", "65534", "--gid", "65534", "--groups", "65534", "--cap-bnd", "0", "--cap-eff", "0",
                       "--", "cat", "/proc/self/status")
@@ -77,6 +78,7 @@ def test_helper_takes_the_given_user_and_no_capabilities():
     assert status["NoNewPrivs"].strip() == "1"
 
 
+@pytest.mark.needs_root
 def test_helper_keeps_at_most_the_given_capabilities_for_root():
     # CAP_CHOWN (0) and CAP_KILL (5): what survives exec for uid 0 is the bounding set cut to these.
     result = confined("--uid", "0", "--gid", "0", "--cap-bnd", "21", "--cap-eff", "21", "--", "cat", "/proc/self/status")
@@ -84,6 +86,7 @@ def test_helper_keeps_at_most_the_given_capabilities_for_root():
     assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == int(status["CapBnd"], 16) == 0x21
 
 
+@pytest.mark.needs_root
 def test_helper_passes_no_inherited_fd_to_the_program(tmp_path):
     secret = os.open(tmp_path / "daemon-side", os.O_CREAT | os.O_RDWR)
     try:
@@ -94,6 +97,7 @@ def test_helper_passes_no_inherited_fd_to_the_program(tmp_path):
     assert sorted(int(fd) for fd in result.stdout.split()) == [0, 1, 2, 3]  # 3: ls's own directory
 
 
+@pytest.mark.needs_root
 def test_helper_reports_what_it_could_not_do():
     result = confined("--uid", "0", "--gid", "0", "--ns-fd", "mnt:99", "--", "true")
     assert result.returncode == 125

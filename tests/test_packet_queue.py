@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import math
 import os
 import pathlib
 import secrets
@@ -33,6 +32,7 @@ import pytest
 from pytest_chaos_daemon.programs.packet_queue import MAX_HELD_BYTES, MAX_HELD_PACKETS, bound_queues, parse_args, queue_argv
 
 from tests.support import programs
+from tests.support.binomial import binomial_interval
 from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe, udp_send
 from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
@@ -116,28 +116,6 @@ def wait_line(process: subprocess.Popen[str], timeout: float = 15.0) -> str:
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     assert ready, f"{process.args} printed nothing within {timeout} s"
     return process.stdout.readline().strip()
-
-
-def binomial_interval(n: int, p: float, level: float = 0.99) -> tuple[int, int]:
-    """The central interval holding ``level`` of Binomial(n, p): [low, high] counts."""
-    tail = (1 - level) / 2
-
-    def pmf(k: int) -> float:
-        if p in (0, 1):
-            return float(k == n * p)
-        return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                        + k * math.log(p) + (n - k) * math.log(1 - p))
-
-    masses = [pmf(k) for k in range(n + 1)]
-    low, below = 0, 0.0
-    while below + masses[low] <= tail:
-        below += masses[low]
-        low += 1
-    high, above = n, 0.0
-    while above + masses[high] <= tail:
-        above += masses[high]
-        high -= 1
-    return low, high
 
 
 def percentile(ordered: list[float], pct: float) -> float:
@@ -407,6 +385,7 @@ def test_bound_queues_parses_the_proc_file(tmp_path: pathlib.Path) -> None:
 # --- faults on real traffic ----------------------------------------------------
 
 
+@pytest.mark.needs_root
 @pytest.mark.parametrize("hook", ["egress", "ingress"])
 def test_loss_rate_is_binomial(pair: Pair, hook: str) -> None:
     namespace = pair.rule(hook, 1, BIT_A)
@@ -424,6 +403,7 @@ def test_loss_rate_is_binomial(pair: Pair, hook: str) -> None:
     assert 1 not in pair.queues(namespace)
 
 
+@pytest.mark.needs_root
 @pytest.mark.parametrize("hook", ["egress", "ingress"])
 def test_delay_with_jitter_raises_the_round_trip(pair: Pair, hook: str) -> None:
     base = baseline_median(pair)
@@ -443,6 +423,7 @@ def test_delay_with_jitter_raises_the_round_trip(pair: Pair, hook: str) -> None:
     assert counters["late_ms"] <= RELEASE_SLACK_MS
 
 
+@pytest.mark.needs_root
 def test_reorder_lets_some_packets_overtake(pair: Pair) -> None:
     base = baseline_median(pair)
     pair.rule("egress", 1, BIT_A)
@@ -471,6 +452,7 @@ HOOK_AND_FAMILY = pytest.mark.parametrize(("hook", "v6"), [("egress", False), ("
                                           ids=["egress-ipv4", "ingress-ipv4", "egress-ipv6", "ingress-ipv6"])
 
 
+@pytest.mark.needs_root
 @HOOK_AND_FAMILY
 def test_duplicates_arrive_at_a_binomial_rate(pair: Pair, hook: str, v6: bool) -> None:
     namespace = pair.rule(hook, 1, BIT_A, v6=v6)
@@ -488,6 +470,7 @@ def test_duplicates_arrive_at_a_binomial_rate(pair: Pair, hook: str, v6: bool) -
     assert doubled == counters["duplicated"] and counters["errors"] == 0
 
 
+@pytest.mark.needs_root
 @HOOK_AND_FAMILY
 def test_corrupted_packets_fail_the_receivers_checksum(pair: Pair, hook: str, v6: bool) -> None:
     namespace = pair.rule(hook, 1, BIT_A, v6=v6)
@@ -510,6 +493,7 @@ def test_corrupted_packets_fail_the_receivers_checksum(pair: Pair, hook: str, v6
     assert bad >= 0.95 * errors
 
 
+@pytest.mark.needs_root
 def test_two_queues_compose_on_the_same_traffic(pair: Pair) -> None:
     base = baseline_median(pair)
     pair.rule("egress", 1, BIT_A)
@@ -529,6 +513,7 @@ def test_two_queues_compose_on_the_same_traffic(pair: Pair) -> None:
     assert 49.5 <= rises[0] and percentile(rises, 90) <= 51.5 and rises[-1] <= 50 + CLIENT_SLACK_MS
 
 
+@pytest.mark.needs_root
 @pytest.mark.parametrize("resend", [False, True], ids=["held", "resend"])
 def test_sigterm_releases_held_packets_at_once(pair: Pair, resend: bool) -> None:
     pair.rule("egress", 1, BIT_A)
@@ -559,6 +544,7 @@ def test_sigterm_releases_held_packets_at_once(pair: Pair, resend: bool) -> None
     assert pair.probe(20, 0.002).answered == 20  # unbound: the rule is bypassed
 
 
+@pytest.mark.needs_root
 def test_sigkill_leaves_traffic_flowing(pair: Pair) -> None:
     pair.rule("egress", 1, BIT_A)
     program = pair.start_queue(pair.a, "--queue", "1", "--mark-bit", hex(BIT_A), "--delay-ms", "30")
@@ -572,6 +558,7 @@ def test_sigkill_leaves_traffic_flowing(pair: Pair) -> None:
     assert probe.answered == probe.sent and max(probe.first_rtts()) < 20
 
 
+@pytest.mark.needs_root
 def test_a_second_program_cannot_take_a_bound_queue(pair: Pair) -> None:
     pair.start_queue(pair.a, "--queue", "1", "--mark-bit", hex(BIT_A), "--delay-ms", "1")
     second = pair.spawn(pair.a, *PROGRAM, "--queue", "1", "--mark-bit", hex(BIT_B))
@@ -580,6 +567,7 @@ def test_a_second_program_cannot_take_a_bound_queue(pair: Pair) -> None:
     assert "already bound" in err
 
 
+@pytest.mark.needs_root
 @pytest.mark.parametrize("copy", ["meta", "packet"])
 def test_tcp_throughput_and_gso(pair: Pair, copy: str) -> None:
     """GSO packets (larger than the MTU) reach the hook; the kernel segments them before queueing."""
@@ -613,6 +601,7 @@ def test_tcp_throughput_and_gso(pair: Pair, copy: str) -> None:
     assert queued > 10
 
 
+@pytest.mark.needs_root
 def test_a_packet_longer_than_the_copy_range_passes_whole(pair: Pair) -> None:
     """On lo (MTU 65536) a 65535-byte packet exceeds the kernel's copy range (65531): the program gets a
     truncated copy, must not hand it back, and neither duplicates nor corrupts it."""
@@ -641,6 +630,7 @@ def test_a_packet_longer_than_the_copy_range_passes_whole(pair: Pair) -> None:
     assert counters["duplicated"] == counters["corrupted"] == counters["errors"] == 0
 
 
+@pytest.mark.needs_root
 @pytest.mark.parametrize("hook", ["egress", "ingress"])
 def test_a_stopped_program_loses_nothing(pair: Pair, hook: str) -> None:
     """A program that falls behind (here: stopped). On ingress the queue fills and fail-open lets what does
@@ -686,6 +676,7 @@ def test_a_stopped_program_loses_nothing(pair: Pair, hook: str) -> None:
 
 @pytest.mark.parametrize(("hook", "resend"), [("egress", False), ("egress", True), ("ingress", False)],
                          ids=["egress", "egress-resend", "ingress"])
+@pytest.mark.needs_root
 def test_tcp_through_a_delay(pair: Pair, hook: str, resend: bool) -> None:
     """A delayed packet held on egress stays charged to its TCP socket (netem orphans it; a queue cannot),
     so TCP small queues throttle the sender to a trickle. --resend frees it at once and sends a copy when
@@ -702,6 +693,7 @@ def test_tcp_through_a_delay(pair: Pair, hook: str, resend: bool) -> None:
     assert rate > (0.5 if hook == "egress" and not resend else 100)
 
 
+@pytest.mark.needs_root
 def test_resend_delays_like_holding_and_holds_what_it_cannot_resend(pair: Pair) -> None:
     base = baseline_median(pair)
     pair.rule("egress", 1, BIT_A)

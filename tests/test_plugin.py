@@ -232,6 +232,7 @@ def test_bad_marker_is_a_usage_error_at_collection(pytester, marker, field, acce
     assert "must not run" not in result.stdout.str()
 
 
+@pytest.mark.needs_root
 def test_nothing_selected_errors_the_test(pytester):
     result = run(pytester, """
         import pytest

@@ -223,6 +223,36 @@ def process_pattern(process: str) -> Any:
         raise ValueError(reason) from None
 
 
+# --- time: clocks and offsets ---------------------------------------------------------------------
+
+# Chaos Mesh's clock names (TimeChaos clockIds), each with its clock id (linux/time.h).
+CLOCK_IDS = {
+    "CLOCK_REALTIME": 0, "CLOCK_MONOTONIC": 1, "CLOCK_PROCESS_CPUTIME_ID": 2, "CLOCK_THREAD_CPUTIME_ID": 3,
+    "CLOCK_MONOTONIC_RAW": 4, "CLOCK_REALTIME_COARSE": 5, "CLOCK_MONOTONIC_COARSE": 6, "CLOCK_BOOTTIME": 7,
+    "CLOCK_REALTIME_ALARM": 8, "CLOCK_BOOTTIME_ALARM": 9,
+}
+DEFAULT_CLOCK_IDS = ("CLOCK_REALTIME",)
+MAX_TIME_OFFSET_NS = 100 * 366 * 86400 * 10**9  # a century either way; zero is refused (it changes nothing)
+
+
+def clock_mask(clock_ids: list[str] | tuple[str, ...]) -> int:
+    """The clocks as a bit mask (bit n: clock id n); ValueError naming an unknown name and the accepted ones."""
+    mask = 0
+    for name in clock_ids:
+        if name not in CLOCK_IDS:
+            raise ValueError(f"{name!r} is not a clock Chaos Mesh names; accepted: {', '.join(CLOCK_IDS)}")
+        mask |= 1 << CLOCK_IDS[name]
+    return mask
+
+
+def check_time_offset(offset_ns: int) -> int:
+    """``offset_ns`` if it is a usable offset; ValueError saying the bounds."""
+    if offset_ns == 0 or abs(offset_ns) > MAX_TIME_OFFSET_NS:
+        raise ValueError(f"must be a signed duration other than zero, at most 100 years either way (e.g. '-2h', "
+                         f"'+30m', '10s'); got {offset_ns} ns")
+    return offset_ns
+
+
 # --- the version handshake: the request fields each side knows ---------------------------------------
 # The daemon lists the fields of its own messages (GetInfo); the plugin lists those it set in a request and
 # refuses one the daemon would not read. Both name a nested message's fields as dotted paths, so a field added

@@ -18,9 +18,11 @@ from .pod_failure import PodFailure
 from .pod_kill import PodKill
 from .process_kill import ProcessKill
 from .stress import Stress
+from .time import Time
 
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), NetworkNetem(), Dns(), PodFailure())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), NetworkNetem(), Dns(),
+    Time(), PodFailure())}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]

@@ -15,12 +15,12 @@ import sys
 import pytest
 
 from pytest_chaos.session import ChaosSession
+from tests.support.binomial import binomial_interval
 from tests.support.network_bed import (
     DNS_SERVER,
     Background,
     NetTarget,
     UdpReceiver,
-    binomial_interval,
     dns_query,
     measured,
     snapshot,

@@ -171,12 +171,15 @@ class Targets:
         self._inner.append(pid)
         return pid
 
-    def containerd(self, *argv: str, labels: dict[str, str] | None = None, rootfs: str | None = None) -> str:
-        """Run a container in containerd (default command ``sleep 3600``); return its id."""
+    def containerd(self, *argv: str, labels: dict[str, str] | None = None, rootfs: str | None = None,
+                   mounts: tuple[str, ...] = ()) -> str:
+        """Run a container in containerd (default command ``sleep 3600``); return its id. ``mounts``: host
+        directories bound read-only at the same path (the host's /usr, for a Python inside)."""
         require(os.path.exists(CONTAINERD_SOCKET) and shutil.which("ctr") is not None, "containerd")
         container_id = unique_name()
         self._containerd.append(container_id)  # before running: a failed start still leaves a container
-        run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin",
+        binds = [arg for path in mounts for arg in ("--mount", f"type=bind,src={path},dst={path},options=rbind:ro")]
+        run("ctr", "-n", CONTAINERD_NAMESPACE, "run", "-d", "--env", "PATH=/bin", *binds,
             *label_args(labels), "--rootfs", rootfs or self.rootfs, container_id, *(argv or ("sleep", "3600")))
         return container_id
 

@@ -22,7 +22,7 @@ def build_wheels(out: pathlib.Path, scratch: pathlib.Path) -> dict[str, pathlib.
             if (project / name).exists():
                 shutil.copy(project / name, copy / name)
         shutil.copytree(project / package, copy / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "pytest-chaos-confine*"))
+                        ignore=shutil.ignore_patterns("__pycache__", "pytest-chaos-confine*", "pytest-chaos-timeshift*"))
         built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
                                 "--no-build-isolation", "-w", str(out), str(copy)],
                                capture_output=True, text=True, timeout=300)

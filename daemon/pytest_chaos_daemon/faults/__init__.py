@@ -17,11 +17,12 @@ from .network_emulation import NetworkEmulation, NetworkNetem
 from .network_partition import NetworkPartition
 from .process_kill import ProcessKill
 from .stress import Stress
+from .time_offset import TimeOffset
 
 NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
                           for name in ("loss", "delay", "duplicate", "corrupt"))
 _ALL: tuple[Fault, ...] = (HelloWorld(), ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(),
-                           *NETWORK_EMULATION, NetworkNetem(), NetworkBandwidth(), Dns())
+                           *NETWORK_EMULATION, NetworkNetem(), NetworkBandwidth(), Dns(), TimeOffset())
 FAULTS: dict[str, Fault] = {fault.kind: fault for fault in _ALL}
 # The ApplyRequest field that names each kind.
 BY_FIELD: dict[str, Fault] = {fault.field: fault for fault in FAULTS.values()}

@@ -38,6 +38,7 @@ from ..confinement import procfs
 from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..lifecycle.journal import Record
+from . import container_pause
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 
@@ -104,6 +105,7 @@ class Stress:
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         _stress_ng()
         _check_temp_path()
+        _refuse_paused(target.pid, target.description)
         _check_oom_score_adj(target, params)
         return Plan({"cgroup": ctx.confiner.new_cgroup(target), "tag": uuid.uuid4().hex}, MECHANISM)
 
@@ -116,7 +118,11 @@ class Stress:
 
     async def recover(self, ctx: FaultContext, record: Record) -> str:
         cgroup, tag = record.plan["cgroup"], record.plan["tag"]
-        running = len(_stress_ng_among(ctx.confiner.members(cgroup)))
+        members = ctx.confiner.members(cgroup)
+        running = len(_stress_ng_among(members))
+        # Stressors of a target paused meanwhile (container-pause) are frozen with it: out of the freezer first,
+        # or they would die only when it thaws.
+        container_pause.release_from_v1_freezer(members)
         await ctx.confiner.stop(cgroup)
         # Checked from /proc, not taken from the kill: a recovery that missed them must not pass.
         left = tagged_stressors(tag)
@@ -136,6 +142,7 @@ class Stress:
             with HeldTarget(record.pid, record.container_id) as target:
                 if target.stat.start_ticks != record.start_ticks:
                     return
+                _refuse_paused(target.pid, target.description)  # the injection then ends FAILED, saying why
                 # The new path is in the plan before anything starts; Injections journals the changed plan.
                 record.plan = {**record.plan, "cgroup": ctx.confiner.new_cgroup(target)}
                 await _start(ctx, target, record.params, record.plan)
@@ -210,6 +217,15 @@ def _stress_ng() -> str:
             "install it there (Debian: apt-get install stress-ng; the image from daemon/Dockerfile has it)"
         )
     return binary
+
+
+def _refuse_paused(pid: int, description: str) -> None:
+    """Stressors started in a paused target would be paused with it and never run: stress composes with
+    container-pause only when applied first (its stressors then pause and resume with the target)."""
+    how = container_pause.paused(pid)
+    if how is not None:
+        raise FailedPrecondition(f"target {description} is paused ({how}): stress-ng would never run there; "
+                                 "apply stress before pausing it, or recover the pause first")
 
 
 def _check_temp_path() -> None:

@@ -16,7 +16,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from ..api.v1 import chaos_daemon_pb2 as pb
@@ -46,25 +46,30 @@ class Injections:
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed = asyncio.Event()
         self._expiry: asyncio.Task[None] | None = None
-        self._ending: set[asyncio.Task[Record | None]] = set()
+        self._ending: set[asyncio.Future[Any]] = set()  # take-overs and recoveries under way beside the calls
         ctx.children.on_program_ended = self._program_ended
 
     async def start(self) -> None:
-        """Take over what daemons that are gone left in the journal, then start recovering what expires."""
+        """Take over what daemons that are gone left in the journal, then start recovering what expires. Returns
+        once the records are claimed (journal reads and writes alone): undoing and resuming them goes on in the
+        background, so a restarted daemon serves at once, whatever its journal holds."""
         await self.adopt()
         self._expiry = asyncio.create_task(self._expire_forever())
 
     async def adopt(self) -> None:
-        """Replay the journal records of daemons that are gone: undo half-applied injections, recover
-        those whose time ran out, keep (and resume) the others. One daemon at a time: two taking over
-        the same record would both recover it; each claim is journaled before the next daemon looks."""
+        """Claim the journal records of daemons that are gone, then, in the background: undo half-applied
+        injections, recover those whose time ran out, resume the others. One daemon claims at a time: two taking
+        over the same record would both recover it; each claim is journaled before the next daemon looks. A
+        claimed record is known at once, so a client's Renew, Recover or listing finds it while it is taken over."""
         with self._journal.adoption() as ours:
-            if ours:  # otherwise another daemon is taking over now; the next round sees what it left
-                await self._adopt()
+            claimed = self._claim() if ours else []  # otherwise another daemon claims now; the next round sees
+        if claimed:
+            self._background(self._take_over(claimed))
         self._changed.set()
 
-    async def _adopt(self) -> None:
+    def _claim(self) -> list[Record]:
         now = time.time()
+        claimed = []
         for record in self._journal.load():
             if record.id in self._records or record.daemon == self._key or instance_alive(record.daemon):
                 continue
@@ -75,22 +80,35 @@ class Injections:
                 continue
             previous, record.daemon = record.daemon, self._key
             self._records[record.id] = record
+            self._journal.write(record)
+            claimed.append(record)
             log(logging.INFO, "adopted from the journal", injection_id=record.id, kind=record.kind,
                 container_id=record.container_id, previous_daemon=previous)
+        return claimed
+
+    async def _take_over(self, records: list[Record]) -> None:
+        for record in recovery_order(records):
             if record.state == states.APPLYING:
                 await self.recover(record.id, "interrupted while applying: undone", states.FAILED)
-            elif record.expires_at is not None and record.expires_at <= now:
+            elif record.expires_at is not None and record.expires_at <= time.time():
                 await self.recover(record.id, "its time ran out while no daemon watched it", states.EXPIRED)
             else:
-                self._journal.write(record)
                 await self._resume(record)
+        log(logging.INFO, "adoption done", injections=len(records))
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` beside the calls; ``close`` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def close(self) -> None:
-        """Stop expiring. Injections stay journaled for the next daemon, unless this one was told to
-        recover them on exit (a daemon that no one will restart)."""
+        """Stop expiring, finish taking over and recovering what is under way. Injections stay journaled for the
+        next daemon, unless this one was told to recover them on exit (a daemon that no one will restart)."""
         if self._expiry is not None:
             self._expiry.cancel()
             await asyncio.gather(self._expiry, return_exceptions=True)
+        await asyncio.gather(*self._ending, return_exceptions=True)
         if self._recover_on_exit:
             for record in [r for r in self._records.values() if r.live]:
                 await self.recover(record.id, "the daemon stopped", states.EXPIRED)
@@ -171,9 +189,7 @@ class Injections:
                 why = f"the fault stopped early: its program ended by itself (exit status {returncode}{said})"
                 log(logging.WARNING, "a fault's program ended by itself", injection_id=record.id, kind=record.kind,
                     container_id=record.container_id, cgroup=cgroup, returncode=returncode, output=output)
-                task = asyncio.ensure_future(self.recover(record.id, why, states.FAILED))
-                self._ending.add(task)
-                task.add_done_callback(self._ending.discard)
+                self._background(self.recover(record.id, why, states.FAILED))
                 return
 
     def renew(self, injection_ids: list[str], lease: Any) -> list[Record | None]:
@@ -210,14 +226,20 @@ class Injections:
         self._journal.write(record)
 
     async def _resume(self, record: Record) -> None:
-        plan = copy.deepcopy(record.plan)
-        try:
-            await self._faults[record.kind].resume(self._ctx, record)
-        except DaemonError as err:
-            await self.recover(record.id, f"could not be resumed at restart ({err.message})", states.FAILED)
+        failure = None
+        async with self._lock(record.id):
+            if record.state != states.ACTIVE:  # recovered (a client's Recover, its lease) before its turn came
+                return
+            plan = copy.deepcopy(record.plan)
+            try:
+                await self._faults[record.kind].resume(self._ctx, record)
+            except DaemonError as err:
+                failure = err.message
+            if record.plan != plan:  # e.g. a new cgroup for what it started again: recovery must find it
+                self._journal.write(record)
+        if failure is not None:
+            await self.recover(record.id, f"could not be resumed at restart ({failure})", states.FAILED)
             return
-        if record.plan != plan:  # e.g. a new cgroup for what it started again: recovery must find it
-            self._journal.write(record)
         log(logging.INFO, "kept from the journal", injection_id=record.id, kind=record.kind,
             container_id=record.container_id, expires_at=record.expires_at)
 
@@ -243,10 +265,10 @@ class Injections:
 
     async def _expire_due(self) -> None:
         now = time.time()
-        due = [r.id for r in self._records.values() if r.state == states.ACTIVE
-               and r.expires_at is not None and r.expires_at <= now]
-        for injection_id in due:
-            record = self._records[injection_id]
+        due = recovery_order([r for r in self._records.values() if r.state == states.ACTIVE
+                              and r.expires_at is not None and r.expires_at <= now])
+        for record in due:
+            injection_id = record.id
             why = ("its duration passed" if record.duration_expires_at is not None
                    and record.duration_expires_at <= now else "its lease ran out")
             await self.recover(injection_id, why, states.EXPIRED)
@@ -270,3 +292,14 @@ def _program_cgroups(plan: dict[str, Any]) -> list[str]:
     """The tracking cgroups of the programs a fault's plan left running (network kinds: ``cgroups``; stress:
     ``cgroup``)."""
     return [*plan.get("cgroups", []), *([plan["cgroup"]] if "cgroup" in plan else [])]
+
+
+# Kinds whose fault must end before others on the same target can be undone: a frozen target can be neither
+# signalled to death (stress-ng's stressors under a v1 freezer) nor ptraced (time).
+RECOVERED_FIRST = ("container-pause",)
+
+
+def recovery_order(records: list[Record]) -> list[Record]:
+    """``records`` in the order to recover them when several end together (a restart, leases that ran out):
+    pauses first, the rest as they were."""
+    return sorted(records, key=lambda record: record.kind not in RECOVERED_FIRST)

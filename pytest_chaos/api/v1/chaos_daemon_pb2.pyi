@@ -246,8 +246,16 @@ class Dns(_message.Message):
     patterns: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, action: _Optional[_Union[Dns.Action, str]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class Time(_message.Message):
+    __slots__ = ("time_offset", "clock_ids")
+    TIME_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    time_offset: _duration_pb2.Duration
+    clock_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, time_offset: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., clock_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "network_netem")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "time", "network_netem")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +271,7 @@ class ApplyRequest(_message.Message):
     NETWORK_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     HELLO_WORLD_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NETEM_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
@@ -279,8 +288,9 @@ class ApplyRequest(_message.Message):
     network_bandwidth: NetworkBandwidth
     dns: Dns
     hello_world: HelloWorld
+    time: Time
     network_netem: NetworkNetem
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., network_netem: _Optional[_Union[NetworkNetem, _Mapping]] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ..., network_netem: _Optional[_Union[NetworkNetem, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes", "output", "truncated")
