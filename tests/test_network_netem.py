@@ -10,7 +10,8 @@ import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
-from tests.support.network_bed import binomial_interval, measured, snapshot, udp_echo_server, udp_probe
+from tests.support.binomial import binomial_interval
+from tests.support.network_bed import measured, snapshot, udp_echo_server, udp_probe
 from tests.test_network_faults import (  # noqa: F401 - fixtures and the per-mechanism parametrization
     PORT,
     apply,
