@@ -5,6 +5,10 @@
     pytest-chaos recover --all                       recover everything in force
     pytest-chaos recover ID [ID ...]                 recover these injections
 
+In a cluster, pods a pod-failure left running the pause image (its runner
+died before recovering it) are listed and recovered too: they are found
+through the API by the record pod-failure keeps on each pod.
+
 On this machine the daemons are found in /proc (the embedded daemons of
 running pytest sessions, and any other ``pytest-chaos-daemon`` listening on a
 unix socket); ``--daemon ADDRESS`` adds one (TCP needs ``--daemon-certs`` or
@@ -19,8 +23,10 @@ import argparse
 import datetime
 import os
 import sys
+import time
 from collections.abc import Sequence
 
+from . import pod_failure
 from .api.v1 import chaos_daemon_pb2 as pb
 from .api.version import VERSION
 from .backends.kubernetes import KubernetesBackend
@@ -54,11 +60,31 @@ def local_daemons() -> list[str]:
     return sorted(found)
 
 
+def _cluster(args: argparse.Namespace) -> KubernetesBackend:
+    return KubernetesBackend(kubeconfig=args.kubeconfig, context=args.context,
+                             daemon_namespace=args.daemon_namespace, access=args.access)
+
+
+def _pod_failures(args: argparse.Namespace) -> list[tuple[str, str, str, str, str, str]]:
+    """(injection, pod, state, applied, expires, owner) of each pod-failure in force in the cluster."""
+    if args.backend != "kubernetes":
+        return []
+    now = time.time()
+    rows = []
+    for pod, record in pod_failure.failed_pods(_cluster(args)):
+        name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        for holder in sorted(record.holders.values(), key=lambda h: h.applied_at):
+            # Overdue: its duration ran out and nobody recovered it (its runner died).
+            state = "active" if holder.expires_at > now else "overdue"
+            rows.append((holder.injection_id, name, state, _when_s(holder.applied_at), _when_s(holder.expires_at),
+                         holder.owner))
+    return rows
+
+
 def _daemons(args: argparse.Namespace) -> list[tuple[str, DaemonClient]]:
     """(where, client) for every daemon the arguments name."""
     if args.backend == "kubernetes":
-        backend = KubernetesBackend(kubeconfig=args.kubeconfig, context=args.context,
-                                    daemon_namespace=args.daemon_namespace, access=args.access)
+        backend = _cluster(args)
         cluster_tls = backend.client_tls()
         return [(f"node {node}", DaemonClient(address, args.timeout, tls=cluster_tls))
                 for node, address in backend.daemons()]
@@ -81,7 +107,10 @@ def _read_tls(directory: str) -> ClientTls:
 
 
 def _when(stamp: object) -> str:
-    seconds = getattr(stamp, "seconds", 0)
+    return _when_s(getattr(stamp, "seconds", 0))
+
+
+def _when_s(seconds: float) -> str:
     if not seconds:
         return "-"
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -109,12 +138,18 @@ def status(args: argparse.Namespace) -> int:
         for status_ in injections:
             rows.append((where, status_.injection_id, status_.kind, status_.container_id, STATES[status_.state],
                          _when(status_.applied_at), _when(status_.expires_at), status_.owner))
+    try:
+        for injection, pod, state, applied, expires, owner in _pod_failures(args):
+            rows.append(("api server", injection, "pod-failure", pod, state, applied, expires, owner))
+    except ChaosError as err:
+        print(f"api server: {err}", file=sys.stderr)
+        unreachable += 1
     for line in described:  # each daemon's version and node, above what it holds
         print(line)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    live = sum(1 for row in rows[1:] if row[4] == "active")
+    live = sum(1 for row in rows[1:] if row[4] in ("active", "overdue"))
     print(f"{live} injection(s) in force on {len(daemons) - unreachable} daemon(s)"
           + (f"; {unreachable} daemon(s) unreachable" if unreachable else ""))
     return 1 if unreachable or (args.expect_none and live) else 0
@@ -149,12 +184,37 @@ def recover(args: argparse.Namespace) -> int:
             failed += 1
         finally:
             client.close()
+    if args.backend == "kubernetes":
+        failed += _recover_pod_failures(args, wanted, done)
     for missing in sorted(wanted - done):
         print(f"{missing}: no daemon holds it in force", file=sys.stderr)
         failed += 1
     if not done and args.all:
         print("nothing was in force")
     return 1 if failed else 0
+
+
+def _recover_pod_failures(args: argparse.Namespace, wanted: set[str], done: set[str]) -> int:
+    """Recover the pod-failures in force (all, or those ``wanted``); the number that failed."""
+    failed = 0
+    try:
+        cluster = _cluster(args)
+        for pod, record in pod_failure.failed_pods(cluster):
+            namespace, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
+            for injection in sorted(record.holders):
+                if not args.all and injection not in wanted:
+                    continue
+                done.add(injection)
+                try:
+                    detail = pod_failure.restore_pod(cluster, namespace, name, uid, injection)
+                    print(f"api server: {injection} pod-failure {namespace}/{name}: recovered ({detail})")
+                except ChaosError as err:
+                    failed += 1
+                    print(f"api server: {injection} pod-failure {namespace}/{name}: failed ({err})")
+    except ChaosError as err:
+        print(f"api server: {err}", file=sys.stderr)
+        failed += 1
+    return failed
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,7 +35,9 @@ NETWORK_ACTIONS = {
     "duplicate": ("network-duplicate", "duplicate"),
     "corrupt": ("network-corrupt", "corrupt"),
     "bandwidth": ("network-bandwidth", "bandwidth"),
+    "netem": ("network-netem", None),  # its sections: NETEM_SECTIONS
 }
+NETEM_SECTIONS = ("delay", "loss", "duplicate", "corrupt")
 NETWORK_PARAMETERS = {
     "loss": {"loss": "loss", "correlation": "correlation"},
     "delay": {"latency": "latency", "jitter": "jitter", "correlation": "correlation", "reorder": "reorder"},
@@ -236,6 +238,9 @@ def arguments(document: Document) -> tuple[str, dict[str, Any]]:
     if body.get("apiVersion") != API_VERSION:
         raise document.error("apiVersion", f"must be {API_VERSION!r}; got {body.get('apiVersion')!r}")
     kind = body.get("kind")
+    if isinstance(kind, str) and kind in SCHEDULING:
+        raise document.error("kind", f"{kind} is not supported: {SCHEDULING[kind]}; the kinds supported are "
+                                     f"{', '.join(MAPPERS)}")
     if not isinstance(kind, str) or kind not in MAPPERS:
         raise document.error("kind", f"{kind!r} is not supported; supported: {', '.join(MAPPERS)}")
     spec = body.get("spec")
@@ -302,8 +307,10 @@ def _hello_world(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict
 
 
 def _pod_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    action = _action(document, spec, ("pod-kill", "container-kill"))
+    action = _action(document, spec, ("pod-kill", "pod-failure", "container-kill"))
+    # pod-failure fails every container of the pod, as in Chaos Mesh: containerNames would change nothing.
     extra = {"action": "action", "gracePeriod": "grace_period"} if action == "pod-kill" else \
+        {"action": "action"} if action == "pod-failure" else \
         {"action": "action", "containerNames": "container_names"}
     kwargs = _take(document, spec, _common(extra))
     kwargs.pop("action")
@@ -317,8 +324,11 @@ def _stress_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dic
         for name in ("cpu", "memory"):
             section = stressors.get(name)
             if isinstance(section, Mapping):
-                _take(document, section, {"workers": "workers", "load": "load", "size": "size"},
-                      f"spec.stressors.{name}", record=False)
+                accepted = {"workers": "workers", "load": "load", "options": "options"} if name == "cpu" else \
+                    {"workers": "workers", "size": "size", "options": "options", "oomScoreAdj": "oom_score_adj"}
+                stressors = {**stressors, name: _take(document, section, accepted, f"spec.stressors.{name}",
+                                                      record=False)}
+        kwargs["stressors"] = stressors
     return "stress", kwargs
 
 
@@ -328,8 +338,14 @@ def _network_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, di
     accepted = _common({"action": "action", **NETWORK_SCOPE})
     if section is not None:
         accepted[section] = section
+    if action == "netem":
+        accepted.update({name: name for name in NETEM_SECTIONS})
     kwargs = _take(document, spec, accepted)
     kwargs.pop("action")
+    if action == "netem":
+        for part in NETEM_SECTIONS:
+            if isinstance(kwargs.get(part), Mapping):
+                kwargs[part] = _take(document, kwargs[part], NETWORK_PARAMETERS[part], f"spec.{part}", record=False)
     if section is not None:
         parameters = kwargs.pop(section, None)
         if not isinstance(parameters, Mapping):
@@ -364,6 +380,15 @@ def _action(document: Document, spec: Mapping[str, Any], supported: tuple[str, .
     return str(action)
 
 
+# Chaos Mesh's own scheduling: a chaos test is scheduled by pytest instead.
+SCHEDULING = {
+    "Schedule": "a chaos test applies its chaos itself, for the test's time: repeat it with "
+                "@pytest.mark.parametrize (or pytest-repeat's --count) and a duration, instead of spec.schedule",
+    "Workflow": "a chaos test orders its chaos itself: one marker per step (markers apply in order, all in force "
+                "together, as a Parallel node), or chaos.apply / chaos.apply_manifest one after another in the "
+                "test's body (a Serial node), and the test order for the rest",
+}
+
 MAPPERS: dict[str, Callable[[Document, Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
     "HelloWorldChaos": _hello_world,
     "PodChaos": _pod_chaos,
@@ -383,5 +408,6 @@ def manifest_specs(backend: Backend, source: str | os.PathLike[str] | Mapping[st
         try:
             specs.append(build_spec(backend, (kind,), kwargs))
         except ChaosSpecError as err:
-            raise document.error(document.field(err.field), err.message) from None
+            field = document.field(err.field).replace(".oom_score_adj", ".oomScoreAdj")  # the manifest's name
+            raise document.error(field, err.message) from None
     return specs

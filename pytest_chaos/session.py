@@ -14,13 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from .backends import Backend
 from .defaults import DEFAULT_LEASE_S, DEFAULT_RPC_TIMEOUT_S
 from .errors import ChaosError, ChaosSpecError, DaemonUnreachable
 from .handshake import Handshakes
 from .kinds import KINDS, InjectContext
+from .kinds.base import RecoveredByPlugin
 from .leases import LeaseKeeper
 from .manifests import manifest_specs
 from .model import Experiment, ExperimentSpec, Target
@@ -47,6 +48,10 @@ class ChaosSession:
         self._owner = f"pytest {os.getpid()}@{socket.gethostname()}"
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        # Kinds the plugin recovers itself (pod-failure): their duration's timers, and one lock so that a
+        # timer and the teardown never recover the same target twice.
+        self._timers: dict[int, threading.Timer] = {}
+        self._plugin_recovery = threading.Lock()
 
     def spec(self, args: Sequence[Any], kwargs: dict[str, Any]) -> ExperimentSpec:
         return build_spec(self.backend, args, kwargs)
@@ -77,7 +82,13 @@ class ChaosSession:
             experiment.outcome, experiment.detail = "failed", str(err)
             raise
         experiment.outcome, experiment.applied_at = "applied", time.time()
-        if KINDS[spec.kind].recoverable:
+        if _plugin_recovers(spec.kind):
+            if spec.duration is not None:
+                timer = threading.Timer(spec.duration, self._expire, (experiment,))
+                timer.daemon = True
+                self._timers[id(experiment)] = timer
+                timer.start()
+        elif KINDS[spec.kind].recoverable:
             self.leases.track(experiment)
         return experiment
 
@@ -125,7 +136,13 @@ class ChaosSession:
             return
         self.leases.untrack(experiment)
         stopped_early = [t for t in experiment.targets if t.state == "failed"]
-        self._recover_targets([t for t in experiment.targets if t.state == "applied"])
+        if _plugin_recovers(experiment.kind):
+            if (timer := self._timers.pop(id(experiment), None)) is not None:
+                timer.cancel()
+            with self._plugin_recovery:
+                self._recover_by_plugin(experiment.kind, [t for t in experiment.targets if t.state == "applied"])
+        else:
+            self._recover_targets([t for t in experiment.targets if t.state == "applied"])
         experiment.settle()
         if experiment.outcome == "failed":
             early = "; ".join(f"{t.describe()}: {t.detail}" for t in stopped_early)
@@ -140,7 +157,30 @@ class ChaosSession:
                                                   preflight=self.handshakes.check)
         return self._clients[address]
 
+    def _expire(self, experiment: Experiment) -> None:
+        """A plugin-recovered experiment's duration ran out: recover it now, as a daemon would its own."""
+        with self._plugin_recovery:
+            self._timers.pop(id(experiment), None)
+            targets = [t for t in experiment.targets if t.state == "applied"]
+            self._recover_by_plugin(experiment.kind, targets)
+            for target in targets:
+                if target.state == "recovered":
+                    target.state = "expired"
+                    target.detail = f"duration {experiment.spec.duration:g}s ran out: {target.detail}"
+            experiment.settle()
+
+    def _recover_by_plugin(self, kind: str, targets: list[Target]) -> None:
+        try:
+            cast(RecoveredByPlugin, KINDS[kind]).recover(self.backend, targets)
+        except ChaosError as err:
+            for target in targets:
+                if target.state == "applied":
+                    target.state, target.detail = "failed", f"not recovered: {err}"
+
     def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()  # their experiments' teardowns have run, or the run is ending: pytest-chaos recover
+        self._timers.clear()
         self.leases.stop()
         if self._pool is not None:
             self._pool.shutdown()
@@ -188,7 +228,10 @@ class ChaosSession:
 
         errors = self._each_target(experiment.targets, inject)
         if errors:
-            if kind.recoverable:  # undo the targets that did get the fault
+            if _plugin_recovers(experiment.kind):
+                with self._plugin_recovery:
+                    self._recover_by_plugin(experiment.kind, [t for t in experiment.targets if t.state == "applied"])
+            elif kind.recoverable:  # undo the targets that did get the fault
                 self._recover_targets([t for t in experiment.targets if t.state == "applied"])
             raise ChaosError("; ".join(dict.fromkeys(errors)))  # a daemon's refusal once, not once per target
 
@@ -265,6 +308,11 @@ class ChaosSession:
 
 
 _in_pool = threading.local()
+
+
+def _plugin_recovers(kind: str) -> bool:
+    """A recoverable kind without a daemon (pod-failure) is recovered by the plugin itself."""
+    return KINDS[kind].recoverable and not KINDS[kind].uses_daemon
 
 
 def _mark_in_pool() -> None:

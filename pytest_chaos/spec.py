@@ -50,6 +50,9 @@ def build_spec(backend: Backend, args: Sequence[Any], kwargs: Mapping[str, Any])
         container_names = tuple(container_names)
     if getattr(kind, "peer_selection", False) and "target" in kwargs:
         kwargs["target"] = check_peer_selection(backend, kwargs["target"])
+    if getattr(kind, "requires_duration", False) and duration is None:
+        raise ChaosSpecError("duration", f"is required for kind {kind_name!r}, as in Chaos Mesh: how long the fault "
+                                         f"lasts at most, like '30s' (the test's teardown recovers it sooner)")
     params = kind.check_params(kwargs)
     checked_selector = backend.check_selector(selector, container_names)
     return ExperimentSpec(kind_name, checked_selector, mode, value, duration, container_names, params)

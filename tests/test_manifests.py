@@ -90,16 +90,20 @@ def test_the_documentations_correlated_delay_keeps_its_correlation_for_the_node_
 
 @pytest.mark.parametrize("text, field, accepted", [
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: IOChaos\nspec: {}\n", "kind", "supported: HelloWorldChaos, PodChaos"),
-    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nspec: {action: pod-failure}\n", "spec.action",
-     "supported: pod-kill, container-kill"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nspec: {action: pod-restart}\n", "spec.action",
+     "supported: pod-kill, pod-failure, container-kill"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nspec: {action: pod-kill, scheduler: {cron: x}}\n",
      "spec.scheduler", "supported: selector, mode, value, duration"),
-    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: StressChaos\nspec: {stressors: {cpu: {workers: 1, options: [x]}}}\n",
-     "spec.stressors.cpu.options", "supported: workers, load, size"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: StressChaos\nspec: {stressors: {cpu: {workers: 1, size: 1MB}}}\n",
+     "spec.stressors.cpu.size", "supported: workers, load, options"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: delay, delay: {latency: 1ms, "
      "rate: x}}\n", "spec.delay.rate", "supported: latency, jitter, correlation, reorder"),
-    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem}\n", "spec.action",
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: rate}\n", "spec.action",
      "supported: partition, loss, delay"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem, selector: {}, rate: "
+     "{rate: 1mbps}}\n", "spec.rate", "supported: selector, mode"),
+    ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nspec: {action: netem, selector: {}, loss: "
+     "{loss: '10', los: 1}}\n", "spec.loss.los", "supported: loss, correlation"),
     ("apiVersion: v1\nkind: Pod\nspec: {}\n", "apiVersion", "must be 'chaos-mesh.org/v1alpha1'"),
     ("apiVersion: chaos-mesh.org/v1alpha1\nkind: DNSChaos\nspec: {action: error, selector: {colour: red}}\n",
      "spec.selector.colour", "unknown selector key"),
@@ -141,7 +145,7 @@ def test_time_chaos_refusals_name_the_field(spec, field, accepted):
 WRONG_TYPES = [
     (chaos("[PodChaos]", "{}"), "kind", "supported: HelloWorldChaos, PodChaos"),
     (chaos("DNSChaos", f"{{action: {{error: 1}}, {SELECTED}}}"), "spec.action", "one of error, random"),
-    (chaos("PodChaos", f"{{action: [pod-kill], {SELECTED}}}"), "spec.action", "supported: pod-kill, container-kill"),
+    (chaos("PodChaos", f"{{action: [pod-kill], {SELECTED}}}"), "spec.action", "supported: pod-kill, pod-failure, container-kill"),
     (chaos("NetworkChaos", f"{{action: partition, direction: {{to: 1}}, {SELECTED}}}"), "spec.direction",
      "must be one of to, from, both"),
     (chaos("PodChaos", "{action: pod-kill, selector: {1: a, labelSelectors: {app: web}}}"), "spec.selector.1",
@@ -245,7 +249,7 @@ def test_durations_from_a_millisecond_to_a_day_are_taken(duration, seconds):
 def test_a_documents_label_shows_its_kind_and_name_only_when_they_are_strings():
     error = assert_refused(chaos("[PodChaos]", "{}", metadata="{name: [x]}"), "kind", "is not supported",
                            document="document 1 (? #1)")
-    long_name = chaos("PodChaos", "{action: pod-failure}", metadata="{name: " + "n" * 300 + "}")
+    long_name = chaos("PodChaos", "{action: pod-restart}", metadata="{name: " + "n" * 300 + "}")
     assert "n" * 254 not in assert_refused(long_name, "spec.action", "supported").field
     assert "[x]" not in error.field
 

@@ -63,6 +63,102 @@ def vm_bytes(size: str) -> str:
     raise ValueError(f"must be {SIZE_FORMS}; got {size[:100]!r}")
 
 
+
+# --- stress: stress-ng options beyond workers, load and size (Chaos Mesh's ``options``) ----------------
+#
+# An allow-list: each option a stressor may add, and what its value may be. Left out on purpose: whatever
+# writes files (--hdd, --temp-path: the stressors run with the daemon's filesystem, and a killed stressor
+# would leave its files there), starts other stressors (--io, --fork, ...: one kind of load per stressor),
+# or changes where and as whom they run (--sched, --user, --aggressive, --log-file). The daemon builds the
+# argv itself from what this returns, after its own arguments, so an option here overrides them as
+# stress-ng's last word wins: ``--cpu 2`` sets the workers, ``--timeout 600`` ends the load after 600s.
+
+MAX_OPTIONS, MAX_OPTION_LENGTH = 32, 256
+_METHOD = re.compile(r"[a-z0-9][a-z0-9_+-]{0,31}")  # stress-ng refuses a method it lacks, and the apply fails
+_TIMEOUT = re.compile(r"[1-9]\d{0,5}[smhd]?")
+_SLICE = re.compile(r"-?\d{1,4}")
+_MADVISE = ("dontneed", "hugepage", "mergeable", "nohugepage", "normal", "random", "sequential", "unmergeable",
+            "willneed")
+_WORKERS = re.compile(r"[1-9]\d{0,3}")
+_SECONDS = re.compile(r"\d{1,5}")
+
+
+# option -> (value pattern, what the value may be); None: the option takes no value.
+_COMMON: dict[str, tuple[re.Pattern[str], str] | None] = {
+    "--timeout": (_TIMEOUT, "a time like 600, 30s, 10m, 2h or 1d (stress-ng stops the load then)"),
+    "--oomable": None,
+}
+STRESS_OPTIONS: dict[str, dict[str, tuple[re.Pattern[str], str] | None]] = {
+    "cpu": {
+        "--cpu": (_WORKERS, f"a number of workers from 1 to {MAX_WORKERS}"),
+        "--cpu-method": (_METHOD, "a stress-ng cpu method, like sqrt, matrixprod or all"),
+        "--cpu-load-slice": (_SLICE, "milliseconds from -9999 to 9999 (stress-ng's meaning)"),
+        **_COMMON,
+    },
+    "memory": {
+        "--vm": (_WORKERS, f"a number of workers from 1 to {MAX_WORKERS}"),
+        "--vm-method": (_METHOD, "a stress-ng vm method, like flip, zero-one or all"),
+        "--vm-hang": (_SECONDS, "seconds from 0 to 99999 to sleep before freeing the memory"),
+        "--vm-madvise": (re.compile("|".join(_MADVISE)), f"one of {', '.join(_MADVISE)}"),
+        "--vm-populate": None,
+        "--page-in": None,
+        **_COMMON,
+    },
+}
+OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
+
+
+class StressOptionError(ValueError):
+    """An option that is not allowed; ``index`` is its place in the list."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def stress_options(stressor: str, options: list[str] | tuple[str, ...]) -> list[str]:
+    """stress-ng's arguments for a stressor's ``options``, as Chaos Mesh writes them ("--cpu-method sqrt",
+    "--timeout=600", "--oomable", or several in one string); raises StressOptionError naming the first
+    that is not allowed, with the allowed ones."""
+    allowed = STRESS_OPTIONS[stressor]
+    accepted = ", ".join(allowed)
+    if len(options) > MAX_OPTIONS:
+        raise StressOptionError(MAX_OPTIONS, f"at most {MAX_OPTIONS} options; got {len(options)}")
+    # (token, the option's index): Chaos Mesh joins the list with spaces, so a value may be the next item's.
+    tokens: list[tuple[str, int]] = []
+    for index, option in enumerate(options):
+        if not isinstance(option, str) or len(option) > MAX_OPTION_LENGTH:
+            raise StressOptionError(index, f"must be a string of at most {MAX_OPTION_LENGTH} characters, like "
+                                           f"'--cpu-method sqrt'; got {str(option)[:100]!r}")
+        tokens += [(token, index) for token in option.split()]
+    argv: list[str] = []
+    position = 0
+    while position < len(tokens):
+        token, index = tokens[position]
+        position += 1
+        name, equals, value = token.partition("=")
+        if name not in allowed:
+            raise StressOptionError(index, f"{name[:100]!r} is not an allowed stress-ng option for the {stressor} "
+                                           f"stressor; allowed: {accepted}")
+        expected = allowed[name]
+        if expected is None:
+            if equals:
+                raise StressOptionError(index, f"{name} takes no value; got {token[:100]!r}")
+            argv.append(name)
+            continue
+        if not equals:
+            if position == len(tokens):
+                raise StressOptionError(index, f"{name} needs a value: {expected[1]}")
+            value, _ = tokens[position]
+            position += 1
+        pattern, described = expected
+        if not pattern.fullmatch(value):
+            raise StressOptionError(index, f"{name}'s value must be {described}; got {value[:100]!r}")
+        if name in ("--cpu", "--vm") and int(value) > MAX_WORKERS:
+            raise StressOptionError(index, f"{name}'s value must be {described}; got {value}")
+        argv += [name, value]
+    return argv
+
 # --- DNS patterns ---------------------------------------------------------------------------------
 
 MAX_PATTERN_LENGTH = 253  # the longest name in text form, without the trailing dot

@@ -5,18 +5,44 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ChaosSpecError
+from ..errors import ChaosError, ChaosSpecError
 from ..model import Target
 
 if TYPE_CHECKING:  # the transport loads gRPC: a backend is built before the run knows it needs one
     from ..transport import ClientTls
 
 
+class PodConflict(ChaosError):
+    """A conditional pod patch found the pod changed since it was read: read it again and retry."""
+
+
+class PodPatchRefused(ChaosError):
+    """The API refused a pod patch as unprocessable: one of its ``test`` operations failed (the pod changed),
+    or the patch is invalid; the API does not say which."""
+
+
 class PodApi(Protocol):
-    """What a backend whose targets are pods offers the kinds that act on a pod itself (pod-kill)."""
+    """What a backend whose targets are pods offers the kinds that act on a pod itself (pod-kill, pod-failure)."""
 
     def delete_pod(self, namespace: str, name: str, uid: str, grace_period_s: int) -> None:
         """Delete pod ``name`` if it is still the one selected (``uid``); raises ChaosError when refused."""
+        ...
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as the API's JSON; None if there is none of that name."""
+        ...
+
+    def patch_pod(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch (RFC 6902) to the pod; raises PodConflict on a conflict, PodPatchRefused when it
+        is unprocessable (a failed ``test`` operation among others), ChaosError when the API refuses it."""
+        ...
+
+    def marked_pods(self, label: str) -> list[dict[str, Any]]:
+        """Every pod, in every namespace, that carries the label ``label``."""
+        ...
+
+    def node_images(self, node: str) -> list[str]:
+        """The image names the node reports holding (its status.images; the kubelet reports at most 50)."""
         ...
 
 

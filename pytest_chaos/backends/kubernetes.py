@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..defaults import ACCESS_MODES, DEFAULT_DAEMON_NAMESPACE
 from ..errors import ChaosError
 from ..model import Target
-from .base import PodApi
+from .base import PodApi, PodConflict, PodPatchRefused
 from .pod_selector import (
     SELECTOR_KEYS,
     annotations_match,
@@ -148,6 +148,44 @@ class KubernetesBackend:
 
         options = V1DeleteOptions(grace_period_seconds=grace_period_s, preconditions=V1Preconditions(uid=uid or None))
         self._call(self.core.delete_namespaced_pod, name, namespace, body=options)
+
+    def read_pod(self, namespace: str, name: str) -> Pod | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pod: Pod = self._json(self.core.read_namespaced_pod, name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise ChaosError(f"the Kubernetes API refused read_namespaced_pod: {err.status} {err.reason}") from None
+        return pod
+
+    def patch_pod(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self.core.patch_namespaced_pod(name, namespace, operations, _content_type="application/json-patch+json",
+                                           _request_timeout=30, _preload_content=False)
+        except ApiException as err:
+            if err.status == 409:
+                raise PodConflict(f"pod {namespace}/{name} changed while it was patched") from None
+            # A failed ``test`` operation is a 422 that does not say which operation failed, as an invalid
+            # patch is: the caller tells them apart by reading the pod again.
+            if err.status == 422:
+                raise PodPatchRefused(f"the Kubernetes API refused patch_namespaced_pod: {err.status} "
+                                      f"{err.reason}: {err.body}") from None
+            raise ChaosError(f"the Kubernetes API refused patch_namespaced_pod: {err.status} {err.reason}: "
+                             f"{err.body}") from None
+        except HTTPError as err:
+            raise ChaosError(f"the Kubernetes API is unreachable ({self.describe()}): {err}") from None
+
+    def marked_pods(self, label: str) -> list[Pod]:
+        return list(self._pods(None, label_selector=label))
+
+    def node_images(self, node: str) -> list[str]:
+        found = self._json(self.core.read_node, node)
+        return [name for image in found.get("status", {}).get("images") or [] for name in image.get("names") or []]
 
     def close(self) -> None:
         for relay in self._relays:

@@ -12,7 +12,9 @@ from .network_corrupt import NetworkCorrupt
 from .network_delay import NetworkDelay
 from .network_duplicate import NetworkDuplicate
 from .network_loss import NetworkLoss
+from .network_netem import NetworkNetem
 from .network_partition import NetworkPartition
+from .pod_failure import PodFailure
 from .pod_kill import PodKill
 from .process_kill import ProcessKill
 from .stress import Stress
@@ -21,7 +23,8 @@ from .time import Time
 
 _ALL: tuple[FaultKind, ...] = (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), Time(), *TCP_TOXICS)
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), NetworkNetem(), Dns(),
+    Time(), PodFailure(), *TCP_TOXICS)
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in _ALL}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]

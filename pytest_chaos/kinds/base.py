@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..backends import Backend
@@ -41,4 +41,12 @@ class FaultKind(Protocol):
 
     def inject(self, ctx: InjectContext, target: Target, params: Mapping[str, Any]) -> None:
         """Apply the fault to ``target`` and fill in what the daemon reported. Raises ChaosError."""
+        ...
+
+
+class RecoveredByPlugin(Protocol):
+    """A recoverable kind without a daemon (pod-failure): the plugin recovers it, through the backend."""
+
+    def recover(self, backend: Backend, targets: Sequence[Target]) -> None:
+        """End the fault on ``targets`` and settle each one's state and detail."""
         ...

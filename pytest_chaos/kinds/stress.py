@@ -10,12 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..api.contract import MAX_WORKERS, SIZE_FORMS, vm_bytes
+from ..api.contract import (
+    MAX_WORKERS,
+    OOM_SCORE_ADJ_MAX,
+    OOM_SCORE_ADJ_MIN,
+    SIZE_FORMS,
+    StressOptionError,
+    stress_options,
+    vm_bytes,
+)
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..errors import ChaosSpecError
 from .applied import AppliedKind
 
-STRESSORS = {"cpu": ("workers", "load"), "memory": ("workers", "size")}
+STRESSORS = {"cpu": ("workers", "load", "options"), "memory": ("workers", "size", "options", "oom_score_adj")}
 EXAMPLE = "{'cpu': {'workers': 1, 'load': 50}, 'memory': {'workers': 1, 'size': '256MB'}}"
 
 
@@ -41,7 +49,7 @@ class Stress(AppliedKind):
             if not _is_int(load) or not 0 <= load <= 100:
                 raise ChaosSpecError("stressors.cpu.load",
                                      f"must be an integer from 0 to 100 (percent of each worker's CPU); got {load!r}")
-            checked["cpu"] = {"workers": _workers(cpu, "cpu"), "load": load}
+            checked["cpu"] = {"workers": _workers(cpu, "cpu"), "load": load, **_options(cpu, "cpu")}
         if "memory" in stressors:
             memory = _section(stressors["memory"], "memory")
             if "size" not in memory:
@@ -53,16 +61,25 @@ class Stress(AppliedKind):
                 vm_bytes(size)
             except ValueError as err:
                 raise ChaosSpecError("stressors.memory.size", str(err)) from None
-            checked["memory"] = {"workers": _workers(memory, "memory"), "size": size}
+            checked["memory"] = {"workers": _workers(memory, "memory"), "size": size, **_options(memory, "memory")}
+            if "oom_score_adj" in memory:
+                adj = memory["oom_score_adj"]
+                if not _is_int(adj) or not OOM_SCORE_ADJ_MIN <= adj <= OOM_SCORE_ADJ_MAX:
+                    raise ChaosSpecError("stressors.memory.oom_score_adj",
+                                         f"must be an integer from {OOM_SCORE_ADJ_MIN} to {OOM_SCORE_ADJ_MAX}, and "
+                                         f"the daemon refuses one below the target's own; got {adj!r}")
+                checked["memory"]["oom_score_adj"] = adj
         return {"stressors": checked}
 
     def message(self, params: Mapping[str, Any]) -> pb.Stress:
         stressors = params["stressors"]
         message = pb.Stress()
         if cpu := stressors.get("cpu"):
-            message.cpu.CopyFrom(pb.Stress.Cpu(workers=cpu["workers"], load=cpu["load"]))
+            message.cpu.CopyFrom(pb.Stress.Cpu(workers=cpu["workers"], load=cpu["load"], options=cpu.get("options", [])))
         if memory := stressors.get("memory"):
-            message.memory.CopyFrom(pb.Stress.Memory(workers=memory["workers"], size=memory["size"]))
+            message.memory.CopyFrom(pb.Stress.Memory(workers=memory["workers"], size=memory["size"],
+                                                     options=memory.get("options", []),
+                                                     oom_score_adj=memory.get("oom_score_adj")))
         return message
 
 
@@ -74,6 +91,22 @@ def _section(value: object, stressor: str) -> Mapping[str, Any]:
     if unknown:
         raise ChaosSpecError(f"stressors.{stressor}.{unknown[0]}", f"unknown field; accepted: {', '.join(accepted)}")
     return value
+
+
+def _options(section: Mapping[str, Any], stressor: str) -> dict[str, list[str]]:
+    """The section's ``options``, checked against the daemon's allow-list; kept as written (the daemon builds
+    stress-ng's argv from them itself)."""
+    if "options" not in section:
+        return {}
+    options = section["options"]
+    if isinstance(options, str) or not isinstance(options, list | tuple):
+        raise ChaosSpecError(f"stressors.{stressor}.options", f"must be a list of stress-ng options, like "
+                                                              f"['--cpu-method sqrt']; got {options!r}")
+    try:
+        stress_options(stressor, list(options))
+    except StressOptionError as err:
+        raise ChaosSpecError(f"stressors.{stressor}.options[{err.index}]", str(err)) from None
+    return {"options": list(options)}
 
 
 def _workers(section: Mapping[str, Any], stressor: str) -> int:

@@ -14,7 +14,7 @@ from .container_pause import ContainerPause
 from .dns import Dns
 from .helloworld import HelloWorld
 from .network_bandwidth import NetworkBandwidth
-from .network_emulation import NetworkEmulation
+from .network_emulation import NetworkEmulation, NetworkNetem
 from .network_partition import NetworkPartition
 from .process_kill import ProcessKill
 from .stress import Stress
@@ -24,7 +24,7 @@ from .time_offset import TimeOffset
 NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
                           for name in ("loss", "delay", "duplicate", "corrupt"))
 _ALL: tuple[Fault, ...] = (HelloWorld(), ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(),
-                           *NETWORK_EMULATION, NetworkBandwidth(), Dns(), TimeOffset(), *TCP_TOXICS)
+                           *NETWORK_EMULATION, NetworkNetem(), NetworkBandwidth(), Dns(), TimeOffset(), *TCP_TOXICS)
 FAULTS: dict[str, Fault] = {fault.kind: fault for fault in _ALL}
 # The ApplyRequest field that names each kind; kinds that share a field (the TCP toxics) are told apart by
 # ``fault_for``.

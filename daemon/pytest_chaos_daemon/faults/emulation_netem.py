@@ -10,17 +10,19 @@ from __future__ import annotations
 
 def arguments(effects: dict[str, float], netem_only: dict[str, float]) -> str:
     """tc's netem arguments for one kind's ``effects`` (as the packet queue takes them) and ``netem_only``."""
-    correlation = _percent(netem_only.get("correlation", 0))
+    def correlation(effect: str) -> str:  # network-netem's sections each have their own
+        return _percent(netem_only.get(f"{effect}.correlation", netem_only.get("correlation", 0)))
+
     parts = ["netem"]
     if "delay_ms" in effects:
-        parts.append(f"delay {_us(effects['delay_ms'])} {_us(effects.get('jitter_ms', 0))} {correlation}")
+        parts.append(f"delay {_us(effects['delay_ms'])} {_us(effects.get('jitter_ms', 0))} {correlation('delay')}")
         if "reorder" in effects:
             parts.append(f"reorder {_percent(effects['reorder'])} {_percent(netem_only.get('reorder.correlation', 0))}")
             if gap := int(netem_only.get("reorder.gap", 0)):
                 parts.append(f"gap {gap}")
     for effect, keyword in (("loss", "loss random"), ("duplicate", "duplicate"), ("corrupt", "corrupt")):
         if effect in effects:
-            parts.append(f"{keyword} {_percent(effects[effect])} {correlation}")
+            parts.append(f"{keyword} {_percent(effects[effect])} {correlation(effect)}")
     return " ".join(parts)
 
 

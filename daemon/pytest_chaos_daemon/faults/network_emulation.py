@@ -1,4 +1,8 @@
-"""network-loss, -delay, -duplicate, -corrupt: netem's effects, on kernels with or without netem.
+"""network-loss, -delay, -duplicate, -corrupt, -netem: netem's effects, on kernels with or without netem.
+
+network-netem is several of the others at once (Chaos Mesh's netem action),
+made as one: one netem qdisc, or one packet queue, with every effect.
+
 
 Each target gets one of two mechanisms, chosen when the fault is planned and
 reported with it:
@@ -45,7 +49,7 @@ def _milliseconds(duration: Any, field: str, kind: str) -> float:
 
 
 class NetworkEmulation(NetworkFault):
-    """One of the four netem kinds; ``check`` reads the kind's message into the effects both mechanisms take
+    """One of the netem kinds; ``check`` reads the kind's message into the effects both mechanisms take
     and the parameters only netem has."""
 
     def __init__(self, kind: str, field: str) -> None:
@@ -59,22 +63,7 @@ class NetworkEmulation(NetworkFault):
         return params
 
     def _effects(self, message: Any) -> tuple[dict[str, float], dict[str, float]]:
-        kind = self.kind
-        netem_only = {"correlation": _percent(message.correlation, "correlation", kind)}
-        for effect in ("loss", "duplicate", "corrupt"):
-            if kind == f"network-{effect}":
-                return {effect: _percent(getattr(message, effect), effect, kind)}, netem_only
-        latency = _milliseconds(message.latency, "latency", kind)
-        if latency == 0:
-            raise InvalidArgument(f"{kind}: latency is required and must be above 0, like '100ms'")
-        effects = {"delay_ms": latency, "jitter_ms": _milliseconds(message.jitter, "jitter", kind)}
-        if message.HasField("reorder"):
-            effects["reorder"] = _percent(message.reorder.reorder, "reorder.reorder", kind)
-            netem_only["reorder.correlation"] = _percent(message.reorder.correlation, "reorder.correlation", kind)
-            if not 0 <= message.reorder.gap <= MAX_GAP:
-                raise InvalidArgument(f"{kind}: reorder.gap must be from 0 to {MAX_GAP}; got {message.reorder.gap}")
-            netem_only["reorder.gap"] = message.reorder.gap
-        return effects, netem_only
+        return effects_of(self.kind, self.kind, message)
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         hooks = rules.HOOKS[params["direction"]]
@@ -138,5 +127,51 @@ class NetworkEmulation(NetworkFault):
             ctx, namespace, record.params, plan, record.container_id, target))
 
 
+class NetworkNetem(NetworkEmulation):
+    """network-netem: the sections present, each read as its own kind's message, their effects together. A
+    section's correlation is its own (``loss.correlation``, ...), as netem takes one per effect."""
+
+    SECTIONS = ("delay", "loss", "duplicate", "corrupt")
+
+    def __init__(self) -> None:
+        super().__init__("network-netem", "network_netem")
+
+    def _effects(self, message: Any) -> tuple[dict[str, float], dict[str, float]]:
+        effects: dict[str, float] = {}
+        netem_only: dict[str, float] = {}
+        present = [section for section in self.SECTIONS if message.HasField(section)]
+        if not present:
+            raise InvalidArgument(f"network-netem needs at least one of {', '.join(self.SECTIONS)}")
+        for section in present:
+            part = getattr(message, section)
+            if part.HasField("scope"):
+                raise InvalidArgument(f"network-netem: {section}.scope must be unset: the fault's scope is `scope`")
+            more, only = effects_of(f"network-netem {section}", f"network-{section}", part)
+            effects.update(more)
+            netem_only.update({f"{section}.correlation" if key == "correlation" else key: value
+                               for key, value in only.items()})
+        return effects, netem_only
+
+
 def _uses_netem(plan: dict[str, Any]) -> bool:
     return "handle" in plan  # tc_shaping's fields; a queue's plan has queues and cgroups instead
+
+
+def effects_of(kind: str, section: str, message: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """The effects and the netem-only parameters of one kind's message; ``section`` is the kind whose fields it
+    holds (network-netem's sections are the four kinds' messages), ``kind`` names the request in errors."""
+    netem_only = {"correlation": _percent(message.correlation, "correlation", kind)}
+    for effect in ("loss", "duplicate", "corrupt"):
+        if section == f"network-{effect}":
+            return {effect: _percent(getattr(message, effect), effect, kind)}, netem_only
+    latency = _milliseconds(message.latency, "latency", kind)
+    if latency == 0:
+        raise InvalidArgument(f"{kind}: latency is required and must be above 0, like '100ms'")
+    effects = {"delay_ms": latency, "jitter_ms": _milliseconds(message.jitter, "jitter", kind)}
+    if message.HasField("reorder"):
+        effects["reorder"] = _percent(message.reorder.reorder, "reorder.reorder", kind)
+        netem_only["reorder.correlation"] = _percent(message.reorder.correlation, "reorder.correlation", kind)
+        if not 0 <= message.reorder.gap <= MAX_GAP:
+            raise InvalidArgument(f"{kind}: reorder.gap must be from 0 to {MAX_GAP}; got {message.reorder.gap}")
+        netem_only["reorder.gap"] = message.reorder.gap
+    return effects, netem_only

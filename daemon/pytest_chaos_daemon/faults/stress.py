@@ -17,6 +17,7 @@ new cgroup, when a restarted daemon keeps the injection.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
@@ -24,7 +25,14 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ..api.contract import MAX_WORKERS, vm_bytes
+from ..api.contract import (
+    MAX_WORKERS,
+    OOM_SCORE_ADJ_MAX,
+    OOM_SCORE_ADJ_MIN,
+    StressOptionError,
+    stress_options,
+    vm_bytes,
+)
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..confinement import procfs
 from ..confinement.target import HeldTarget
@@ -46,14 +54,19 @@ TAG_VARIABLE = "PYTEST_CHAOS_STRESS"
 # for stressors that write nothing; the daemon's own /tmp, never the target's.
 TEMP_PATH = "/tmp"
 MECHANISM = f"stress-ng in the target's cgroups and pid namespace, as uid {STRESSOR_ID}"
+# oom_score_adj is written to every stressor until it holds: stress-ng's vm workers set theirs (to 1000) as
+# they start, after the ones that started them.
+OOM_SETTLE_ROUNDS, OOM_SETTLE_INTERVAL_S, OOM_SETTLE_LIMIT_S = 3, 0.1, 5.0
 def stress_ng_arguments(params: dict[str, Any]) -> list[str]:
     """stress-ng's arguments for validated ``params``; it runs until killed (--timeout 0)."""
     args = ["--temp-path", TEMP_PATH, "--timeout", "0"]
     if cpu := params.get("cpu"):
         args += ["--cpu", str(cpu["workers"]), "--cpu-load", str(cpu["load"])]
+        args += stress_options("cpu", cpu.get("options", []))  # after ours: stress-ng's last word wins
     if memory := params.get("memory"):
         # --vm-keep: the memory stays mapped, rather than unmapped and mapped again in turns.
         args += ["--vm", str(memory["workers"]), "--vm-bytes", vm_bytes(memory["size"]), "--vm-keep"]
+        args += stress_options("memory", memory.get("options", []))
     return args
 
 
@@ -70,13 +83,21 @@ class Stress:
             if load > 100:
                 raise InvalidArgument(f"stress.cpu.load must be from 0 to 100 (percent of each worker's CPU); "
                                       f"got {load}")
-            params["cpu"] = {"workers": _workers(stress.cpu.workers, "cpu"), "load": load}
+            params["cpu"] = {"workers": _workers(stress.cpu.workers, "cpu"), "load": load,
+                             "options": _options(list(stress.cpu.options), "cpu")}
         if stress.HasField("memory"):
             try:
                 vm_bytes(stress.memory.size)
             except ValueError as err:
                 raise InvalidArgument(f"stress.memory.size {err}") from None
-            params["memory"] = {"workers": _workers(stress.memory.workers, "memory"), "size": stress.memory.size}
+            params["memory"] = {"workers": _workers(stress.memory.workers, "memory"), "size": stress.memory.size,
+                                "options": _options(list(stress.memory.options), "memory")}
+            if stress.memory.HasField("oom_score_adj"):
+                adj = stress.memory.oom_score_adj
+                if not OOM_SCORE_ADJ_MIN <= adj <= OOM_SCORE_ADJ_MAX:
+                    raise InvalidArgument(f"stress.memory.oom_score_adj must be from {OOM_SCORE_ADJ_MIN} to "
+                                          f"{OOM_SCORE_ADJ_MAX}; got {adj}")
+                params["memory"]["oom_score_adj"] = adj
         if not params:
             raise InvalidArgument("stress needs at least one stressor: stress.cpu and/or stress.memory")
         return params
@@ -85,6 +106,7 @@ class Stress:
         _stress_ng()
         _check_temp_path()
         _refuse_paused(target.pid, target.description)
+        _check_oom_score_adj(target, params)
         return Plan({"cgroup": ctx.confiner.new_cgroup(target), "tag": uuid.uuid4().hex}, MECHANISM)
 
     async def mechanisms(self, ctx: FaultContext) -> list[str]:
@@ -126,6 +148,59 @@ class Stress:
                 await _start(ctx, target, record.params, record.plan)
         except NotFound:
             return
+
+
+def _options(options: list[str], stressor: str) -> list[str]:
+    try:
+        stress_options(stressor, options)
+    except StressOptionError as err:
+        raise InvalidArgument(f"stress.{stressor}.options[{err.index}]: {err}") from None
+    return options
+
+
+def _check_oom_score_adj(target: HeldTarget, params: dict[str, Any]) -> None:
+    """The stressors may be made no harder to OOM-kill than the target is: a lower oom_score_adj would have
+    the kernel kill the target, or anything else on the node, to spare them, which the target could never
+    arrange itself."""
+    wanted = params.get("memory", {}).get("oom_score_adj")
+    if wanted is None:
+        return
+    own = _oom_score_adj(target.pid)
+    if own is None:
+        raise NotFound(f"the target {target.description} ended: its oom_score_adj cannot be read")
+    if wanted < own:
+        raise FailedPrecondition(f"stress.memory.oom_score_adj {wanted} is lower than the target's own ({own}): it "
+                                 f"would shield the stressors at the target's expense; give {own} to {OOM_SCORE_ADJ_MAX}")
+
+
+def _oom_score_adj(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+async def _set_oom_score_adj(ctx: FaultContext, cgroup: str, wanted: int) -> None:
+    """Write ``wanted`` to every stressor's oom_score_adj until a few rounds in a row find all of them at it
+    (the daemon's own write, as root: a stressor may not lower its own)."""
+    settled = 0
+    deadline = asyncio.get_running_loop().time() + OOM_SETTLE_LIMIT_S
+    while settled < OOM_SETTLE_ROUNDS:
+        changed = False
+        for pid in _stress_ng_among(ctx.confiner.members(cgroup)):
+            if _oom_score_adj(pid) not in (None, wanted):
+                changed = True
+                try:
+                    with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                        f.write(str(wanted))
+                except OSError:  # it ended in between
+                    continue
+        settled = 0 if changed else settled + 1
+        if asyncio.get_running_loop().time() > deadline:
+            raise FailedPrecondition(f"the stressors' oom_score_adj did not stay at {wanted} (stress-ng kept "
+                                     f"changing it)")
+        await asyncio.sleep(OOM_SETTLE_INTERVAL_S)
 
 
 def _workers(workers: int, stressor: str) -> int:
@@ -173,6 +248,8 @@ async def _start(ctx: FaultContext, target: HeldTarget, params: dict[str, Any], 
         target, [_stress_ng(), *stress_ng_arguments(params)], cgroup, ready,
         namespaces=("pid",), user=STRESSOR_USER, env={TAG_VARIABLE: undo["tag"]},
     )
+    if (adj := params.get("memory", {}).get("oom_score_adj")) is not None:
+        await _set_oom_score_adj(ctx, cgroup, adj)
 
 
 def _is_stress_ng(pid: int | str) -> bool:

@@ -96,19 +96,25 @@ class ProcessKill(_message.Message):
 class Stress(_message.Message):
     __slots__ = ("cpu", "memory")
     class Cpu(_message.Message):
-        __slots__ = ("workers", "load")
+        __slots__ = ("workers", "load", "options")
         WORKERS_FIELD_NUMBER: _ClassVar[int]
         LOAD_FIELD_NUMBER: _ClassVar[int]
+        OPTIONS_FIELD_NUMBER: _ClassVar[int]
         workers: int
         load: int
-        def __init__(self, workers: _Optional[int] = ..., load: _Optional[int] = ...) -> None: ...
+        options: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, workers: _Optional[int] = ..., load: _Optional[int] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
     class Memory(_message.Message):
-        __slots__ = ("workers", "size")
+        __slots__ = ("workers", "size", "options", "oom_score_adj")
         WORKERS_FIELD_NUMBER: _ClassVar[int]
         SIZE_FIELD_NUMBER: _ClassVar[int]
+        OPTIONS_FIELD_NUMBER: _ClassVar[int]
+        OOM_SCORE_ADJ_FIELD_NUMBER: _ClassVar[int]
         workers: int
         size: str
-        def __init__(self, workers: _Optional[int] = ..., size: _Optional[str] = ...) -> None: ...
+        options: _containers.RepeatedScalarFieldContainer[str]
+        oom_score_adj: int
+        def __init__(self, workers: _Optional[int] = ..., size: _Optional[str] = ..., options: _Optional[_Iterable[str]] = ..., oom_score_adj: _Optional[int] = ...) -> None: ...
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     cpu: Stress.Cpu
@@ -175,6 +181,20 @@ class NetworkDelay(_message.Message):
     correlation: float
     reorder: NetworkDelay.Reorder
     def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., latency: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., correlation: _Optional[float] = ..., reorder: _Optional[_Union[NetworkDelay.Reorder, _Mapping]] = ...) -> None: ...
+
+class NetworkNetem(_message.Message):
+    __slots__ = ("scope", "delay", "loss", "duplicate", "corrupt")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    scope: NetworkScope
+    delay: NetworkDelay
+    loss: NetworkLoss
+    duplicate: NetworkDuplicate
+    corrupt: NetworkCorrupt
+    def __init__(self, scope: _Optional[_Union[NetworkScope, _Mapping]] = ..., delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ...) -> None: ...
 
 class NetworkDuplicate(_message.Message):
     __slots__ = ("scope", "duplicate", "correlation")
@@ -313,7 +333,7 @@ class TcpToxic(_message.Message):
     def __init__(self, port: _Optional[int] = ..., stream: _Optional[_Union[TcpToxic.Stream, str]] = ..., toxicity: _Optional[float] = ..., seed: _Optional[int] = ..., latency: _Optional[_Union[TcpToxic.Latency, _Mapping]] = ..., bandwidth: _Optional[_Union[TcpToxic.Bandwidth, _Mapping]] = ..., slow_close: _Optional[_Union[TcpToxic.SlowClose, _Mapping]] = ..., timeout: _Optional[_Union[TcpToxic.Timeout, _Mapping]] = ..., reset_peer: _Optional[_Union[TcpToxic.ResetPeer, _Mapping]] = ..., slicer: _Optional[_Union[TcpToxic.Slicer, _Mapping]] = ..., limit_data: _Optional[_Union[TcpToxic.LimitData, _Mapping]] = ..., down: _Optional[_Union[TcpToxic.Down, _Mapping]] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "tcp_toxic", "time")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "tcp_toxic", "time", "network_netem")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +351,7 @@ class ApplyRequest(_message.Message):
     HELLO_WORLD_FIELD_NUMBER: _ClassVar[int]
     TCP_TOXIC_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NETEM_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     injection: Injection
     duration: _duration_pb2.Duration
@@ -348,7 +369,8 @@ class ApplyRequest(_message.Message):
     hello_world: HelloWorld
     tcp_toxic: TcpToxic
     time: Time
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., tcp_toxic: _Optional[_Union[TcpToxic, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ...) -> None: ...
+    network_netem: NetworkNetem
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., tcp_toxic: _Optional[_Union[TcpToxic, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ..., network_netem: _Optional[_Union[NetworkNetem, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes", "output", "truncated")
