@@ -1,0 +1,580 @@
+"""HTTPChaos without a sidecar: a transparent HTTP/1.1 proxy that applies one rule.
+
+The daemon runs this program as root in the target's network namespace, next
+to an iptables nat REDIRECT of the target's TCP port to ``--port``. Each
+connection redirected here is proxied to its original destination (read with
+``SO_ORIGINAL_DST``; ``--upstream`` instead, for tests and local use), from a
+socket carrying ``--mark`` so that a client-side REDIRECT skips it.
+
+HTTP/1.1 is parsed on both sides by h11 (strict; keep-alive and pipelined
+requests are taken one exchange at a time). For each exchange the rule
+(``pytest_chaos_daemon.api.http_rule``, passed as JSON in ``--rule``) selects
+the request by ``path`` (glob), ``method`` and ``request_headers`` and, for
+target Response, the response by ``code`` and ``response_headers`` too, as
+Chaos Mesh's chaos-tproxy does; then, in Chaos Mesh's order: ``abort`` (the
+client's connection is closed, no response), ``delay``, ``replace`` (path,
+method, queries, headers, body; code for a response), ``patch`` (queries and
+headers appended, the body JSON-merge-patched).
+
+Where this differs from chaos-tproxy (documented in docs/kinds/http.md):
+``replace.queries`` replaces each given key's values in place and appends the
+keys the query lacks, keeping the other pairs and their order (chaos-tproxy
+re-encodes the query from a map, losing repeated keys and order); a body to
+replace or patch is read into memory up to BODY_LIMIT (1 MiB): a longer one
+passes unchanged, as does a body a JSON patch cannot parse (chaos-tproxy drops
+the connection), both counted (``body_too_large``, ``patch_not_json``); a body
+of a response to HEAD or of a 204/304 is never added.
+
+Malformed input. A request h11 refuses is answered 400 and its connection
+closed; an upstream response h11 refuses, 502. Counted (``malformed``,
+``upstream_malformed``). Nothing a client or a server sends ends the program,
+which would end the fault: an unexpected error is counted (``errors``) and
+reported on stderr, and only that connection closes.
+
+Bounds. At most MAX_CONNECTIONS (256) proxied connections (more are closed at
+once, ``connections_refused``); a message head of at most MAX_HEAD (64 KiB);
+reads of READ_SIZE (64 KiB), each written on before the next read (so a slow
+reader holds back its writer through TCP); a body held for replace or patch
+at most BODY_LIMIT, and all such bodies together at most BUFFER_BUDGET (32
+MiB), past which a body passes unchanged. A client idle for IDLE_TIMEOUT_S
+between requests, or a peer that has read nothing for WRITE_TIMEOUT_S, is cut
+off.
+
+Run as ``python3 -m pytest_chaos_daemon.programs.http_proxy --help``. It prints
+``ready`` once it listens and, on SIGTERM, one JSON line of counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import http
+import ipaddress
+import json
+import signal
+import socket
+import struct
+import sys
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import h11
+
+from ..api.http_rule import RuleError, check_rule, glob_matches, merge_patch, replace_body
+
+__all__ = ["Config", "Proxy", "main", "proxy_argv", "serve"]
+
+MAX_CONNECTIONS = 256
+MAX_HEAD = 64 << 10  # h11's limit on a message head (request line and headers) being received
+READ_SIZE = 64 << 10
+BODY_LIMIT = 1 << 20
+BUFFER_BUDGET = 32 << 20
+IDLE_TIMEOUT_S = 60.0
+WRITE_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, at level SOL_IP
+FRAMING = (b"content-length", b"transfer-encoding")
+
+
+class Closed(Exception):
+    """The exchange ends here and the client's connection with it (abort, a peer gone, a protocol error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    listen: str
+    port: int
+    mark: int
+    rule: dict[str, Any]  # checked by http_rule.check_rule
+    upstream: tuple[str, int] | None = None
+
+
+def proxy_argv(port: int, mark: int, rule: dict[str, Any], listen: str = "0.0.0.0") -> list[str]:
+    """The arguments after ``python3 -m pytest_chaos_daemon.programs.http_proxy``; ValueError (RuleError) on bad
+    input, so the daemon refuses a request before it changes anything."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 1 and 65535")
+    if not 0 <= mark <= 0xFFFFFFFF:
+        raise ValueError(f"firewall mark {mark:#x} is not a 32-bit value")
+    ipaddress.ip_address(listen)
+    return ["--listen", listen, "--port", str(port), "--mark", f"{mark:#x}",
+            f"--rule={json.dumps(check_rule(rule), separators=(',', ':'))}"]
+
+
+# --- selecting and changing messages ---------------------------------------------------------------
+
+
+def _header_values(headers: Sequence[tuple[bytes, bytes]], name: str) -> list[bytes]:
+    key = name.lower().encode()
+    return [value for field, value in headers if field.lower() == key]
+
+
+def _headers_match(headers: Sequence[tuple[bytes, bytes]], wanted: Sequence[Sequence[str]]) -> bool:
+    """Each wanted (name, value) is one of the header's values, exactly, as chaos-tproxy matches."""
+    return all(value.encode() in _header_values(headers, name) for name, value in wanted)
+
+
+def request_selected(rule: dict[str, Any], method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) \
+        -> bool:
+    path = target.split(b"?", 1)[0].decode("latin-1")
+    return ((rule["path"] is None or glob_matches(rule["path"], path))
+            and (rule["method"] is None or rule["method"].encode() == method)
+            and _headers_match(headers, rule["request_headers"]))
+
+
+def response_selected(rule: dict[str, Any], status: int, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    return (rule["code"] is None or rule["code"] == status) and _headers_match(headers, rule["response_headers"])
+
+
+def _set_headers(headers: list[tuple[bytes, bytes]], pairs: Sequence[Sequence[str]], replace: bool) \
+        -> list[tuple[bytes, bytes]]:
+    for name, value in pairs:
+        key = name.lower().encode()
+        if replace:
+            headers = [(field, old) for field, old in headers if field.lower() != key]
+        headers.append((name.encode(), value.encode()))
+    return headers
+
+
+def change_target(target: bytes, replace: dict[str, Any] | None, patch: dict[str, Any] | None) -> bytes:
+    """The request target after replace's path and queries, then patch's queries."""
+    path, question, query = target.decode("latin-1").partition("?")
+    if replace and replace["path"] is not None:
+        path = replace["path"]
+    if replace and replace["queries"]:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        for key, value in replace["queries"]:
+            if any(k == key for k, _ in pairs):
+                pairs = [(k, value if k == key else v) for k, v in pairs]
+            else:
+                pairs.append((key, value))
+        query, question = urllib.parse.urlencode(pairs), "?"
+    if patch and patch["queries"]:
+        extra = urllib.parse.urlencode([tuple(pair) for pair in patch["queries"]])
+        query, question = f"{query}&{extra}" if query else extra, "?"
+    return (path + (question + query if query else "")).encode("latin-1")
+
+
+def change_body(body: bytes, replace: dict[str, Any] | None, patch: dict[str, Any] | None, rule: dict[str, Any]) \
+        -> bytes | None:
+    """The new body, or None when a JSON patch cannot read the body (it then passes unchanged)."""
+    new = replace_body(rule) if replace and replace["body"] is not None else body
+    if patch and patch["body"] is not None:
+        try:
+            document = json.loads(new)
+        except (ValueError, RecursionError):
+            return None
+        new = json.dumps(merge_patch(document, json.loads(patch["body"]["value"])),
+                         separators=(",", ":")).encode()
+    return new
+
+
+def _wants_body(actions: dict[str, Any]) -> bool:
+    return bool((actions["replace"] and actions["replace"]["body"] is not None)
+                or (actions["patch"] and actions["patch"]["body"] is not None))
+
+
+# --- the proxy -------------------------------------------------------------------------------------
+
+
+class _Peer:
+    """One side of a proxied connection: its stream and h11's view of it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Any) -> None:
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
+
+    async def next_event(self, timeout: float | None = None) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            read = self.reader.read(READ_SIZE)
+            data = await (asyncio.wait_for(read, timeout) if timeout else read)
+            self.h11.receive_data(data)
+
+    async def send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
+
+    def close(self, reset: bool = False) -> None:
+        if reset:
+            sock = self.writer.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.close()
+
+
+class Proxy:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rule = config.rule
+        self.connections: set[asyncio.Task[None]] = set()
+        self.buffered = 0
+        self.counters = {name: 0 for name in (
+            "connections", "connections_refused", "requests", "selected", "aborted", "delayed", "replaced",
+            "patched", "body_too_large", "patch_not_json", "malformed", "upstream_malformed", "upstream_errors",
+            "errors")}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self.connections) >= MAX_CONNECTIONS:
+            self.counters["connections_refused"] += 1
+            writer.close()
+            return
+        self.connections.add(task)
+        self.counters["connections"] += 1
+        client = _Peer(reader, writer, h11.SERVER)
+        upstream: _Peer | None = None
+        try:
+            destination = self._destination(writer)
+            while True:
+                if upstream is None or upstream.h11.our_state is not h11.IDLE:
+                    if upstream is not None:
+                        upstream.close()
+                    upstream = await self._connect(destination)
+                if not await self._exchange(client, upstream):
+                    break
+                if client.h11.our_state is h11.DONE and client.h11.their_state is h11.DONE:
+                    client.h11.start_next_cycle()
+                else:
+                    break
+                if upstream.h11.our_state is h11.DONE and upstream.h11.their_state is h11.DONE:
+                    upstream.h11.start_next_cycle()
+        except (Closed, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError, h11.ProtocolError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the program stops: asyncio's stream callback would report a cancelled handler as an error
+        except Exception as error:  # noqa: BLE001 - a bug must cost this connection, not the fault
+            self.counters["errors"] += 1
+            with contextlib.suppress(OSError):
+                print(f"http_proxy: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+            self.connections.discard(task)
+
+    def _destination(self, writer: asyncio.StreamWriter) -> tuple[str, int]:
+        if self.config.upstream is not None:
+            return self.config.upstream
+        sock = writer.get_extra_info("socket")
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port, address = struct.unpack_from("!2xH4s", raw)
+        destination = (socket.inet_ntoa(address), port)
+        if port == self.config.port and destination == sock.getsockname():
+            raise Closed("a connection made to the proxy itself, not redirected")
+        return destination
+
+    async def _connect(self, destination: tuple[str, int]) -> _Peer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if self.config.mark:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.config.mark)
+            sock.setblocking(False)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, destination), CONNECT_TIMEOUT_S)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+        except BaseException:
+            self.counters["upstream_errors"] += 1
+            sock.close()
+            raise
+        return _Peer(reader, writer, h11.CLIENT)
+
+    async def _exchange(self, client: _Peer, upstream: _Peer) -> bool:
+        """One request and its response; False when the client closed its connection between requests."""
+        try:
+            request = await client.next_event(IDLE_TIMEOUT_S)
+        except h11.RemoteProtocolError:
+            self.counters["malformed"] += 1
+            await self._refuse(client, 400)
+            raise Closed from None
+        if isinstance(request, h11.ConnectionClosed):
+            return False
+        self.counters["requests"] += 1
+        rule = self.rule
+        headers = list(request.headers.raw_items())
+        selected = request_selected(rule, request.method, request.target, headers)
+        if selected and rule["target"] == "Request":
+            self.counters["selected"] += 1
+            request, headers, body = await self._act_on_request(client, request, headers)
+        else:
+            body = None
+        await upstream.send(h11.Request(method=request.method, target=request.target, headers=headers,
+                                        http_version=request.http_version))
+        # The request's body goes up while the response comes down: a server may answer 100 Continue first.
+        pump = asyncio.create_task(self._send_body(client, upstream, body))
+        respond = asyncio.create_task(
+            self._respond(client, upstream, request.method, selected and rule["target"] == "Response"))
+        try:
+            await asyncio.wait((pump, respond), return_when=asyncio.FIRST_EXCEPTION)
+            if pump.done() and pump.exception() is not None:
+                raise Closed  # the client went away in the middle of its request
+            await respond
+            if not pump.done():  # answered before the request's body ended: the connection cannot go on
+                raise Closed
+        finally:
+            for task in (pump, respond):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        return True
+
+    async def _act_on_request(self, client: _Peer, request: Any, headers: list[tuple[bytes, bytes]]) \
+            -> tuple[Any, list[tuple[bytes, bytes]], bytes | None]:
+        rule = self.rule
+        if rule["abort"]:
+            self.counters["aborted"] += 1
+            raise Closed
+        if rule["delay_s"]:
+            self.counters["delayed"] += 1
+            await asyncio.sleep(rule["delay_s"])
+        replace, patch = rule["replace"], rule["patch"]
+        method, target = request.method, request.target
+        if replace:
+            self.counters["replaced"] += 1
+            if replace["method"] is not None:
+                method = replace["method"].encode()
+            headers = _set_headers(headers, replace["headers"], replace=True)
+        if patch:
+            self.counters["patched"] += 1
+            headers = _set_headers(headers, patch["headers"], replace=False)
+        target = change_target(target, replace, patch)
+        body = None
+        if _wants_body(rule):
+            original = await self._read_body(client)
+            body = None if original is None else change_body(original, replace, patch, rule)
+            if original is not None and body is None:
+                self.counters["patch_not_json"] += 1
+                body = original
+            if body is not None:
+                headers = [(k, v) for k, v in headers if k.lower() not in FRAMING]
+                headers.append((b"Content-Length", str(len(body)).encode()))
+        changed = h11.Request(method=method, target=target, headers=headers, http_version=request.http_version)
+        return changed, headers, body
+
+    async def _read_body(self, peer: _Peer) -> bytes | None:
+        """The whole body of the message being received, or None when it is longer than the proxy holds: then
+        what was read is kept in ``peer.held`` and the rest streams on unchanged."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                event = await peer.next_event()
+                if isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                if not isinstance(event, h11.Data):
+                    raise Closed
+                size += len(event.data)
+                self.buffered += len(event.data)
+                chunks.append(event.data)
+                if size > BODY_LIMIT or self.buffered > BUFFER_BUDGET:
+                    self.counters["body_too_large"] += 1
+                    peer.held = chunks  # type: ignore[attr-defined]
+                    return None
+        finally:
+            self.buffered -= size
+
+    async def _send_body(self, source: _Peer, sink: _Peer, body: bytes | None) -> None:
+        """The request's body, from ``body`` (read and changed) or streamed from the client."""
+        if body is not None:
+            if body:
+                await sink.send(h11.Data(data=body))
+            await sink.send(h11.EndOfMessage())
+            return
+        for chunk in getattr(source, "held", ()):
+            await sink.send(h11.Data(data=chunk))
+        source.held = []  # type: ignore[attr-defined]
+        while True:
+            event = await source.next_event()
+            if isinstance(event, h11.EndOfMessage):
+                await sink.send(event)
+                return
+            if not isinstance(event, h11.Data):
+                raise Closed
+            await sink.send(event)
+
+    async def _respond(self, client: _Peer, upstream: _Peer, method: bytes, request_selected_: bool) -> None:
+        try:
+            response = await upstream.next_event()
+            while isinstance(response, h11.InformationalResponse):  # 100 Continue, 103: passed on as they come
+                await client.send(response)
+                response = await upstream.next_event()
+        except h11.RemoteProtocolError:
+            self.counters["upstream_malformed"] += 1
+            await self._refuse(client, 502)
+            raise Closed from None
+        if isinstance(response, h11.ConnectionClosed):
+            await self._refuse(client, 502)
+            raise Closed
+        rule = self.rule
+        status, headers, reason = response.status_code, list(response.headers.raw_items()), response.reason
+        body: bytes | None = None
+        if request_selected_ and response_selected(rule, status, headers):
+            self.counters["selected"] += 1
+            if rule["abort"]:
+                self.counters["aborted"] += 1
+                raise Closed
+            if rule["delay_s"]:
+                self.counters["delayed"] += 1
+                await asyncio.sleep(rule["delay_s"])
+            replace, patch = rule["replace"], rule["patch"]
+            if replace:
+                self.counters["replaced"] += 1
+                if replace["code"] is not None:
+                    status = replace["code"]
+                    reason = _reason(status)
+                headers = _set_headers(headers, replace["headers"], replace=True)
+            if patch:
+                self.counters["patched"] += 1
+                headers = _set_headers(headers, patch["headers"], replace=False)
+            bodiless = method == b"HEAD" or status in (204, 304)
+            if bodiless or _wants_body(rule):
+                original = await self._read_body(upstream)
+                if original is not None:
+                    body = b"" if bodiless else change_body(original, replace, patch, rule)
+                    if body is None:
+                        self.counters["patch_not_json"] += 1
+                        body = original
+                    headers = [(k, v) for k, v in headers if k.lower() not in FRAMING]
+                    if not bodiless:
+                        headers.append((b"Content-Length", str(len(body)).encode()))
+        try:
+            await client.send(h11.Response(status_code=status, headers=headers, reason=reason,
+                                           http_version=response.http_version))
+        except h11.LocalProtocolError:
+            raise Closed from None  # a changed response this client cannot be sent (a body for HEAD)
+        if body is not None:
+            await self._send_body_down(client, body)
+        else:
+            await self._send_body(upstream, client, None)
+
+    async def _send_body_down(self, client: _Peer, body: bytes) -> None:
+        if body and client.h11.our_state is h11.SEND_BODY:
+            await client.send(h11.Data(data=body))
+        await client.send(h11.EndOfMessage())
+
+    async def _refuse(self, client: _Peer, status: int) -> None:
+        """Answer ``status`` and close, if the client may still be answered."""
+        if client.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            with contextlib.suppress(h11.LocalProtocolError, ConnectionError, asyncio.TimeoutError):
+                await client.send(h11.Response(status_code=status, reason=_reason(status),
+                                               headers=[(b"Content-Length", b"0"), (b"Connection", b"close")]))
+                await client.send(h11.EndOfMessage())
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+async def serve(config: Config, ready: Callable[[], None] = lambda: print("ready", flush=True)) -> dict[str, int]:
+    """Serve until SIGTERM or SIGINT; the counters."""
+    loop = asyncio.get_running_loop()
+    proxy = Proxy(config)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = await asyncio.start_server(proxy.handle, config.listen, config.port, limit=READ_SIZE,
+                                        reuse_address=True, backlog=128)
+    try:
+        ready()
+        await stop.wait()
+    finally:
+        server.close()
+        for task in list(proxy.connections):
+            task.cancel()
+        await asyncio.gather(*proxy.connections, return_exceptions=True)
+        await server.wait_closed()
+    return proxy.counters
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _rule(text: str) -> dict[str, Any]:
+    try:
+        return check_rule(json.loads(text))
+    except RuleError as err:
+        raise argparse.ArgumentTypeError(f"rule: {err}") from None
+    except (ValueError, TypeError, RecursionError) as err:
+        raise argparse.ArgumentTypeError(f"rule: not a JSON object: {err}") from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port between 1 and 65535")
+    return int(text)
+
+
+def _mark(text: str) -> int:
+    try:
+        mark = int(text, 16)
+    except ValueError:
+        mark = -1
+    if not 0 <= mark <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 32-bit hexadecimal mark, e.g. 0x2000")
+    return mark
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _upstream(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return _address(host), _port(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m pytest_chaos_daemon.programs.http_proxy",
+        description="HTTPChaos proxy. Run as root in the target's network namespace, next to an iptables nat "
+                    "REDIRECT of the target's port to --port. Proxies each connection to its original "
+                    "destination and applies the rule to the HTTP/1.1 exchanges that match it. Prints 'ready' "
+                    "once listening; on SIGTERM, one JSON line of counters.")
+    parser.add_argument("--listen", type=_address, default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=_port, required=True, help="port to listen on: the REDIRECT's --to-ports")
+    parser.add_argument("--mark", type=_mark, default=0,
+                        help="firewall mark (hexadecimal) on the connections to the original destinations, which "
+                             "a client-side REDIRECT must skip; 0: none")
+    parser.add_argument("--rule", type=_rule, required=True, help="the rule, JSON (pytest_chaos.api.http_rule)")
+    parser.add_argument("--upstream", type=_upstream, metavar="IP:PORT",
+                        help="proxy every connection here rather than to its original destination (tests)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Config(listen=args.listen, port=args.port, mark=args.mark, rule=args.rule, upstream=args.upstream)
+    if config.mark:
+        try:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, SO_MARK, config.mark)
+        except OSError as error:
+            print(f"error: cannot set the firewall mark (SO_MARK needs CAP_NET_ADMIN): {error}", file=sys.stderr)
+            return 1
+    try:
+        counters = asyncio.run(serve(config))
+    except OSError as error:
+        print(f"error: cannot serve on {config.listen}:{config.port}: {error}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(OSError):
+        print(json.dumps(counters), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
