@@ -7,6 +7,7 @@ from .container_kill import ContainerKill
 from .container_pause import ContainerPause
 from .dns import Dns
 from .helloworld import HelloWorld
+from .http import KINDS as HTTP_KINDS
 from .network_bandwidth import NetworkBandwidth
 from .network_corrupt import NetworkCorrupt
 from .network_delay import NetworkDelay
@@ -19,6 +20,6 @@ from .stress import Stress
 
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
-    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns())}
+    NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), Dns(), *HTTP_KINDS)}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]
