@@ -80,6 +80,10 @@ SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, at level SOL_IP
 FRAMING = (b"content-length", b"transfer-encoding")
 
 
+class Switched(Exception):
+    """Both sides left HTTP (101 Switching Protocols): the connection is relayed unchanged from here."""
+
+
 class Closed(Exception):
     """The exchange ends here and the client's connection with it (abort, a peer gone, a protocol error)."""
 
@@ -219,7 +223,7 @@ class Proxy:
         self.connections: set[asyncio.Task[None]] = set()
         self.buffered = 0
         self.counters = {name: 0 for name in (
-            "connections", "connections_refused", "requests", "selected", "aborted", "delayed", "replaced",
+            "connections", "connections_refused", "not_redirected", "requests", "selected", "aborted", "delayed", "replaced",
             "patched", "body_too_large", "patch_not_json", "malformed", "upstream_malformed", "upstream_errors",
             "errors")}
 
@@ -241,7 +245,11 @@ class Proxy:
                     if upstream is not None:
                         upstream.close()
                     upstream = await self._connect(destination)
-                if not await self._exchange(client, upstream):
+                try:
+                    if not await self._exchange(client, upstream):
+                        break
+                except Switched:
+                    await _relay(client, upstream)
                     break
                 if client.h11.our_state is h11.DONE and client.h11.their_state is h11.DONE:
                     client.h11.start_next_cycle()
@@ -267,10 +275,15 @@ class Proxy:
         if self.config.upstream is not None:
             return self.config.upstream
         sock = writer.get_extra_info("socket")
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        try:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        except OSError:  # no NAT entry: a connection made to the proxy itself
+            self.counters["not_redirected"] += 1
+            raise Closed from None
         port, address = struct.unpack_from("!2xH4s", raw)
         destination = (socket.inet_ntoa(address), port)
         if port == self.config.port and destination == sock.getsockname():
+            self.counters["not_redirected"] += 1
             raise Closed("a connection made to the proxy itself, not redirected")
         return destination
 
@@ -406,6 +419,8 @@ class Proxy:
             response = await upstream.next_event()
             while isinstance(response, h11.InformationalResponse):  # 100 Continue, 103: passed on as they come
                 await client.send(response)
+                if response.status_code == 101:  # the protocol switched (a WebSocket): bytes from now on
+                    raise Switched
                 response = await upstream.next_event()
         except h11.RemoteProtocolError:
             self.counters["upstream_malformed"] += 1
@@ -468,6 +483,26 @@ class Proxy:
                 await client.send(h11.Response(status_code=status, reason=_reason(status),
                                                headers=[(b"Content-Length", b"0"), (b"Connection", b"close")]))
                 await client.send(h11.EndOfMessage())
+
+
+async def _relay(client: _Peer, upstream: _Peer) -> None:
+    """After a protocol switch: what each side sent past its last HTTP message, then everything, unchanged."""
+    async def pipe(source: _Peer, sink: _Peer) -> None:
+        data = source.h11.trailing_data[0]
+        while data:
+            sink.writer.write(data)
+            await asyncio.wait_for(sink.writer.drain(), WRITE_TIMEOUT_S)
+            data = await source.reader.read(READ_SIZE)
+        with contextlib.suppress(OSError):  # the other side may be gone already
+            if sink.writer.can_write_eof():
+                sink.writer.write_eof()
+
+    if client.h11.their_state is not h11.SWITCHED_PROTOCOL or upstream.h11.their_state is not h11.SWITCHED_PROTOCOL:
+        raise Closed  # a 101 the client had not asked for
+    results = await asyncio.gather(pipe(client, upstream), pipe(upstream, client), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, (OSError, asyncio.TimeoutError)):
+            raise result
 
 
 def _reason(status: int) -> bytes:
