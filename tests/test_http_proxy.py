@@ -257,7 +257,10 @@ def test_a_connection_that_was_not_redirected_is_closed_at_once(proxy):
     running = proxy(upstream=None, target="Request", abort=True)
     with socket.create_connection(("127.0.0.1", running.port), timeout=15) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        assert sock.recv(100) == b""
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass  # closed with the request unread: the kernel resets rather than ends the connection
     counters, _ = running.stop()
     assert counters["not_redirected"] == 1 and counters["errors"] == 0
 
