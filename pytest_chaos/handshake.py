@@ -53,6 +53,7 @@ class DaemonInfo:
     netem_missing: str
     kernel: str
     runtimes: tuple[tuple[str, bool], ...]  # (runtime, reachable)
+    kind_names: frozenset[str] = frozenset()  # every kind: several may share a field (the TCP toxics)
 
     @classmethod
     def from_reply(cls, address: str, reply: pb.GetInfoResponse) -> DaemonInfo:
@@ -62,6 +63,7 @@ class DaemonInfo:
             apply_fields=frozenset(reply.apply_fields), cgroup=reply.cgroup, netem=reply.netem,
             netem_missing=reply.netem_missing, kernel=reply.kernel,
             runtimes=tuple((r.runtime, r.reachable) for r in reply.runtimes),
+            kind_names=frozenset(k.kind for k in reply.kinds),
         )
 
     @property
@@ -90,8 +92,9 @@ def fetch(client: DaemonClient) -> DaemonInfo:
 
 def check_kind(info: DaemonInfo, kind: str) -> None:
     """DaemonSkew unless the daemon applies ``kind`` (the plugin's name: "network-delay")."""
-    if kind not in {k.kind for k in info.kinds.values()}:
-        known = ", ".join(sorted(k.kind for k in info.kinds.values()))
+    names = info.kind_names | {k.kind for k in info.kinds.values()}
+    if kind not in names:
+        known = ", ".join(sorted(names))
         raise DaemonSkew(f'{_versions(info)}: the daemon does not know kind "{kind}" (it knows: {known}); '
                          f"{_upgrade()}")
 

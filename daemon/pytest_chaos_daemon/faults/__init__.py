@@ -7,6 +7,7 @@ the tutorial's ExecHelloWorldChaos.
 
 from __future__ import annotations
 
+from ..api.v1 import chaos_daemon_pb2 as pb
 from .base import Fault, FaultContext, Output, Plan
 from .container_kill import ContainerKill
 from .container_pause import ContainerPause
@@ -23,7 +24,16 @@ NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
 _ALL: tuple[Fault, ...] = (HelloWorld(), ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(),
                            *NETWORK_EMULATION, NetworkBandwidth(), Dns())
 FAULTS: dict[str, Fault] = {fault.kind: fault for fault in _ALL}
-# The ApplyRequest field that names each kind.
+# The ApplyRequest field that names each kind; kinds that share a field (the TCP toxics) are told apart by
+# ``fault_for``.
 BY_FIELD: dict[str, Fault] = {fault.field: fault for fault in FAULTS.values()}
 
-__all__ = ["BY_FIELD", "FAULTS", "Fault", "FaultContext", "Output", "Plan"]
+
+def fault_for(field: str, request: pb.ApplyRequest) -> Fault:
+    """The kind an Apply request asks for: the one of ``field``, or, where several kinds share that field, the
+    one its message names (``kind_of``); raises InvalidArgument when it names none."""
+    fault = BY_FIELD[field]
+    kind_of = getattr(fault, "kind_of", None)
+    return FAULTS[kind_of(request)] if kind_of is not None else fault
+
+__all__ = ["BY_FIELD", "FAULTS", "fault_for", "Fault", "FaultContext", "Output", "Plan"]

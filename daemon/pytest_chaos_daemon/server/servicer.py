@@ -28,7 +28,7 @@ from ..api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from ..confinement.nsexec import Confiner
 from ..confinement.target import HeldTarget
 from ..errors import DaemonError, DeadlineExceeded, InvalidArgument, ResourceExhausted
-from ..faults import BY_FIELD
+from ..faults import BY_FIELD, fault_for
 from ..faults.helloworld import exec_hello_world, source_of
 from ..host import cgroups as node
 from ..lifecycle import journal
@@ -181,7 +181,7 @@ class ChaosDaemonServicer(pb_grpc.ChaosDaemonServicer):
         field = request.WhichOneof("fault")
         if field is None or field not in BY_FIELD:
             raise InvalidArgument(f"no fault given; accepted: {', '.join(BY_FIELD)}")
-        fault = BY_FIELD[field]
+        fault = fault_for(field, request)
         params = fault.check(request)
         duration_s = validate_duration(request.duration)
         call.log_request(kind=fault.kind)
