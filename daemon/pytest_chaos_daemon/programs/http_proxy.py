@@ -1,10 +1,11 @@
 """HTTPChaos without a sidecar: a transparent HTTP/1.1 proxy that applies one rule.
 
 The daemon runs this program as root in the target's network namespace, next
-to an iptables nat REDIRECT of the target's TCP port to ``--port``. Each
-connection redirected here is proxied to its original destination (read with
-``SO_ORIGINAL_DST``; ``--upstream`` instead, for tests and local use), from a
-socket carrying ``--mark`` so that a client-side REDIRECT skips it.
+to an iptables nat REDIRECT of the target's TCP port to ``--port``
+(``faults/redirect_proxy.py``). What every such proxy shares, the listener,
+the connection bound, the connection on to the original destination
+(``SO_ORIGINAL_DST``) from a socket carrying ``--mark``, the command line and
+the counters, is ``transparent_proxy.py``; this module is the HTTP handler.
 
 HTTP/1.1 is parsed on both sides by h11 (strict; keep-alive and pipelined
 requests are taken one exchange at a time). For each exchange the rule
@@ -31,10 +32,9 @@ closed; an upstream response h11 refuses, 502. Counted (``malformed``,
 which would end the fault: an unexpected error is counted (``errors``) and
 reported on stderr, and only that connection closes.
 
-Bounds. At most MAX_CONNECTIONS (256) proxied connections (more are closed at
-once, ``connections_refused``); a message head of at most MAX_HEAD (64 KiB);
-reads of READ_SIZE (64 KiB), each written on before the next read (so a slow
-reader holds back its writer through TCP); a body held for replace or patch
+Bounds. transparent_proxy's (256 connections; reads written on before the
+next, so a slow reader holds back its writer through TCP); a message head of
+at most MAX_HEAD (64 KiB); a body held for replace or patch
 at most BODY_LIMIT, and all such bodies together at most BUFFER_BUDGET (32
 MiB), past which a body passes unchanged. A client idle for IDLE_TIMEOUT_S
 between requests, or a peer that has read nothing for WRITE_TIMEOUT_S, is cut
@@ -49,34 +49,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import http
-import ipaddress
 import json
-import signal
-import socket
-import struct
 import sys
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import h11
 
 from ..api.http_rule import RuleError, check_rule, glob_matches, merge_patch, replace_body
+from . import transparent_proxy
+from .transparent_proxy import Connection, Counters
 
-__all__ = ["Config", "Proxy", "main", "proxy_argv", "serve"]
+__all__ = ["HttpHandler", "main", "rule_argv"]
 
-MAX_CONNECTIONS = 256
 MAX_HEAD = 64 << 10  # h11's limit on a message head (request line and headers) being received
-READ_SIZE = 64 << 10
+READ_SIZE = transparent_proxy.READ_SIZE
 BODY_LIMIT = 1 << 20
 BUFFER_BUDGET = 32 << 20
 IDLE_TIMEOUT_S = 60.0
 WRITE_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 10.0
-SO_MARK = getattr(socket, "SO_MARK", 36)
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, at level SOL_IP
 FRAMING = (b"content-length", b"transfer-encoding")
 
 
@@ -88,25 +81,10 @@ class Closed(Exception):
     """The exchange ends here and the client's connection with it (abort, a peer gone, a protocol error)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    listen: str
-    port: int
-    mark: int
-    rule: dict[str, Any]  # checked by http_rule.check_rule
-    upstream: tuple[str, int] | None = None
-
-
-def proxy_argv(port: int, mark: int, rule: dict[str, Any], listen: str = "0.0.0.0") -> list[str]:
-    """The arguments after ``python3 -m pytest_chaos_daemon.programs.http_proxy``; ValueError (RuleError) on bad
-    input, so the daemon refuses a request before it changes anything."""
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is not between 1 and 65535")
-    if not 0 <= mark <= 0xFFFFFFFF:
-        raise ValueError(f"firewall mark {mark:#x} is not a 32-bit value")
-    ipaddress.ip_address(listen)
-    return ["--listen", listen, "--port", str(port), "--mark", f"{mark:#x}",
-            f"--rule={json.dumps(check_rule(rule), separators=(',', ':'))}"]
+def rule_argv(rule: dict[str, Any]) -> list[str]:
+    """The program's own option after transparent_proxy's (``--port``, ``--mark``): the rule, as JSON;
+    RuleError on a bad rule, so the daemon refuses a request before it changes anything."""
+    return [f"--rule={json.dumps(check_rule(rule), separators=(',', ':'))}"]
 
 
 # --- selecting and changing messages ---------------------------------------------------------------
@@ -166,7 +144,8 @@ def change_target(target: bytes, replace: dict[str, Any] | None, patch: dict[str
 def change_body(body: bytes, replace: dict[str, Any] | None, patch: dict[str, Any] | None, rule: dict[str, Any]) \
         -> bytes | None:
     """The new body, or None when a JSON patch cannot read the body (it then passes unchanged)."""
-    new = replace_body(rule) if replace and replace["body"] is not None else body
+    replaced = replace_body(rule) if replace else None
+    new = body if replaced is None else replaced
     if patch and patch["body"] is not None:
         try:
             document = json.loads(new)
@@ -207,44 +186,67 @@ class _Peer:
             self.writer.write(data)
             await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
 
-    def close(self, reset: bool = False) -> None:
-        if reset:
-            sock = self.writer.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    def close(self) -> None:
         self.writer.close()
 
 
-class Proxy:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.rule = config.rule
-        self.connections: set[asyncio.Task[None]] = set()
-        self.buffered = 0
-        self.counters = {name: 0 for name in (
-            "connections", "connections_refused", "not_redirected", "requests", "selected", "aborted", "delayed", "replaced",
-            "patched", "body_too_large", "patch_not_json", "malformed", "upstream_malformed", "upstream_errors",
-            "errors")}
+COUNTERS = ("requests", "selected", "aborted", "delayed", "replaced", "patched", "body_too_large", "patch_not_json",
+            "malformed", "upstream_malformed")
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self.connections) >= MAX_CONNECTIONS:
-            self.counters["connections_refused"] += 1
-            writer.close()
-            return
-        self.connections.add(task)
-        self.counters["connections"] += 1
-        client = _Peer(reader, writer, h11.SERVER)
+
+class _Counts:
+    """The HTTP counters, kept in the proxy's shared counters (printed on SIGTERM)."""
+
+    def __init__(self, counters: Counters) -> None:
+        for name in COUNTERS:
+            counters.setdefault(name, 0)
+        self.shared = counters
+
+    def __getitem__(self, name: str) -> int:
+        return self.shared[name]
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self.shared[name] = value
+
+
+class HttpHandler:
+    """transparent_proxy's handler: each exchange of one redirected connection, by the rule."""
+
+    def __init__(self, rule: dict[str, Any]) -> None:
+        self.rule = rule
+        self.buffered = 0  # bytes of bodies held, over every connection
+
+    async def __call__(self, connection: Connection) -> None:
+        await _Exchanges(self, connection).run()
+
+
+class _Exchanges:
+    """One connection's exchanges, in turn (keep-alive, pipelining): a new upstream connection whenever the last
+    cannot carry another request."""
+
+    def __init__(self, handler: HttpHandler, connection: Connection) -> None:
+        self.handler = handler
+        self.rule = handler.rule
+        self.connection = connection
+        self.counters = _Counts(connection.counters)
+
+    @property
+    def buffered(self) -> int:
+        return self.handler.buffered
+
+    @buffered.setter
+    def buffered(self, value: int) -> None:
+        self.handler.buffered = value
+
+    async def run(self) -> None:
+        client = _Peer(self.connection.reader, self.connection.writer, h11.SERVER)
         upstream: _Peer | None = None
         try:
-            destination = self._destination(writer)
             while True:
                 if upstream is None or upstream.h11.our_state is not h11.IDLE:
                     if upstream is not None:
                         upstream.close()
-                    upstream = await self._connect(destination)
+                    upstream = _Peer(*await self.connection.connect_upstream(), h11.CLIENT)
                 try:
                     if not await self._exchange(client, upstream):
                         break
@@ -257,49 +259,11 @@ class Proxy:
                     break
                 if upstream.h11.our_state is h11.DONE and upstream.h11.their_state is h11.DONE:
                     upstream.h11.start_next_cycle()
-        except (Closed, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError, h11.ProtocolError):
-            pass
-        except asyncio.CancelledError:
-            pass  # the program stops: asyncio's stream callback would report a cancelled handler as an error
-        except Exception as error:  # noqa: BLE001 - a bug must cost this connection, not the fault
-            self.counters["errors"] += 1
-            with contextlib.suppress(OSError):
-                print(f"http_proxy: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        except (Closed, asyncio.IncompleteReadError, h11.ProtocolError):
+            pass  # the exchange ended the connection (abort, a peer's protocol error): closed by the caller
         finally:
-            client.close()
             if upstream is not None:
                 upstream.close()
-            self.connections.discard(task)
-
-    def _destination(self, writer: asyncio.StreamWriter) -> tuple[str, int]:
-        if self.config.upstream is not None:
-            return self.config.upstream
-        sock = writer.get_extra_info("socket")
-        try:
-            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-        except OSError:  # no NAT entry: a connection made to the proxy itself
-            self.counters["not_redirected"] += 1
-            raise Closed from None
-        port, address = struct.unpack_from("!2xH4s", raw)
-        destination = (socket.inet_ntoa(address), port)
-        if port == self.config.port and destination == sock.getsockname():
-            self.counters["not_redirected"] += 1
-            raise Closed("a connection made to the proxy itself, not redirected")
-        return destination
-
-    async def _connect(self, destination: tuple[str, int]) -> _Peer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            if self.config.mark:
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.config.mark)
-            sock.setblocking(False)
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, destination), CONNECT_TIMEOUT_S)
-            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
-        except BaseException:
-            self.counters["upstream_errors"] += 1
-            sock.close()
-            raise
-        return _Peer(reader, writer, h11.CLIENT)
 
     async def _exchange(self, client: _Peer, upstream: _Peer) -> bool:
         """One request and its response; False when the client closed its connection between requests."""
@@ -512,27 +476,6 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-async def serve(config: Config, ready: Callable[[], None] = lambda: print("ready", flush=True)) -> dict[str, int]:
-    """Serve until SIGTERM or SIGINT; the counters."""
-    loop = asyncio.get_running_loop()
-    proxy = Proxy(config)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    server = await asyncio.start_server(proxy.handle, config.listen, config.port, limit=READ_SIZE,
-                                        reuse_address=True, backlog=128)
-    try:
-        ready()
-        await stop.wait()
-    finally:
-        server.close()
-        for task in list(proxy.connections):
-            task.cancel()
-        await asyncio.gather(*proxy.connections, return_exceptions=True)
-        await server.wait_closed()
-    return proxy.counters
-
-
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -545,34 +488,6 @@ def _rule(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"rule: not a JSON object: {err}") from None
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port between 1 and 65535")
-    return int(text)
-
-
-def _mark(text: str) -> int:
-    try:
-        mark = int(text, 16)
-    except ValueError:
-        mark = -1
-    if not 0 <= mark <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a 32-bit hexadecimal mark, e.g. 0x2000")
-    return mark
-
-
-def _address(text: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
-
-
-def _upstream(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return _address(host), _port(port)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m pytest_chaos_daemon.programs.http_proxy",
@@ -580,35 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "REDIRECT of the target's port to --port. Proxies each connection to its original "
                     "destination and applies the rule to the HTTP/1.1 exchanges that match it. Prints 'ready' "
                     "once listening; on SIGTERM, one JSON line of counters.")
-    parser.add_argument("--listen", type=_address, default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    parser.add_argument("--port", type=_port, required=True, help="port to listen on: the REDIRECT's --to-ports")
-    parser.add_argument("--mark", type=_mark, default=0,
-                        help="firewall mark (hexadecimal) on the connections to the original destinations, which "
-                             "a client-side REDIRECT must skip; 0: none")
+    transparent_proxy.add_arguments(parser)
     parser.add_argument("--rule", type=_rule, required=True, help="the rule, JSON (pytest_chaos.api.http_rule)")
-    parser.add_argument("--upstream", type=_upstream, metavar="IP:PORT",
-                        help="proxy every connection here rather than to its original destination (tests)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = Config(listen=args.listen, port=args.port, mark=args.mark, rule=args.rule, upstream=args.upstream)
-    if config.mark:
-        try:
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, SO_MARK, config.mark)
-        except OSError as error:
-            print(f"error: cannot set the firewall mark (SO_MARK needs CAP_NET_ADMIN): {error}", file=sys.stderr)
-            return 1
-    try:
-        counters = asyncio.run(serve(config))
-    except OSError as error:
-        print(f"error: cannot serve on {config.listen}:{config.port}: {error}", file=sys.stderr)
-        return 1
-    with contextlib.suppress(OSError):
-        print(json.dumps(counters), flush=True)
-    return 0
+    return transparent_proxy.run(transparent_proxy.ProxyConfig(args.port, args.mark, args.seed),
+                                 HttpHandler(args.rule))
 
 
 if __name__ == "__main__":
