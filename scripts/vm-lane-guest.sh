@@ -38,6 +38,7 @@ PYTEST_CHAOS_TEST_DAEMON_PLACEMENT=pod run pod-placed \
     "tests/test_confinement.py::test_probe_in_a_container_has_the_containers_credentials_cgroups_and_no_new_privs" \
     "tests/test_confinement.py::test_native_listing_matches_ps_on_each_target_type" \
     tests/test_pause.py tests/test_kill_faults.py tests/test_stress.py tests/test_network_faults.py \
+    tests/test_http_faults.py tests/test_http_proxy.py \
     "tests/test_lifecycle.py::test_runner_sigkilled_mid_test_with_an_external_daemon_is_recovered_when_its_lease_runs_out" \
     "tests/test_lifecycle.py::test_a_fault_whose_lease_still_runs_is_kept_by_the_next_daemon_until_the_lease_ends" \
     -k "$ONLY_HERE and not marker and not collection and not usage_error"
