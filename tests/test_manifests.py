@@ -90,6 +90,14 @@ def test_http_chaos_maps_onto_the_kind_of_its_first_action_with_the_others_in_on
     assert aborting.params["request_headers"] == [["Host", "orders.shop.svc"]] and aborting.duration == 30.0
 
 
+def test_http_chaos_in_the_shape_of_chaos_meshs_example_patches_every_path():
+    [spec] = specs("http-response-patch.yaml")
+    assert spec.kind == "http-patch" and spec.duration is None
+    assert (spec.params["target"], spec.params["port"], spec.params["path"]) == ("Response", 80, "*")
+    assert spec.params["patch"]["body"] == {"type": "JSON",
+                                            "value": '{"state":"degraded","note":"patched by a chaos test"}'}
+
+
 HTTP = "apiVersion: chaos-mesh.org/v1alpha1\nkind: HTTPChaos\nspec: {selector: {namespaces: [a]}, port: 80, "
 
 
