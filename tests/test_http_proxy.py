@@ -243,6 +243,26 @@ def test_pipelined_requests_are_answered_in_order_each_by_the_rule(proxy):
     assert statuses == [418, 200, 418]
 
 
+@pytest.mark.parametrize("rule", [
+    {"target": "Request", "patch": {"body": {"type": "JSON", "value": '{"added": 1}'}}},  # the proxy reads the body
+    {"target": "Request", "path": "/elsewhere", "abort": True},  # the server says 100 Continue itself
+])
+def test_a_client_expecting_100_continue_is_told_to_send_its_body(proxy, rule):
+    running = proxy(**rule)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=15) as sock:
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b'{"a":"b"}')
+        data = b""
+        while not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ")
+    seen = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert json.loads(seen["body"]) == ({"a": "b", "added": 1} if "patch" in rule else {"a": "b"})
+
+
 def test_a_malformed_request_gets_400_and_the_proxy_serves_on(proxy):
     running = proxy(target="Request", abort=True, path="/never")
     with socket.create_connection(("127.0.0.1", running.port), timeout=15) as sock:

@@ -326,6 +326,11 @@ class _Exchanges:
         target = change_target(target, replace, patch)
         body = None
         if _wants_body(rule):
+            if client.h11.client_is_waiting_for_100_continue:
+                # The body is read here, before the server sees the request: the client is told to send it, and
+                # the server is not asked to say so again.
+                await client.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+                headers = [(k, v) for k, v in headers if k.lower() != b"expect"]
             original = await self._read_body(client)
             body = None if original is None else change_body(original, replace, patch, rule)
             if original is not None and body is None:
