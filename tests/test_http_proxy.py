@@ -14,6 +14,7 @@ import base64
 import http.client
 import http.server
 import json
+import logging
 import random
 import re
 import socket
@@ -261,6 +262,16 @@ def test_a_client_expecting_100_continue_is_told_to_send_its_body(proxy, rule):
     assert data.startswith(b"HTTP/1.1 200 ")
     seen = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert json.loads(seen["body"]) == ({"a": "b", "added": 1} if "patch" in rule else {"a": "b"})
+
+
+def test_stopping_with_a_connection_open_reports_no_error(proxy, caplog):
+    running = proxy(target="Request", path="/never", abort=True)
+    client = running.client()
+    assert exchange(client, "GET", "/a")[0] == 200  # kept alive: its handler waits for the next request
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        counters = running.stop()
+    assert counters["errors"] == 0
+    assert not [record.getMessage() for record in caplog.records if record.name == "asyncio"]
 
 
 def test_a_malformed_request_gets_400_and_the_proxy_serves_on(proxy):

@@ -261,6 +261,8 @@ class _Exchanges:
                     upstream.h11.start_next_cycle()
         except (Closed, asyncio.IncompleteReadError, h11.ProtocolError):
             pass  # the exchange ended the connection (abort, a peer's protocol error): closed by the caller
+        except asyncio.CancelledError:
+            pass  # the proxy stops (SIGTERM): on Python 3.11 a cancelled stream handler is reported as an error
         finally:
             if upstream is not None:
                 upstream.close()
