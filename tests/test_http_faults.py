@@ -197,6 +197,15 @@ def test_a_daemon_sigkilled_and_restarted_resumes_the_proxy_and_recovers(start_d
     assert snapshot(server) == before and proxies_in(server) == []
 
 
+def test_a_lease_that_runs_out_recovers_the_fault_with_no_runner(daemon, pair):
+    server, client = pair
+    before = snapshot(server)
+    daemon.stub.Apply(http_request(server, "orphan-http", 2, kind="http-abort", target="Request"), timeout=30)
+    assert requests(client, server, ("GET", "/"))[0]["error"] == "RemoteDisconnected"
+    wait_for(lambda: proxies_in(server) == [] and snapshot(server) == before, "the lease to end the fault", 30)
+    assert echoed(requests(client, server, ("GET", "/"))[0])["target"] == "/"
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda m: setattr(m, "port", 0), "port"),
     (lambda m: m.replace.headers.add(name="Content-Length", value="1"), "replace.headers[0]"),
