@@ -15,6 +15,7 @@ import http.client
 import http.server
 import json
 import logging
+import os
 import random
 import re
 import socket
@@ -31,6 +32,7 @@ from pytest_chaos_daemon.programs import http_proxy as hp
 from pytest_chaos_daemon.programs import transparent_proxy as tp
 
 from pytest_chaos.api.http_rule import RuleError, check_rule, glob_matches, merge_patch
+from tests.support.targets import require
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -121,6 +123,8 @@ class Proxy:
 
 @pytest.fixture
 def proxy(server: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    # The connection on to the destination carries the fault's firewall mark, as in a target's namespace.
+    require(os.geteuid() == 0, "root (SO_MARK needs CAP_NET_ADMIN)")
     started: list[Proxy] = []
     upstream = {"port": server}
     monkeypatch.setattr(tp, "original_destination", lambda sock: ("127.0.0.1", upstream["port"]))
@@ -409,6 +413,7 @@ async def _serve_canned(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 
 async def _drive(rule: dict[str, Any], stream: bytes, answer: bytes) -> tuple[dict[str, int], bytes]:
+    require(os.geteuid() == 0, "root (SO_MARK needs CAP_NET_ADMIN)")  # the proxy marks its upstream connection
     upstream = await asyncio.start_server(lambda r, w: _serve_canned(r, w, answer), "127.0.0.1", 0)
     port = upstream.sockets[0].getsockname()[1]
     proxy = tp.Proxy(tp.ProxyConfig(port=1, mark=MARK), hp.HttpHandler(rule))
