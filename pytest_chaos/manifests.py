@@ -11,6 +11,8 @@ selector names no namespaces and no pods.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -373,6 +375,43 @@ def _time_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[
     return "time", kwargs
 
 
+HTTP_FIELDS = ("target", "port", "path", "method", "code", "request_headers", "response_headers", "abort", "delay",
+               "replace", "patch", "tls")
+
+
+def _http_chaos(document: Document, spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """HTTPChaos: the kind is its first action in Chaos Mesh's order (abort, delay, replace, patch); the rest go
+    with it, as one rule. ``replace.body`` is base64 in Chaos Mesh's YAML (a Go []byte), or {type: TEXT, value}."""
+    kwargs = _take(document, spec, _common({field: field for field in HTTP_FIELDS}))
+    if "tls" in kwargs:
+        raise document.error("spec.tls", "HTTPS is not supported (the HTTP kinds apply to plain HTTP/1.1 only); "
+                                         "remove spec.tls")
+    replace = kwargs.get("replace")
+    if isinstance(replace, Mapping) and replace.get("body") is not None:
+        kwargs["replace"] = {**replace, "body": _replace_body(document, replace["body"])}
+    if kwargs.get("abort") is True:
+        return "http-abort", kwargs
+    for action in ("delay", "replace", "patch"):
+        if kwargs.get(action) is not None:
+            return f"http-{action}", kwargs
+    raise document.error("spec.abort", "HTTPChaos needs an action: abort: true, delay, replace or patch")
+
+
+def _replace_body(document: Document, body: object) -> bytes:
+    if isinstance(body, Mapping):
+        if body.get("type") != "TEXT" or not isinstance(body.get("value"), str) or set(body) - {"type", "value"}:
+            raise document.error("spec.replace.body", f"must be base64 text, or {{type: TEXT, value: <text>}}; "
+                                                      f"got {body!r}")
+        return str(body["value"]).encode()
+    try:
+        if isinstance(body, str):
+            return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    raise document.error("spec.replace.body", f"must be base64 text (Chaos Mesh's replace.body is a []byte), e.g. "
+                                              f"eyJmb28iOiAiYmFyIn0K{_read_as(body)}")
+
+
 def _action(document: Document, spec: Mapping[str, Any], supported: tuple[str, ...]) -> str:
     action = spec.get("action")
     if not isinstance(action, str) or action not in supported:
@@ -396,6 +435,7 @@ MAPPERS: dict[str, Callable[[Document, Mapping[str, Any]], tuple[str, dict[str, 
     "NetworkChaos": _network_chaos,
     "DNSChaos": _dns_chaos,
     "TimeChaos": _time_chaos,
+    "HTTPChaos": _http_chaos,
 }
 
 

@@ -192,7 +192,8 @@ class ChaosSession:
 
     def _peers(self, spec: ExperimentSpec, rng: random.Random) -> list[Target]:
         """What a network fault's ``target`` selects, picked by its own mode (Chaos Mesh's second selector)."""
-        selection = spec.params.get("target")
+        # Only the network kinds' ``target`` is a selection; the HTTP kinds' names Request or Response.
+        selection = spec.params.get("target") if getattr(KINDS[spec.kind], "peer_selection", False) else None
         if selection is None:
             return []
         candidates = self.backend.candidates(selection["selector"], None)

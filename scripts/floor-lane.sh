@@ -36,7 +36,7 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # (no dependencies), whose --version a test checks.
 "${pip[@]}" --no-deps -e . -e ./daemon -e ./cluster
 "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -iE '^(pytest|pluggy|protobuf|grpcio|grpcio-health-checking|grpcio-reflection|pyyaml|cryptography|google-re2|kubernetes) '
+    | grep -iE '^(pytest|pluggy|protobuf|grpcio|grpcio-health-checking|grpcio-reflection|pyyaml|cryptography|google-re2|h11|kubernetes) '
 "$venv/bin/python" -m pip check --disable-pip-version-check
 
 if (($#)); then

@@ -40,6 +40,7 @@ PYTEST_CHAOS_TEST_DAEMON_PLACEMENT=pod run pod-placed \
     tests/test_pause.py tests/test_kill_faults.py tests/test_stress.py tests/test_stress_options.py \
     tests/test_network_faults.py tests/test_network_netem.py tests/test_time.py \
     tests/test_tcp_toxics.py \
+    tests/test_http_faults.py tests/test_http_proxy.py \
     "tests/test_lifecycle.py::test_runner_sigkilled_mid_test_with_an_external_daemon_is_recovered_when_its_lease_runs_out" \
     "tests/test_lifecycle.py::test_a_fault_whose_lease_still_runs_is_kept_by_the_next_daemon_until_the_lease_ends" \
     -k "$ONLY_HERE and not marker and not collection and not usage_error and not go_program"

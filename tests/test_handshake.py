@@ -290,7 +290,8 @@ def test_a_daemon_lacking_a_field_or_a_kind_is_refused_before_anything_is_applie
         f"to pytest-chaos-daemon {VERSION}*",
     ])
     result.stdout.fnmatch_lines([f'*test_dns*{versions}: the daemon does not know kind "dns" (it knows: '
-                                 f"container-kill, container-pause, helloworld, network-bandwidth, *); upgrade*"])
+                                 f"container-kill, container-pause, helloworld, http-abort, http-delay, http-patch, "
+                                 f"http-replace, network-bandwidth, *); upgrade*"])
     # The one request it understands goes through (and the stand-in refuses it itself).
     result.stdout.fnmatch_lines(["*test_delay_without_a_gap*Apply on pid://* failed with FAILED_PRECONDITION: "
                                  "the stand-in applies nothing*"])

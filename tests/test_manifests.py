@@ -3,6 +3,7 @@ and manifests applied through the marker and ``chaos.apply_manifest`` on real ta
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import pathlib
@@ -78,6 +79,52 @@ def test_time_chaos():
     assert spec.params == {"offset_ns": -(600 * 10**9 + 100), "clock_ids": ["CLOCK_REALTIME", "CLOCK_MONOTONIC"]}
     assert spec.container_names == ("worker",)
     assert spec.selector == {"namespaces": ["payments"], "labelSelectors": {"app": "billing"}}
+
+
+def test_http_chaos_maps_onto_the_kind_of_its_first_action_with_the_others_in_one_rule():
+    delayed, failing, aborting = specs("http-chaos.yaml")
+    assert delayed.kind == "http-delay" and delayed.selector["namespaces"] == ["shop"]
+    rule = delayed.params
+    assert (rule["target"], rule["port"], rule["method"], rule["path"], rule["delay_s"]) == (
+        "Request", 8080, "GET", "/orders/*", 2.0)
+    assert rule["replace"]["path"] == "/orders/v2/" and rule["replace"]["method"] == "DELETE"
+    assert base64.b64decode(rule["replace"]["body"]) == b'{"id": 7}'  # Chaos Mesh's YAML body is base64
+    assert rule["patch"] == {"headers": [["X-Trace", "first"], ["X-Trace", "second"]], "queries": [["page", "2"]],
+                             "body": {"type": "JSON", "value": '{"flag": true}'}}
+    assert failing.kind == "http-replace" and failing.params["code"] == 200
+    assert failing.params["response_headers"] == [["Content-Type", "application/json"]]
+    assert failing.params["replace"]["code"] == 503 and failing.params["replace"]["headers"] == [["Retry-After", "5"]]
+    assert aborting.kind == "http-abort" and aborting.params["abort"] is True
+    assert aborting.params["request_headers"] == [["Host", "orders.shop.svc"]] and aborting.duration == 30.0
+
+
+def test_http_chaos_in_the_shape_of_chaos_meshs_example_patches_every_path():
+    [spec] = specs("http-response-patch.yaml")
+    assert spec.kind == "http-patch" and spec.duration is None
+    assert (spec.params["target"], spec.params["port"], spec.params["path"]) == ("Response", 80, "*")
+    assert spec.params["patch"]["body"] == {"type": "JSON",
+                                            "value": '{"state":"degraded","note":"patched by a chaos test"}'}
+
+
+HTTP = "apiVersion: chaos-mesh.org/v1alpha1\nkind: HTTPChaos\nspec: {selector: {namespaces: [a]}, port: 80, "
+
+
+@pytest.mark.parametrize("text, field, accepted", [
+    (HTTP + "target: Request, abort: true, tls: {secretName: s}}\n", "spec.tls", "HTTPS is not supported"),
+    (HTTP + "target: Request}\n", "spec.abort", "needs an action: abort: true, delay, replace or patch"),
+    (HTTP + "target: Request, replace: {code: 500}}\n", "spec.replace.code", "applies to target Response only"),
+    (HTTP + "target: Response, patch: {queries: [[a, b]]}}\n", "spec.patch.queries", "target Request only"),
+    (HTTP + "target: Request, replace: {body: '%%%'}}\n", "spec.replace.body", "must be base64 text"),
+    (HTTP + "target: Request, patch: {body: {type: XML, value: x}}}\n", "spec.patch.body.type", "must be JSON"),
+    (HTTP + "target: Request, patch: {body: {type: JSON, value: '{'}}}\n", "spec.patch.body.value", "is not JSON"),
+    (HTTP + "target: Request, delay: 2 days}\n", "spec.delay", "a duration like '10s'"),
+    (HTTP + "target: Sideways, abort: true}\n", "spec.target", "one of Request, Response"),
+    (HTTP + "target: Request, abort: true, replace: {headers: {Content-Length: '1'}}}\n", "spec.replace.headers[0]",
+     "frames the body itself"),
+    (HTTP + "target: Request, abort: true, remoteCluster: x}\n", "spec.remoteCluster", "supported: selector"),
+])
+def test_http_chaos_that_cannot_be_mapped_is_refused_naming_the_field(text, field, accepted):
+    assert_refused(text, field, accepted)
 
 
 def test_the_documentations_correlated_delay_keeps_its_correlation_for_the_node_to_honour():
@@ -389,6 +436,11 @@ VALID_DOCUMENTS = [
               "selector": {"expressionSelectors": [{"key": "app", "operator": "In", "values": ["web"]}],
                            "podPhaseSelectors": ["Running"], "nodes": ["node-1"]},
               "loss": {"loss": "25", "correlation": "0"}}},
+    {"apiVersion": API, "kind": "HTTPChaos", "metadata": {"name": "http"},
+     "spec": {"mode": "all", "selector": WEB, "target": "Response", "port": 8080, "path": "/api/*", "method": "GET",
+              "code": 200, "request_headers": {"Host": "web"}, "response_headers": {"Content-Type": "text/plain"},
+              "delay": "1s", "replace": {"code": 503, "body": "aGk=", "headers": {"X-A": "b"}},
+              "patch": {"headers": [["X-B", "c"]], "body": {"type": "JSON", "value": "{}"}}}},
     {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "partition"},
      "spec": {"action": "partition", "mode": "all", "selector": {"containers": ["web"]}, "direction": "to",
               "externalTargets": ["192.168.0.1"]}},

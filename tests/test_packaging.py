@@ -84,10 +84,10 @@ def test_the_daemons_wheel_holds_the_server_and_the_built_helper_not_its_source(
 def test_the_distributions_dependencies(wheels):
     plugin, daemon = requirements(wheels["pytest_chaos"]), requirements(wheels["pytest_chaos_daemon"])
     assert {"pytest", "protobuf", "grpcio", "pyyaml"} <= set(plugin[""])
-    assert not {"cryptography", "grpcio-reflection", "google-re2", "pytest-chaos-daemon"} & set(plugin[""])
+    assert not {"cryptography", "grpcio-reflection", "google-re2", "h11", "pytest-chaos-daemon"} & set(plugin[""])
     assert plugin["local"] == ["pytest-chaos-daemon"] and plugin["kubernetes"] == ["kubernetes"]
     # The image installs the daemon alone: no test framework, no YAML.
-    assert {"protobuf", "grpcio", "cryptography", "google-re2"} <= set(daemon[""])
+    assert {"protobuf", "grpcio", "cryptography", "google-re2", "h11"} <= set(daemon[""])
     assert not {"pytest", "pyyaml", "pytest-chaos"} & set(daemon[""])
     # Both release together: the local extra asks for this very daemon.
     local = next(r for r in wheel_metadata(wheels["pytest_chaos"]).get_all("Requires-Dist") if "extra == \"local\"" in r)

@@ -217,6 +217,15 @@ def test_modes_pick_reproducibly_with_a_seed(pytester, targets):
         ('"helloworld", selector={"pids": [1]}, signal=9', "signal", "takes only 'source'"),
         ('"helloworld", selector={"pids": [1]}, source="shell"', "source", "'ps', 'proc'"),
         ('"helloworld", selector={"pids": [1]}, container_names=["app"]', "container_names", "kubernetes"),
+        ('"http-abort", selector={"pids": [1]}, port=80', "target", "one of Request, Response"),
+        ('"http-delay", selector={"pids": [1]}, target="Request", port=80', "delay", "'10s'"),
+        ('"http-replace", selector={"pids": [1]}, target="Request", port=80, replace={"code": 500}', "replace.code",
+         "target Response only"),
+        ('"http-patch", selector={"pids": [1]}, target="Request", port=80, patch={"queries": "a=b"}', "patch.queries",
+         "name, value*pairs"),
+        ('"http-abort", selector={"pids": [1]}, target="Request", port=443, tls={"secretName": "s"}', "tls",
+         "HTTPS is not supported"),
+        ('"http-abort", selector={"pids": [1]}, target="Request", port=80, side="both"', "side", "server, client"),
     ],
 )
 def test_bad_marker_is_a_usage_error_at_collection(pytester, marker, field, accepted):

@@ -7,6 +7,7 @@ from .container_kill import ContainerKill
 from .container_pause import ContainerPause
 from .dns import Dns
 from .helloworld import HelloWorld
+from .http import KINDS as HTTP_KINDS
 from .network_bandwidth import NetworkBandwidth
 from .network_corrupt import NetworkCorrupt
 from .network_delay import NetworkDelay
@@ -24,7 +25,7 @@ from .time import Time
 _ALL: tuple[FaultKind, ...] = (
     HelloWorld(), ContainerPause(), ContainerKill(), ProcessKill(), Stress(), PodKill(), NetworkPartition(),
     NetworkLoss(), NetworkDelay(), NetworkDuplicate(), NetworkCorrupt(), NetworkBandwidth(), NetworkNetem(), Dns(),
-    Time(), PodFailure(), *TCP_TOXICS)
+    Time(), PodFailure(), *TCP_TOXICS, *HTTP_KINDS)
 KINDS: dict[str, FaultKind] = {kind.name: kind for kind in _ALL}
 
 __all__ = ["KINDS", "FaultKind", "InjectContext"]

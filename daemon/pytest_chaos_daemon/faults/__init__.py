@@ -13,6 +13,7 @@ from .container_kill import ContainerKill
 from .container_pause import ContainerPause
 from .dns import Dns
 from .helloworld import HelloWorld
+from .http import HTTP_FAULTS
 from .network_bandwidth import NetworkBandwidth
 from .network_emulation import NetworkEmulation, NetworkNetem
 from .network_partition import NetworkPartition
@@ -24,9 +25,11 @@ from .time_offset import TimeOffset
 NETWORK_EMULATION = tuple(NetworkEmulation(f"network-{name}", f"network_{name}")
                           for name in ("loss", "delay", "duplicate", "corrupt"))
 _ALL: tuple[Fault, ...] = (HelloWorld(), ContainerKill(), ContainerPause(), ProcessKill(), Stress(), NetworkPartition(),
-                           *NETWORK_EMULATION, NetworkNetem(), NetworkBandwidth(), Dns(), TimeOffset(), *TCP_TOXICS)
+                           *NETWORK_EMULATION, NetworkNetem(), NetworkBandwidth(), Dns(), TimeOffset(), *TCP_TOXICS,
+                           *HTTP_FAULTS)
 FAULTS: dict[str, Fault] = {fault.kind: fault for fault in _ALL}
-# The ApplyRequest field that names each kind; kinds that share a field (the TCP toxics) are told apart by
+# The ApplyRequest field that names each kind; kinds that share a field (the TCP toxics, the HTTP kinds) are told
+# apart by
 # ``fault_for``.
 BY_FIELD: dict[str, Fault] = {fault.field: fault for fault in FAULTS.values()}
 

@@ -332,8 +332,94 @@ class TcpToxic(_message.Message):
     down: TcpToxic.Down
     def __init__(self, port: _Optional[int] = ..., stream: _Optional[_Union[TcpToxic.Stream, str]] = ..., toxicity: _Optional[float] = ..., seed: _Optional[int] = ..., latency: _Optional[_Union[TcpToxic.Latency, _Mapping]] = ..., bandwidth: _Optional[_Union[TcpToxic.Bandwidth, _Mapping]] = ..., slow_close: _Optional[_Union[TcpToxic.SlowClose, _Mapping]] = ..., timeout: _Optional[_Union[TcpToxic.Timeout, _Mapping]] = ..., reset_peer: _Optional[_Union[TcpToxic.ResetPeer, _Mapping]] = ..., slicer: _Optional[_Union[TcpToxic.Slicer, _Mapping]] = ..., limit_data: _Optional[_Union[TcpToxic.LimitData, _Mapping]] = ..., down: _Optional[_Union[TcpToxic.Down, _Mapping]] = ...) -> None: ...
 
+class HttpPair(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class HttpReplace(_message.Message):
+    __slots__ = ("path", "method", "code", "body", "queries", "headers")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    method: str
+    code: int
+    body: bytes
+    queries: _containers.RepeatedCompositeFieldContainer[HttpPair]
+    headers: _containers.RepeatedCompositeFieldContainer[HttpPair]
+    def __init__(self, path: _Optional[str] = ..., method: _Optional[str] = ..., code: _Optional[int] = ..., body: _Optional[bytes] = ..., queries: _Optional[_Iterable[_Union[HttpPair, _Mapping]]] = ..., headers: _Optional[_Iterable[_Union[HttpPair, _Mapping]]] = ...) -> None: ...
+
+class HttpPatch(_message.Message):
+    __slots__ = ("body_json", "queries", "headers")
+    BODY_JSON_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    body_json: str
+    queries: _containers.RepeatedCompositeFieldContainer[HttpPair]
+    headers: _containers.RepeatedCompositeFieldContainer[HttpPair]
+    def __init__(self, body_json: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[HttpPair, _Mapping]]] = ..., headers: _Optional[_Iterable[_Union[HttpPair, _Mapping]]] = ...) -> None: ...
+
+class Http(_message.Message):
+    __slots__ = ("target", "port", "path", "method", "code", "request_headers", "response_headers", "abort", "delay", "replace", "patch", "side", "kind")
+    class Target(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TARGET_REQUEST: _ClassVar[Http.Target]
+        TARGET_RESPONSE: _ClassVar[Http.Target]
+    TARGET_REQUEST: Http.Target
+    TARGET_RESPONSE: Http.Target
+    class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SIDE_SERVER: _ClassVar[Http.Side]
+        SIDE_CLIENT: _ClassVar[Http.Side]
+    SIDE_SERVER: Http.Side
+    SIDE_CLIENT: Http.Side
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_ABORT: _ClassVar[Http.Kind]
+        KIND_DELAY: _ClassVar[Http.Kind]
+        KIND_REPLACE: _ClassVar[Http.Kind]
+        KIND_PATCH: _ClassVar[Http.Kind]
+    KIND_ABORT: Http.Kind
+    KIND_DELAY: Http.Kind
+    KIND_REPLACE: Http.Kind
+    KIND_PATCH: Http.Kind
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    PATCH_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    target: Http.Target
+    port: int
+    path: str
+    method: str
+    code: int
+    request_headers: _containers.RepeatedCompositeFieldContainer[HttpPair]
+    response_headers: _containers.RepeatedCompositeFieldContainer[HttpPair]
+    abort: bool
+    delay: _duration_pb2.Duration
+    replace: HttpReplace
+    patch: HttpPatch
+    side: Http.Side
+    kind: Http.Kind
+    def __init__(self, target: _Optional[_Union[Http.Target, str]] = ..., port: _Optional[int] = ..., path: _Optional[str] = ..., method: _Optional[str] = ..., code: _Optional[int] = ..., request_headers: _Optional[_Iterable[_Union[HttpPair, _Mapping]]] = ..., response_headers: _Optional[_Iterable[_Union[HttpPair, _Mapping]]] = ..., abort: bool = ..., delay: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., replace: _Optional[_Union[HttpReplace, _Mapping]] = ..., patch: _Optional[_Union[HttpPatch, _Mapping]] = ..., side: _Optional[_Union[Http.Side, str]] = ..., kind: _Optional[_Union[Http.Kind, str]] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
-    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "tcp_toxic", "time", "network_netem")
+    __slots__ = ("container_id", "injection", "duration", "container_kill", "container_pause", "process_kill", "stress", "network_partition", "network_loss", "network_delay", "network_duplicate", "network_corrupt", "network_bandwidth", "dns", "hello_world", "tcp_toxic", "http", "time", "network_netem")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     INJECTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +436,7 @@ class ApplyRequest(_message.Message):
     DNS_FIELD_NUMBER: _ClassVar[int]
     HELLO_WORLD_FIELD_NUMBER: _ClassVar[int]
     TCP_TOXIC_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NETEM_FIELD_NUMBER: _ClassVar[int]
     container_id: str
@@ -368,9 +455,10 @@ class ApplyRequest(_message.Message):
     dns: Dns
     hello_world: HelloWorld
     tcp_toxic: TcpToxic
+    http: Http
     time: Time
     network_netem: NetworkNetem
-    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., tcp_toxic: _Optional[_Union[TcpToxic, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ..., network_netem: _Optional[_Union[NetworkNetem, _Mapping]] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ..., injection: _Optional[_Union[Injection, _Mapping]] = ..., duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., container_kill: _Optional[_Union[ContainerKill, _Mapping]] = ..., container_pause: _Optional[_Union[ContainerPause, _Mapping]] = ..., process_kill: _Optional[_Union[ProcessKill, _Mapping]] = ..., stress: _Optional[_Union[Stress, _Mapping]] = ..., network_partition: _Optional[_Union[NetworkPartition, _Mapping]] = ..., network_loss: _Optional[_Union[NetworkLoss, _Mapping]] = ..., network_delay: _Optional[_Union[NetworkDelay, _Mapping]] = ..., network_duplicate: _Optional[_Union[NetworkDuplicate, _Mapping]] = ..., network_corrupt: _Optional[_Union[NetworkCorrupt, _Mapping]] = ..., network_bandwidth: _Optional[_Union[NetworkBandwidth, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., hello_world: _Optional[_Union[HelloWorld, _Mapping]] = ..., tcp_toxic: _Optional[_Union[TcpToxic, _Mapping]] = ..., http: _Optional[_Union[Http, _Mapping]] = ..., time: _Optional[_Union[Time, _Mapping]] = ..., network_netem: _Optional[_Union[NetworkNetem, _Mapping]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("status", "processes", "output", "truncated")
