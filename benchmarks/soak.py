@@ -72,7 +72,9 @@ PROGRAMS = ("stress-ng", "pytest_chaos_daemon.programs", "pytest-chaos-timeshift
 DAEMON_MODULE = "pytest_chaos_daemon"
 
 KINDS = ("container-pause", "stress", "network-delay", "network-loss", "network-duplicate", "network-corrupt",
-         "network-bandwidth", "network-partition", "dns", "time")
+         "network-bandwidth", "network-netem", "network-partition", "dns", "time", "tcp-latency", "tcp-down",
+         "http-delay", "http-abort")
+PORTS = (8080, 9090)  # the ports the proxy kinds redirect (served or not: the proxy is there either way)
 
 
 def fault(kind: str, rng: random.Random, peer: str) -> dict[str, Any]:
@@ -91,7 +93,13 @@ def fault(kind: str, rng: random.Random, peer: str) -> dict[str, Any]:
         "network-partition": lambda: {"networkPartition": {"scope": scope}},
         "dns": lambda: {"dns": {"action": rng.choice(["ACTION_ERROR", "ACTION_RANDOM"]),
                                 "patterns": ["soak.example.*"]}},
+        "network-netem": lambda: {"networkNetem": {"scope": scope, "delay": {"latency": "0.01s"},
+                                                   "loss": {"loss": 10}}},
         "time": lambda: {"time": {"timeOffset": f"{rng.choice([-7200, 3600])}s"}},
+        "tcp-latency": lambda: {"tcpToxic": {"port": rng.choice(PORTS), "latency": {"latency": 20}}},
+        "tcp-down": lambda: {"tcpToxic": {"port": rng.choice(PORTS), "down": {}}},
+        "http-delay": lambda: {"http": {"port": rng.choice(PORTS), "delay": "0.1s", "kind": "KIND_DELAY"}},
+        "http-abort": lambda: {"http": {"port": rng.choice(PORTS), "abort": True, "kind": "KIND_ABORT"}},
     }[kind]()
 
 
