@@ -385,8 +385,14 @@ class Soak:
 
 
 def recovery_path(record: dict[str, Any] | None, runner: Runner, events: list[dict[str, Any]]) -> str:
-    if any(e.get("event") == "refused" for e in events):
-        return "refused at apply (composition)"
+    refused = [e for e in events if e.get("event") == "refused"]
+    if refused:
+        detail = refused[0].get("detail", "")
+        if "is paused" in detail:
+            return "refused at apply: its target is paused (composition rule)"
+        if "already" in detail:
+            return "refused at apply: another fault holds the same port or clock"
+        return f"refused at apply: {refused[0].get('code')} {detail[:60]}"
     if record is None:
         return "never applied (runner killed first)"
     detail = record["detail"]
