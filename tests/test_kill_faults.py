@@ -13,6 +13,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.confinement import procfs
 
+from tests.support.suites import run_suite
 from tests.support.targets import CONTAINERD_NAMESPACE, run, running, wait_for
 from tests.test_cri import cri, cri_container, cri_daemon  # noqa: F401, F811 (fixtures: a CRI endpoint of the test's own)
 
@@ -51,10 +52,6 @@ def inner_pid(host_pid: int) -> int:
     """The PID a host process has inside its own pid namespace."""
     return procfs.read_status(host_pid).nspid[-1]
 
-
-def run_suite(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess("-p", "chaos", *args)
 
 
 # container-kill

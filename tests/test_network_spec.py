@@ -6,11 +6,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from pytest_chaos.kinds import KINDS
-
-
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess("-p", "chaos", *args)
+from tests.support.suites import run_suite
 
 
 @pytest.mark.parametrize("kind, params, field, accepted", [
@@ -47,7 +43,7 @@ def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
 ])
 def test_bad_network_parameters_are_a_usage_error_at_collection(pytester, kind, params, field, accepted):
     extra = f", {params}" if params else ""
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("{kind}", selector={{"pids": [1]}}{extra})

@@ -11,14 +11,11 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pytest_chaos.api.version import VERSION
+from tests.support.suites import run_suite
 from tests.support.targets import wait_for
 
 pytestmark = pytest.mark.usefixtures("_root_only")
 
-
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess("-p", "chaos", *args)
 
 
 def test_marker_is_documented(pytester):
@@ -40,7 +37,7 @@ def test_help_shows_the_chaos_option_group(pytester):
 
 def test_runtime_options_with_an_external_daemon_are_a_usage_error(pytester, daemon):
     # That daemon lists and resolves containers with its own settings: the plugin's would be ignored.
-    result = run(pytester, "def test_app():\n    pass\n", f"--chaos-daemon={daemon.address}",
+    result = run_suite(pytester, "def test_app():\n    pass\n", f"--chaos-daemon={daemon.address}",
                  "--chaos-docker-socket=/run/other-docker.sock")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--chaos-docker-socket configure the daemon the plugin starts; with --chaos-daemon=*"
@@ -49,7 +46,7 @@ def test_runtime_options_with_an_external_daemon_are_a_usage_error(pytester, dae
 
 def test_marker_captures_each_targets_process_list(pytester, targets):
     pids = [targets.process("sleep", "1001"), targets.process("sleep", "1002")]
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": {pids}}}, mode="all")
@@ -77,7 +74,7 @@ def test_marker_captures_each_targets_process_list(pytester, targets):
 
 def test_pytest_html_rows_carry_each_experiment_as_an_extra(pytester, targets):
     pid = targets.process("sleep", "1003")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}}, mode="all", source="proc")
@@ -101,7 +98,7 @@ def test_pytest_html_rows_carry_each_experiment_as_an_extra(pytester, targets):
 def test_junit_xml_holds_the_output_with_default_settings(pytester, targets):
     pid = targets.process("sleep", "2002")
     xml = pytester.path / "junit.xml"
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -119,7 +116,7 @@ def test_a_targets_control_characters_show_as_escapes_in_the_terminal_and_the_ju
     reader's terminal nor the XML raw; ``Target.output`` keeps it for the test."""
     pid = targets.process("sh", "-c", "sleep 3600; :", "\x1b[2J\x1b[31mINJECTED")
     xml = pytester.path / "junit.xml"
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}}, source="proc")
@@ -138,7 +135,7 @@ def test_a_targets_control_characters_show_as_escapes_in_the_terminal_and_the_ju
 
 def test_failure_report_shows_the_output(pytester, targets):
     pid = targets.process("sleep", "3003")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -151,7 +148,7 @@ def test_failure_report_shows_the_output(pytester, targets):
 
 def test_apply_in_the_test_body_recovers_on_exit(pytester, targets):
     pid = targets.process("sleep", "4004")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         def test_runtime_target(chaos):
@@ -167,7 +164,7 @@ def test_apply_in_the_test_body_recovers_on_exit(pytester, targets):
 
 def test_several_markers_apply_in_order(pytester, targets):
     first, second = targets.process("sleep", "5001"), targets.process("sleep", "5002")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{first}]}})
@@ -192,7 +189,7 @@ def test_modes_pick_reproducibly_with_a_seed(pytester, targets):
             assert counts == [1, 2, 3, 5]
             print("PICKED", [[t.pid for t in e.targets] for e in chaos.experiments])
     """
-    runs = [run(pytester, source, "--chaos-seed=42", "-s") for _ in range(2)]
+    runs = [run_suite(pytester, source, "--chaos-seed=42", "-s") for _ in range(2)]
     for result in runs:
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["chaos: seed=42 *"])
@@ -229,7 +226,7 @@ def test_modes_pick_reproducibly_with_a_seed(pytester, targets):
     ],
 )
 def test_bad_marker_is_a_usage_error_at_collection(pytester, marker, field, accepted):
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos({marker})
@@ -243,7 +240,7 @@ def test_bad_marker_is_a_usage_error_at_collection(pytester, marker, field, acce
 
 @pytest.mark.needs_root
 def test_nothing_selected_errors_the_test(pytester):
-    result = run(pytester, """
+    result = run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"labels": {"app": "no-such-app-anywhere"}})
@@ -255,7 +252,7 @@ def test_nothing_selected_errors_the_test(pytester):
 
 
 def test_dead_pid_selects_nothing(pytester):
-    result = run(pytester, """
+    result = run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"pids": [4194300]})
@@ -267,7 +264,7 @@ def test_dead_pid_selects_nothing(pytester):
 
 def test_unreachable_daemon_errors_the_test(pytester, targets, tmp_path):
     pid = targets.process("sleep", "7007")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -281,7 +278,7 @@ def test_unreachable_daemon_errors_the_test(pytester, targets, tmp_path):
 def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, targets, tmp_path):
     rootfs = targets.distroless_rootfs(tmp_path)
     container_id = targets.containerd("/bin/busybox", "sleep", "3600", rootfs=rootfs)
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"containers": ["{container_id}"]}})
@@ -295,7 +292,7 @@ def test_failed_apply_errors_the_test_with_the_daemons_message(pytester, targets
 def test_proc_source_lists_a_distroless_container(pytester, targets, tmp_path):
     rootfs = targets.distroless_rootfs(tmp_path)
     container_id = targets.containerd("/bin/busybox", "sleep", "3600", rootfs=rootfs)
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"containers": ["{container_id}"]}}, source="proc")
@@ -309,7 +306,7 @@ def test_proc_source_lists_a_distroless_container(pytester, targets, tmp_path):
 def test_ini_options_mirror_the_command_line(pytester, targets):
     pid = targets.process("sleep", "8008")
     pytester.makeini("[pytest]\nchaos_seed = 777\n")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -325,7 +322,7 @@ def test_labels_select_docker_and_containerd_containers(pytester, targets):
     in_containerd = targets.containerd("sleep", "9001", labels=label)
     in_docker = targets.docker("sleep", "9002", labels=label)
     targets.docker("sleep", "9003", labels={"app": "other"})
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"labels": {label!r}}}, mode="all")
@@ -340,7 +337,7 @@ def test_labels_select_docker_and_containerd_containers(pytester, targets):
 
 def test_embedded_daemon_is_stopped_and_its_socket_removed(pytester, targets):
     pid = targets.process("sleep", "9100")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import os, pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -356,7 +353,7 @@ def test_embedded_daemon_is_stopped_and_its_socket_removed(pytester, targets):
 
 def test_recovery_runs_when_the_test_fails(pytester, targets):
     pid = targets.process("sleep", "9200")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -369,7 +366,7 @@ def test_recovery_runs_when_the_test_fails(pytester, targets):
 
 def test_random_max_percent_that_draws_nothing_errors_the_test(pytester, targets):
     pid = targets.process("sleep", "9300")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}}, mode="random-max-percent", value=0)
@@ -382,7 +379,7 @@ def test_random_max_percent_that_draws_nothing_errors_the_test(pytester, targets
 
 def test_bad_apply_arguments_raise_naming_the_field(pytester, targets):
     pid = targets.process("sleep", "9400")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
         from pytest_chaos import ChaosSpecError
 
@@ -397,7 +394,7 @@ def test_bad_apply_arguments_raise_naming_the_field(pytester, targets):
 
 def test_uses_a_running_daemon_given_its_address(pytester, targets, daemon):
     pid = targets.process("sleep", "9500")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"pids": [{pid}]}})
@@ -414,7 +411,7 @@ def test_uses_a_running_daemon_given_its_address(pytester, targets, daemon):
 def test_report_and_junit_say_how_a_fault_that_stayed_ended(pytester, targets):
     pid = targets.process("sleep", "9600")
     xml = pytester.path / "junit.xml"
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("container-pause", selector={{"pids": [{pid}]}})
@@ -434,7 +431,7 @@ def test_report_and_junit_say_how_a_fault_that_stayed_ended(pytester, targets):
 def test_a_recovery_that_fails_errors_the_test_in_teardown_naming_the_target(pytester, targets, start_daemon):
     daemon = start_daemon("--allow-pid-targets")
     pid = targets.process("sleep", "9601")
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import os, signal, pytest
 
         @pytest.mark.chaos("container-pause", selector={{"pids": [{pid}]}})
@@ -452,7 +449,7 @@ def test_a_recovery_that_fails_errors_the_test_in_teardown_naming_the_target(pyt
 
 def test_dry_run_reports_the_targets_injects_nothing_and_skips(pytester, targets):
     pids = [targets.process("sleep", "5101"), targets.process("sleep", "5102")]
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("container-pause", selector={{"pids": {pids}}}, mode="one")

@@ -25,6 +25,7 @@ from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
 from tests.support.cgroups import cgroup_dir, cpu_seconds, memory_bytes, tracking_modes, within
 from tests.support.pausing import freezer_state
+from tests.support.suites import run_suite
 from tests.support.targets import wait_for
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
@@ -212,10 +213,6 @@ def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(
     assert stress_ng_processes(zombies=False) == []
 
 
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess("-p", "chaos", *args)
-
 
 # Reads a target's CPU time from its cgroup (v1 cpuacct or v2 cpu.stat), in the user's test module.
 CPU_SECONDS = """
@@ -249,7 +246,7 @@ def stress_ng_running():
 
 def test_the_marker_stresses_the_container_during_the_test_and_recovers_it_after(pytester, targets):
     container = targets.containerd()
-    result = run(pytester, CPU_SECONDS + f"""
+    result = run_suite(pytester, CPU_SECONDS + f"""
 import pytest
 
 
@@ -271,7 +268,7 @@ def test_app(chaos):
 
 def test_a_duration_shorter_than_the_test_ends_the_stress_mid_test(pytester, targets):
     container = targets.containerd()
-    result = run(pytester, CPU_SECONDS + f"""
+    result = run_suite(pytester, CPU_SECONDS + f"""
 def test_app(chaos):
     with chaos.apply("stress", selector={{"containers": ["{container}"]}}, mode="all", duration="1s",
                      stressors={{"cpu": {{"workers": 1, "load": 50}}}}) as experiment:
@@ -305,7 +302,7 @@ def test_app(chaos):
 ])
 def test_bad_stressors_are_a_usage_error_at_collection(pytester, stressors, field, accepted):
     extra = "" if stressors == "None" else f", stressors={stressors}"
-    result = run(pytester, f"""
+    result = run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("stress", selector={{"pids": [1]}}{extra})
@@ -318,7 +315,7 @@ def test_bad_stressors_are_a_usage_error_at_collection(pytester, stressors, fiel
 
 
 def test_the_local_backend_refuses_pod_kill_at_collection(pytester):
-    result = run(pytester, """
+    result = run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("pod-kill", selector={"pids": [1]})

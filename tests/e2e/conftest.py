@@ -17,6 +17,7 @@ import pytest
 
 from pytest_chaos.backends.kubernetes import KubernetesBackend
 from pytest_chaos_cluster.settings import Layout
+from tests.support.suites import run_suite
 from tests.support.targets import require
 
 HERE = pathlib.Path(__file__).parent
@@ -50,7 +51,15 @@ class Kube:
         return KubernetesBackend(kubeconfig=self.kubeconfig, **kwargs)
 
     def pytest_args(self, *extra: str) -> list[str]:
-        return ["-p", "chaos", "--chaos-backend=kubernetes", f"--chaos-kubeconfig={self.kubeconfig}", *extra]
+        return ["-p", "chaos", *self.chaos_args(), *extra]
+
+    def chaos_args(self) -> list[str]:
+        """The options that point a run at this cluster."""
+        return ["--chaos-backend=kubernetes", f"--chaos-kubeconfig={self.kubeconfig}"]
+
+    def run_suite(self, pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+        """A user's suite (``source``) run against this cluster."""
+        return run_suite(pytester, source, *self.chaos_args(), *args)
 
 
 def _cluster_kubectl() -> str | None:

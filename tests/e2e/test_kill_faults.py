@@ -66,16 +66,12 @@ def ps(kube, pod: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() not in ("ps -o args", "")]
 
 
-def run_suite(pytester, kube, source: str, *args: str):
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
-
 
 def test_container_kill_restarts_the_pods_container_once(pytester, kube, workload):
     pod = pod_of(kube, "kill-me")["metadata"]["name"]
     before = container_status(kube, pod)
     assert "running" in before["state"]
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("container-kill",
@@ -102,7 +98,7 @@ def test_process_kill_kills_the_named_process_in_a_pod(pytester, kube, workload)
     pod = pod_of(kube, "signal-me")["metadata"]["name"]
     wait_for(lambda: {"sleep 4631", "sleep 4632"} <= set(ps(kube, pod)), "both sleeps to start", **SLOW)
     restarts = container_status(kube, pod)["restartCount"]
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("process-kill", selector={{"pods": {{"{NAMESPACE}": ["{pod}"]}}}},

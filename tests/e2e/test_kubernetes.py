@@ -25,13 +25,9 @@ def selected(kube, selector, container_names=None, **backend_args) -> list[tuple
     return sorted((t.pod, t.container) for unit in units for t in unit)
 
 
-def run_suite(pytester, kube, source: str, *args: str):
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
-
 
 def test_tutorial_scenario_through_the_marker(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"namespaces": ["busybox"]}, mode="all")
@@ -65,7 +61,7 @@ def test_tutorial_scenario_through_the_marker(pytester, kube):
 
 
 def test_modes_over_pods(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         SEL = {"namespaces": ["chaos-e2e"], "labelSelectors": {"app": "e2e"}}
@@ -91,7 +87,7 @@ def test_modes_over_pods(pytester, kube):
 
 
 def test_container_names_pick_containers_and_modes_pick_pods(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"pods": {"chaos-e2e": ["pod-a", "pod-b"]}},
@@ -154,7 +150,7 @@ def test_node_selectors(kube):
 
 
 def test_nothing_selected_errors_the_test(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"namespaces": ["chaos-e2e"], "labelSelectors": {"app": "nobody"}})
@@ -166,7 +162,7 @@ def test_nothing_selected_errors_the_test(pytester, kube):
 
 
 def test_through_the_api_servers_port_forward(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"pods": {"busybox": ["busybox-0"]}})
@@ -190,7 +186,7 @@ def test_no_daemon_on_the_node_names_the_node(kube):
 
 
 def test_bad_kubernetes_selector_fails_at_collection(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={"labels": {"app": "x"}})
@@ -203,7 +199,7 @@ def test_bad_kubernetes_selector_fails_at_collection(pytester, kube):
 
 
 def test_native_listing_of_pods_matches_ps(pytester, kube):
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         SEL = {"namespaces": ["busybox"]}
@@ -224,7 +220,7 @@ def test_the_tutorials_hello_world_chaos_manifest_through_the_marker(pytester, k
     """The tutorial's HelloWorldChaos resource, exactly as Chaos Mesh's documentation writes it."""
     tutorial = pathlib.Path(__file__).parents[1] / "manifests" / "hello-world.yaml"
     (pytester.path / "hello.yaml").write_text(tutorial.read_text())
-    result = run_suite(pytester, kube, """
+    result = kube.run_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos(manifest="hello.yaml")

@@ -56,15 +56,11 @@ def advancing(pid: int, interval: float = 0.6) -> bool:
     return count(pid) > before
 
 
-def run_suite(pytester, kube, source: str, *args: str):
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
-
 
 def test_a_paused_pod_stops_and_resumes(pytester, kube, counter_pod):
     pid = counter_pid(kube)
     assert advancing(pid)
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import time, pytest
 
         def count():
@@ -85,7 +81,7 @@ def test_a_paused_pod_stops_and_resumes(pytester, kube, counter_pod):
 
 def test_a_duration_ends_the_pause_while_the_test_runs(pytester, kube, counter_pod):
     pid = counter_pid(kube)
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import time, pytest
 
         @pytest.mark.chaos("container-pause", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", duration="2s")
@@ -111,7 +107,7 @@ def replace_daemon(kube) -> str:
 
 def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, kube, counter_pod):
     pid = counter_pid(kube)
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import subprocess, time, pytest
 
         def count():
@@ -133,7 +129,7 @@ def test_a_replaced_daemon_pod_recovers_what_its_predecessor_applied(pytester, k
 def test_the_next_experiment_finds_a_replaced_daemon_pod(pytester, kube, counter_pod):
     # The backend remembers each node's daemon: the second test's call fails to connect to the old pod's
     # address, and goes to the new pod's instead.
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import subprocess, pytest
 
         @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", source="proc")

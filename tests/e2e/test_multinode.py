@@ -85,14 +85,10 @@ def served(kube, node: str) -> set[str]:
             if e.get("msg") == "Apply" and e.get("kind") == "helloworld" and "container_id" in e.get("request", {})}
 
 
-def run_suite(pytester, kube, source: str, *args: str):
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
-
 
 @pytest.mark.parametrize("access", ["direct", "port-forward"])
 def test_mode_all_fans_out_to_each_nodes_daemon(pytester, kube, spread, access):
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"]}}, mode="all", source="proc")
@@ -121,7 +117,7 @@ def test_mode_all_fans_out_to_each_nodes_daemon(pytester, kube, spread, access):
 def test_a_node_selector_picks_one_workers_pods(pytester, kube, spread, key):
     pod, node = sorted(spread.items())[0]
     constraint = [node] if key == "nodes" else {"kubernetes.io/hostname": node}
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("helloworld", selector={{"namespaces": ["{NAMESPACE}"], "{key}": {constraint!r}}},

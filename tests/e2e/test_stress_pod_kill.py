@@ -94,14 +94,10 @@ def cpu_seconds(pid: int, interval: float) -> float:
     return (int(open(usage).read()) - before) / 1e9
 
 
-def run_suite(pytester, kube, source: str, *args: str):
-    pytester.makepyfile(test_user=source)
-    return pytester.runpytest_subprocess(*kube.pytest_args(*args))
-
 
 def test_stress_raises_the_pods_container_cpu_usage_until_recovered(pytester, kube, pods):
     host_pid = container_init_pid(pod(kube, "stressed")["status"]["containerStatuses"][0]["containerID"])
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import os
         import time
 
@@ -150,7 +146,7 @@ def pod(kube, name: str) -> dict:
 def test_pod_kill_deletes_the_pod_once_and_its_statefulset_replaces_it(pytester, kube, pods):
     before = pod(kube, "victim-0")
     container_ids = [s["containerID"] for s in before["status"]["containerStatuses"]]
-    result = run_suite(pytester, kube, f"""
+    result = kube.run_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("pod-kill", selector={{"pods": {{"{NAMESPACE}": ["victim-0"]}}}}, mode="all",
