@@ -182,7 +182,17 @@ class Daemon:
                 stdout=log, stderr=log, start_new_session=True)
         channel = grpc.insecure_channel(f"unix://{self.socket}")
         try:
-            grpc.channel_ready_future(channel).result(timeout=60)
+            while True:  # until it answers, or says why it cannot
+                if self.process.poll() is not None:
+                    with open(self.log_path) as log:
+                        last = [line for line in log.read().splitlines() if line.strip()][-1:]
+                    raise RuntimeError(f"the daemon exited ({self.process.returncode}) before serving: "
+                                       f"{''.join(last)} (log: {self.log_path})")
+                with contextlib.suppress(grpc.FutureTimeoutError):
+                    grpc.channel_ready_future(channel).result(timeout=1)
+                    break
+                if time.monotonic() - begun > 60:
+                    raise RuntimeError(f"the daemon did not serve within 60 s (log: {self.log_path})")
             pb_grpc.ChaosDaemonStub(channel).GetInfo(pb.GetInfoRequest(), timeout=30)
         finally:
             channel.close()
@@ -232,9 +242,15 @@ class Soak:
         self.rng = random.Random(seed)
         self.workdir = tempfile.mkdtemp(prefix="pytest-chaos-soak-")
         self.bed = NetworkBed()
-        self.targets = [self.bed.process() for _ in range(pids)] + [self.bed.containerd() for _ in range(containers)]
-        self.before = {t.container_id: self.look(t) for t in self.targets}
-        self.daemon = Daemon(self.workdir)
+        try:
+            self.targets = [self.bed.process() for _ in range(pids)] + [self.bed.containerd()
+                                                                        for _ in range(containers)]
+            self.before = {t.container_id: self.look(t) for t in self.targets}
+            self.daemon = Daemon(self.workdir)
+        except BaseException:
+            self.bed.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.resources_start = self.daemon.resources()
         self.runners: dict[str, Runner] = {}
         self.done: list[tuple[Runner, list[dict[str, Any]]]] = []
