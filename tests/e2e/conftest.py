@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from pytest_chaos.backends.kubernetes import KubernetesBackend
+from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import Layout
 from tests.support.suites import run_suite
 from tests.support.targets import require
@@ -92,3 +93,13 @@ def workloads(kube: Kube) -> Iterator[None]:
     kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")
     yield
     kube.kubectl("delete", "-f", str(WORKLOADS), "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture
+def session(kube: Kube) -> Iterator[ChaosSession]:
+    """The plugin's session on the cluster; what a failed test left is recovered now, not at its lease's end."""
+    chaos = ChaosSession(kube.backend(), seed=1)
+    yield chaos
+    for _, experiment in chaos.experiments:
+        chaos.recover(experiment)
+    chaos.close()

@@ -8,7 +8,6 @@ daemon's word nor on the image. The fault is applied to the server pod.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -16,61 +15,20 @@ import pytest
 from pytest_chaos.session import ChaosSession
 from tests.support.http_traffic import PORT, Server, echoed, proxies_in, requests
 from tests.support.network_bed import NetTarget, measured, snapshot
-from tests.support.targets import container_init_pid
+from tests.support.pods import busybox_pods
 
 NAMESPACE = "chaos-e2e-http"
-MANIFEST = """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: chaos-e2e-http
----
-""" + "---\n".join(f"""
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: chaos-e2e-http
-  labels: {{app: {name}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - {{name: main, image: localhost/pytest-chaos/busybox:1, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
-""" for name in ("http-server", "http-client"))
 
 
-def selector(name: str) -> dict:
-    return {"namespaces": [NAMESPACE], "labelSelectors": {"app": name}}
-
-
-def pod_target(kube, name: str) -> NetTarget:
-    pod = json.loads(kube.kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "json"))
-    container_id = pod["status"]["containerStatuses"][0]["containerID"]
-    pid = container_init_pid(container_id)
-    return NetTarget(container_id, pid, pod["status"]["podIP"], f"/proc/{pid}/ns/net", selector(name), name=name)
 
 
 @pytest.fixture(scope="module")
 def pods(kube, tmp_path_factory):
-    manifest = tmp_path_factory.mktemp("http") / "pods.yaml"
-    manifest.write_text(MANIFEST)
-    kube.kubectl("apply", "-f", str(manifest))
-    kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
-    kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")
-    server, client = pod_target(kube, "http-server"), pod_target(kube, "http-client")
-    serving = Server(server)
-    yield server, client
-    serving.stop()
-    kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
+    with busybox_pods(kube, NAMESPACE, ("http-server", "http-client"), tmp_path_factory.mktemp("http")) as pods:
+        serving = Server(pods["http-server"])
+        yield pods["http-server"], pods["http-client"]
+        serving.stop()
 
-
-@pytest.fixture
-def session(kube):
-    chaos = ChaosSession(kube.backend(), seed=1)
-    yield chaos
-    for _, experiment in chaos.experiments:  # what a failed test left: now, not at its lease's end
-        chaos.recover(experiment)
-    chaos.close()
 
 
 def apply(session: ChaosSession, kind: str, on: NetTarget, **params):

@@ -7,7 +7,6 @@ does not depend on the daemon's word, nor on what the busybox image offers.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -29,59 +28,20 @@ from tests.support.network_bed import (
     udp_probe,
     udp_send,
 )
-from tests.support.targets import container_init_pid, wait_for
+from tests.support.pods import busybox_pods, pod_target
+from tests.support.targets import wait_for
 
 NAMESPACE = "chaos-e2e-net"
 PORT = 7200
-MANIFEST = """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: chaos-e2e-net
----
-""" + "---\n".join(f"""
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: chaos-e2e-net
-  labels: {{app: {name}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - {{name: main, image: localhost/pytest-chaos/busybox:1, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
-""" for name in ("net-a", "net-b", "net-c"))
 
 
-def selector(name: str) -> dict:
-    return {"namespaces": [NAMESPACE], "labelSelectors": {"app": name}}
-
-
-def pod_target(kube, name: str) -> NetTarget:
-    pod = json.loads(kube.kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "json"))
-    container_id = pod["status"]["containerStatuses"][0]["containerID"]
-    pid = container_init_pid(container_id)
-    return NetTarget(container_id, pid, pod["status"]["podIP"], f"/proc/{pid}/ns/net", selector(name), name=name)
 
 
 @pytest.fixture(scope="module")
 def pods(kube, tmp_path_factory):
-    manifest = tmp_path_factory.mktemp("network") / "pods.yaml"
-    manifest.write_text(MANIFEST)
-    kube.kubectl("apply", "-f", str(manifest))
-    kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
-    kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")
-    yield {name: pod_target(kube, name) for name in ("net-a", "net-b", "net-c")}
-    kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
+    with busybox_pods(kube, NAMESPACE, ("net-a", "net-b", "net-c"), tmp_path_factory.mktemp("network")) as pods:
+        yield pods
 
-
-@pytest.fixture
-def session(kube):
-    chaos = ChaosSession(kube.backend(), seed=1)
-    yield chaos
-    for _, experiment in chaos.experiments:  # what a failed test left: now, not at its lease's end
-        chaos.recover(experiment)
-    chaos.close()
 
 
 @pytest.fixture
@@ -174,7 +134,7 @@ def test_rules_are_removed_after_the_target_container_restarted_in_its_pod(sessi
 
 def _restarted(kube, name: str, old_pid: int) -> NetTarget | None:
     try:
-        target = pod_target(kube, name)
+        target = pod_target(kube, NAMESPACE, name)
     except (KeyError, LookupError):
         return None
     return target if target.pid not in (0, old_pid) else None
@@ -200,7 +160,7 @@ spec:
 """)
         kube.kubectl("apply", "-f", str(manifest))
         kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/dns-client", "--timeout=120s")
-        client = pod_target(kube, "dns-client")
+        client = pod_target(kube, NAMESPACE, "dns-client")
         assert dns_query(client, server.ip, "db.example.com")["addresses"] == ["10.9.9.9"]
         before = snapshot(client)
         experiment = apply(session, "dns", client, action="error", patterns=["db.example.com"])

@@ -8,67 +8,26 @@ measured by the client, from outside the daemon.
 
 from __future__ import annotations
 
-import json
 import statistics
 
 import pytest
 
 from pytest_chaos.session import ChaosSession
 from tests.support.network_bed import NetTarget, measured, snapshot
-from tests.support.targets import container_init_pid
+from tests.support.pods import busybox_pods
 from tests.test_tcp_toxics import Server, client
 
 NAMESPACE = "chaos-e2e-tcp"
 PORT = 7310
-MANIFEST = """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: chaos-e2e-tcp
----
-""" + "---\n".join(f"""
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: chaos-e2e-tcp
-  labels: {{app: {name}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - {{name: main, image: localhost/pytest-chaos/busybox:1, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
-""" for name in ("tcp-server", "tcp-client"))
 
 
-def selector(name: str) -> dict:
-    return {"namespaces": [NAMESPACE], "labelSelectors": {"app": name}}
-
-
-def pod_target(kube, name: str) -> NetTarget:
-    pod = json.loads(kube.kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "json"))
-    container_id = pod["status"]["containerStatuses"][0]["containerID"]
-    pid = container_init_pid(container_id)
-    return NetTarget(container_id, pid, pod["status"]["podIP"], f"/proc/{pid}/ns/net", selector(name), name=name)
 
 
 @pytest.fixture(scope="module")
 def pods(kube, tmp_path_factory):
-    manifest = tmp_path_factory.mktemp("tcp") / "pods.yaml"
-    manifest.write_text(MANIFEST)
-    kube.kubectl("apply", "-f", str(manifest))
-    kube.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
-    kube.kubectl("-n", "chaos-testing", "rollout", "status", "daemonset/chaos-daemon", "--timeout=180s")
-    yield pod_target(kube, "tcp-server"), pod_target(kube, "tcp-client")
-    kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
+    with busybox_pods(kube, NAMESPACE, ("tcp-server", "tcp-client"), tmp_path_factory.mktemp("tcp")) as pods:
+        yield pods["tcp-server"], pods["tcp-client"]
 
-
-@pytest.fixture
-def session(kube):
-    chaos = ChaosSession(kube.backend(), seed=1)
-    yield chaos
-    for _, experiment in chaos.experiments:
-        chaos.recover(experiment)
-    chaos.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from pytest_chaos.session import ChaosSession
 from tests.support.targets import container_init_pid, wait_for
 
 NAMESPACE = "chaos-e2e-time"
@@ -64,14 +63,6 @@ def clock_pod(kube, tmp_path_factory) -> int:
     yield pid
     kube.kubectl("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found")
 
-
-@pytest.fixture
-def session(kube):
-    chaos = ChaosSession(kube.backend(), seed=1)
-    yield chaos
-    for _, experiment in chaos.experiments:  # what a failed test left: now, not at its lease's end
-        chaos.recover(experiment)
-    chaos.close()
 
 
 def daemon_process(container_id: str) -> int:
