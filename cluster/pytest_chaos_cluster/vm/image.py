@@ -51,7 +51,7 @@ GUEST_PYTHON = "3.11"  # bookworm's python3
 PACKAGES = ("linux-image-amd64", "initramfs-tools", "kmod", "python3", "python3-venv", "iproute2", "iptables",
             "procps", "util-linux", "stress-ng", "runc", "busybox-static", "iputils-ping")
 #: Test dependencies from the project's ``dev`` extra that the guest's venv gets too.
-TEST_EXTRAS = ("pytest-timeout", "dnspython")
+TEST_EXTRAS = ("pytest-timeout", "dnspython", "hypothesis")
 
 #: Bumped when the steps below change what an image holds.
 FORMAT = 2
