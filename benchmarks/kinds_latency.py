@@ -6,8 +6,11 @@ as the baseline. Targets run the same loop, ``sh -c 'while true; do sleep
 1000 & wait; done'``, so process-kill (``^sleep 1000$``) has a process to kill
 each round and the loop starts another. container-kill and pod-kill end
 their target, so they run once per target, on targets of their own. The
-local targets are containerd containers; the cluster's are pods in a
-namespace the benchmark creates and deletes.
+local targets are containerd containers (on the tests' network bed, in a
+network namespace of their own); the cluster's are pods in a namespace the
+benchmark creates and deletes. The proxy kinds (tcp-*, http-*) redirect a
+port nothing serves: what they cost is the redirect and the proxy's start.
+pod-failure, of the kubernetes backend alone, is measured on the cluster.
 
 Run as root with the cluster up and the daemon deployed (scripts/setup.sh):
     python3 -m benchmarks.kinds_latency [--rounds 10] [--kill-targets 3]
@@ -31,6 +34,7 @@ from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.embedded import EmbeddedDaemon
 from pytest_chaos.session import ChaosSession
 from pytest_chaos_cluster.settings import Layout
+from tests.support.network_bed import NetworkBed
 from tests.support.targets import Targets, make_busybox_rootfs
 
 LOOP = "while true; do sleep 1000 & wait; done"
@@ -40,16 +44,24 @@ KINDS = {
     "container-pause": {},
     "stress": {"stressors": {"cpu": {"workers": 1, "load": 10}}},
     "process-kill": {"process": "^sleep 1000$"},
+    "time": {"time_offset": "-2h"},
+    # The proxy kinds on a port nothing serves: what is measured is setting the redirect and the proxy up.
+    "tcp-latency": {"port": 8080, "latency": 10},
+    "tcp-down": {"port": 8080},
+    "http-delay": {"target": "Request", "port": 8080, "delay": "100ms"},
 }
+# Kinds of the kubernetes backend alone, measured on the cluster only.
+CLUSTER_ONLY = {"pod-failure": {"duration": "60s"}}
 
 
-def measure(session: ChaosSession, selector: dict, rounds: int, settle: Callable[[], None]) -> dict[str, tuple[float, float]]:
-    samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
-    for kind, params in KINDS.items():  # warm-up
+def measure(session: ChaosSession, selector: dict, rounds: int, settle: Callable[[], None],
+            kinds: dict[str, dict] = KINDS) -> dict[str, tuple[float, float]]:
+    samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    for kind, params in kinds.items():  # warm-up
         apply_and_recover(session, kind, selector, params)
         settle()
     for _ in range(rounds):
-        for kind, params in KINDS.items():
+        for kind, params in kinds.items():
             samples[kind].append(apply_and_recover(session, kind, selector, params))
             settle()
     return {kind: (statistics.median(a for a, _ in s), statistics.median(r for _, r in s)) for kind, s in samples.items()}
@@ -71,6 +83,7 @@ def main() -> int:
     cluster = ChaosSession(KubernetesBackend(kubeconfig=args.kubeconfig), seed=0)
     rootfs = tempfile.mkdtemp(prefix="bench-rootfs-")
     targets = Targets(make_busybox_rootfs(rootfs))
+    bed = NetworkBed()
     pods = ["loop"] + [f"kill-{i}" for i in range(args.kill_targets)] + [f"gone-{i}" for i in range(args.kill_targets)]
     manifest = "\n---\n".join(
         f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec:\n"
@@ -82,9 +95,11 @@ def main() -> int:
         kube(kubectl, "create", "namespace", NAMESPACE)
         subprocess.run([*kubectl, "apply", "-f", "-"], input=manifest, text=True, check=True, capture_output=True)
         kube(kubectl, "-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
-        loop_container = targets.containerd("sh", "-c", LOOP)
-        rows["local"] = measure(local, {"containers": [loop_container]}, args.rounds, lambda: time.sleep(0.05))
-        rows["cluster"] = measure(cluster, {"pods": {NAMESPACE: ["loop"]}}, args.rounds, lambda: time.sleep(0.05))
+        # On the tests' network bed: the network kinds act only in a network namespace of the target's own.
+        loop_container = bed.containerd("sh", "-c", LOOP).selector
+        rows["local"] = measure(local, loop_container, args.rounds, lambda: time.sleep(0.05))
+        rows["cluster"] = measure(cluster, {"pods": {NAMESPACE: ["loop"]}}, args.rounds, lambda: time.sleep(0.05),
+                                  {**KINDS, **CLUSTER_ONLY})
         kill_local = [targets.containerd("sh", "-c", LOOP) for _ in range(args.kill_targets)]
         rows["local"]["container-kill"] = statistics.median(
             apply_and_recover(local, "container-kill", {"containers": [c]}, {})[0] for c in kill_local)
@@ -98,6 +113,7 @@ def main() -> int:
         cluster.close()
         daemon.stop()
         targets.close()
+        bed.close()
         shutil.rmtree(rootfs, ignore_errors=True)
         subprocess.run([*kubectl, "delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found"],
                        capture_output=True)
