@@ -265,8 +265,9 @@ class Soak:
 
     def look(self, target: Any) -> dict[str, Any]:
         """What a fault could change in ``target``, as seen from outside the daemon."""
+        from pytest_chaos_daemon.confinement import freezer
         from pytest_chaos_daemon.errors import DaemonError
-        from pytest_chaos_daemon.faults import container_pause, vdso
+        from pytest_chaos_daemon.faults import vdso
 
         from tests.support.network_bed import snapshot
 
@@ -276,7 +277,7 @@ class Soak:
             clock = "own"
         except DaemonError as err:  # "already has its clocks shifted" when a patch is left
             clock = err.message
-        return {"network": snapshot(target), "paused": container_pause.paused(pid), "clock": clock}
+        return {"network": snapshot(target), "paused": freezer.paused(pid), "clock": clock}
 
     def run(self) -> bool:
         started = 0

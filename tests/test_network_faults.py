@@ -10,6 +10,7 @@ computed from the requested rate, never a tolerance picked to pass.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import statistics
@@ -19,6 +20,7 @@ import sys
 import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.confinement import procfs
 
 from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.session import ChaosSession
@@ -529,3 +531,31 @@ def test_the_run_seed_repeats_each_packets_fate(start_daemon, network_bed):
         finally:
             session.close()
     assert received[0] == received[1]
+
+
+@pytest.mark.parametrize("kind, params", [("network-delay", {"latency": "20ms"}), ("dns", {"action": "error"})],
+                         ids=["queue", "responder"])
+def test_a_fault_whose_program_is_frozen_with_its_paused_target_still_recovers(session, network_bed, kind, params):
+    """The daemon's programs run in the target's cgroups, so pausing the target freezes them too; under a v1
+    freezer a SIGKILL then waits for the thaw. Recovering the fault meanwhile must still end its program
+    (found by the soak: a network-corrupt whose lease ran out on a paused target failed its recovery)."""
+    target, peer = network_bed.containerd(resolv_conf=f"nameserver {network_bed.gateway}\n"), network_bed.process()
+    before = snapshot(target)
+    extra = {"target": peers(peer)} if kind != "dns" else {}
+    fault = apply(session, kind, target, **params, **extra)
+    programs = [pid for pid in programs_of(target) if pid != target.pid]
+    assert programs, "the fault runs a program in the target's cgroups"
+    paused = apply(session, "container-pause", target)
+    session.recover(fault)
+    assert fault.outcome == "recovered", fault.summary()
+    assert not [pid for pid in programs if os.path.exists(f"/proc/{pid}")], "its program outlived the recovery"
+    session.recover(paused)
+    assert snapshot(target) == before
+
+
+def programs_of(target) -> list[int]:
+    """The processes in the target's cgroup (v1: its freezer cgroup), the target's own included."""
+    membership = next(m for m in procfs.read_cgroups(target.pid) if "freezer" in m.controllers or m.v2)
+    directory = procfs.cgroup_dir(membership, procfs.cgroup_mounts())
+    with open(os.path.join(directory, "cgroup.procs")) as f:
+        return [int(line) for line in f if line.strip()]

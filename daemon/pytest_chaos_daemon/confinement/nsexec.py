@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import DeadlineExceeded, FailedPrecondition
-from . import procfs
+from . import freezer, procfs
 from .target import NAMESPACES, Confinement, HeldTarget, cgroups_of, confinement, v2_cgroup
 from .tracking import HIERARCHY, Probe, ProbeTracker, kill_cgroup
 
@@ -169,7 +169,13 @@ class ChildProcesses:
             deadline = time.monotonic() + STOP_WAIT_S
             while _program_of(started.process.pid, real) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-        killed = self.tracker.discard(cgroup)
+        killed = self.tracker.discard(cgroup, wait_s=0)
+        # The killed leave their cgroup a moment later (longer on a loaded machine): wait here, without blocking
+        # the daemon, and kill again what is still there, until the cgroup is gone.
+        deadline = time.monotonic() + STOP_WAIT_S
+        while os.path.isdir(real) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            killed += self.tracker.discard(cgroup, wait_s=0)
         if started is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(started.process.pid, signal.SIGKILL)
@@ -356,7 +362,9 @@ class Confiner:
 
     async def stop(self, cgroup: str) -> int:
         """Kill everything ``start`` left running in ``cgroup`` (or a daemon that is gone did) and remove the
-        cgroup; how many processes it held."""
+        cgroup; how many processes it held. Programs of a target paused meanwhile are frozen with it: they are
+        taken out of a v1 freezer first, or they would die only when it thaws."""
+        freezer.release_from_v1_freezer(self.members(cgroup))
         try:
             return await self.children.stop(cgroup)
         except ValueError as err:  # a journaled path that is not a tracking cgroup: touch nothing

@@ -52,6 +52,8 @@ HIERARCHY = "name=pytest-chaos-probes"
 DEFAULT_MOUNT_POINT = "/run/pytest-chaos/probes"
 NAMED_V1, V2_SUBTREE = "cgroup-v1-named", "cgroup-v2"
 KILL_ROUNDS = 200
+# How long a synchronous removal waits for killed processes to leave their cgroup.
+RMDIR_WAIT_S = 0.5
 MNT_DETACH = 2
 # A probe cgroup of the named hierarchy, relative to the mount point: d-<instance key>/p-<n>.
 _PROBE_PATH = re.compile(r"d-[0-9]+-[0-9]+-[0-9]+/p-[0-9]+")
@@ -111,10 +113,11 @@ class ProbeTracker:
         os.close(probe.dir_fd)
         self._probes.pop(probe.path, None)
 
-    def discard(self, path: str) -> int:
+    def discard(self, path: str, wait_s: float = RMDIR_WAIT_S) -> int:
         """Kill what is left in the probe cgroup named ``path`` (this daemon's, or one a daemon that is gone
-        journaled) and remove it; return how many processes were signalled."""
-        killed = _remove_tree(self.real(path))
+        journaled) and remove it, waiting up to ``wait_s`` for the killed to leave it (a caller that can wait
+        without blocking passes 0 and calls again); return how many processes were signalled."""
+        killed = _remove_tree(self.real(path), wait_s)
         probe = self._probes.pop(path, None)
         if probe is not None:
             os.close(probe.dir_fd)
@@ -308,6 +311,7 @@ def _detach(mount_point: str) -> None:
         raise OSError(err, f"umount -l {mount_point}: {os.strerror(err)}")
 
 
+
 def kill_cgroup(path: str) -> int:
     """SIGKILL every process in the cgroup at ``path`` until none is left; return how many were signalled.
     cgroup v2's ``cgroup.kill`` takes the whole subtree at once; elsewhere each process is signalled."""
@@ -335,29 +339,34 @@ def kill_cgroup(path: str) -> int:
     return len(signalled)
 
 
-def _remove_tree(path: str) -> int:
+def _remove_tree(path: str, wait_s: float = RMDIR_WAIT_S) -> int:
     """Kill everything in the cgroup ``path`` and below (a target may have made cgroups in its probe), then
     remove it, children first; return how many processes were signalled."""
     killed = kill_cgroup(path)
     with contextlib.suppress(OSError):
         for entry in os.scandir(path):
             if entry.is_dir(follow_symlinks=False):
-                killed += _remove_tree(entry.path)
-    _rmdir(path)
+                killed += _remove_tree(entry.path, wait_s)
+    _rmdir(path, wait_s)
     return killed
 
 
-def _rmdir(path: str) -> None:
-    # A killed process leaves its cgroup a moment after the signal.
-    for _ in range(100):
+def _rmdir(path: str, wait_s: float = RMDIR_WAIT_S) -> None:
+    # A killed process leaves its cgroup a moment after the signal: longer on a loaded machine, or for a
+    # process with much memory to free.
+    deadline = time.monotonic() + wait_s
+    while True:
         try:
             os.rmdir(path)
             return
         except FileNotFoundError:
             return
         except OSError:
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.005)
-    log(logging.WARNING, "could not remove a probe cgroup", path=path)
+    if wait_s:
+        log(logging.WARNING, "could not remove a probe cgroup", path=path)
 
 
 def _is_mounted(mount_point: str) -> bool:

@@ -10,7 +10,6 @@ its start time first, so a recycled PID is never touched).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 from ..api.v1 import chaos_daemon_pb2 as pb
 from ..confinement import procfs
+from ..confinement.freezer import FREEZER_V1, FREEZER_V2
 from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, NotFound, PermissionDenied
 from ..lifecycle.journal import Record
@@ -25,7 +25,7 @@ from .base import FaultContext, Plan
 from .process_list import ProcessRow
 
 FREEZE_TIMEOUT_S = 10.0
-FREEZER_V1, FREEZER_V2, SIGSTOP = "cgroup v1 freezer", "cgroup v2 freezer", "SIGSTOP to the process and its descendants"
+SIGSTOP = "SIGSTOP to the process and its descendants"
 
 
 class ContainerPause:
@@ -113,66 +113,6 @@ def _freezer_dir(undo: dict[str, Any], mechanism: str) -> str | None:
                                  f"cannot thaw {undo['path']}")
     control = "freezer.state" if mechanism == FREEZER_V1 else "cgroup.freeze"
     return directory if os.path.exists(os.path.join(directory, control)) else None
-
-
-def paused(pid: int) -> str | None:
-    """How the process ``pid`` is paused, if it is: frozen (``frozen``), or stopped by a signal; None when it runs."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-    return frozen(pid) or ("stopped by a signal (SIGSTOP)" if state in ("T", "t") else None)
-
-
-def frozen(pid: int) -> str | None:
-    """Which freezer cgroup holds the process ``pid`` frozen, its own or an ancestor's (container-pause,
-    ``docker pause``, ...), if one does. A frozen process can be neither stopped nor ptraced until thawed."""
-    try:
-        memberships = procfs.read_cgroups(pid)
-    except OSError:
-        return None
-    mounts = procfs.cgroup_mounts()
-    for membership in memberships:
-        directory = procfs.cgroup_dir(membership, mounts)
-        if directory is None:
-            continue
-        if "freezer" in membership.controllers:  # freezer.state says FROZEN for an ancestor's freeze too
-            if _read(os.path.join(directory, "freezer.state")) in ("FROZEN", "FREEZING"):
-                return f"frozen by the {FREEZER_V1} ({membership.path})"
-        elif membership.v2 and "frozen 1" in _read(os.path.join(directory, "cgroup.events")).splitlines():
-            return f"frozen by the {FREEZER_V2} ({membership.path})"
-    return None
-
-
-def release_from_v1_freezer(pids: set[int]) -> int:
-    """Move ``pids`` that a v1 freezer holds to the freezer hierarchy's root (never frozen), where they thaw, so
-    a SIGKILL meant for them lands now rather than whenever the target is thawed. (A v2 freezer lets a fatal
-    signal through, so it needs nothing.) How many were moved."""
-    mounts = procfs.cgroup_mounts()
-    root = procfs.cgroup_dir(procfs.CgroupMembership(frozenset({"freezer"}), "/"), mounts)
-    moved = 0
-    for pid in pids:
-        try:
-            membership = next(m for m in procfs.read_cgroups(pid) if "freezer" in m.controllers)
-        except (OSError, StopIteration):
-            continue
-        directory = procfs.cgroup_dir(membership, mounts)
-        if root is None or directory is None or _read(os.path.join(directory, "freezer.state")) == "THAWED":
-            continue
-        with contextlib.suppress(OSError):  # gone meanwhile
-            with open(os.path.join(root, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
-            moved += 1
-    return moved
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 async def _freeze(cgroup: str, mechanism: str, frozen: bool) -> None:

@@ -34,11 +34,10 @@ from ..api.contract import (
     vm_bytes,
 )
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..confinement import procfs
+from ..confinement import freezer, procfs
 from ..confinement.target import HeldTarget
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..lifecycle.journal import Record
-from . import container_pause
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 
@@ -118,11 +117,7 @@ class Stress:
 
     async def recover(self, ctx: FaultContext, record: Record) -> str:
         cgroup, tag = record.plan["cgroup"], record.plan["tag"]
-        members = ctx.confiner.members(cgroup)
-        running = len(_stress_ng_among(members))
-        # Stressors of a target paused meanwhile (container-pause) are frozen with it: out of the freezer first,
-        # or they would die only when it thaws.
-        container_pause.release_from_v1_freezer(members)
+        running = len(_stress_ng_among(ctx.confiner.members(cgroup)))
         await ctx.confiner.stop(cgroup)
         # Checked from /proc, not taken from the kill: a recovery that missed them must not pass.
         left = tagged_stressors(tag)
@@ -222,7 +217,7 @@ def _stress_ng() -> str:
 def _refuse_paused(pid: int, description: str) -> None:
     """Stressors started in a paused target would be paused with it and never run: stress composes with
     container-pause only when applied first (its stressors then pause and resume with the target)."""
-    how = container_pause.paused(pid)
+    how = freezer.paused(pid)
     if how is not None:
         raise FailedPrecondition(f"target {description} is paused ({how}): stress-ng would never run there; "
                                  "apply stress before pausing it, or recover the pause first")

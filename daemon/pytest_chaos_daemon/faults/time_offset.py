@@ -28,11 +28,11 @@ from typing import Any
 
 from ..api.contract import CLOCK_IDS, DEFAULT_CLOCK_IDS, MAX_TIME_OFFSET_NS, check_time_offset, clock_mask
 from ..api.v1 import chaos_daemon_pb2 as pb
-from ..confinement import confine, procfs, target_files, timeshift
+from ..confinement import confine, freezer, procfs, target_files, timeshift
 from ..confinement.target import HeldTarget
 from ..errors import DaemonError, FailedPrecondition, InvalidArgument, NotFound
 from ..lifecycle.journal import Record
-from . import container_pause, vdso
+from . import vdso
 from .base import FaultContext, Plan
 from .process_list import ProcessRow
 
@@ -69,7 +69,7 @@ class TimeOffset:
 
     async def plan(self, ctx: FaultContext, target: HeldTarget, params: dict[str, Any]) -> Plan:
         _helper()
-        if (how := container_pause.frozen(target.pid)) is not None:  # a frozen process cannot be ptrace-stopped
+        if (how := freezer.frozen(target.pid)) is not None:  # a frozen process cannot be ptrace-stopped
             raise FailedPrecondition(f"target {target.description} is paused ({how}): its clocks cannot be shifted "
                                      "while it is frozen; apply time before pausing it, or recover the pause first")
         layouts = await target_files.run(lambda: _plan_processes(target),
