@@ -246,8 +246,9 @@ class Soak:
         self.workdir = tempfile.mkdtemp(prefix="pytest-chaos-soak-")
         self.bed = NetworkBed()
         try:
-            self.targets = [self.bed.process() for _ in range(pids)] + [self.bed.containerd()
-                                                                        for _ in range(containers)]
+            resolv_conf = f"nameserver {self.bed.gateway}\n"  # dns forwards other names there (nothing answers)
+            self.targets = [self.bed.process(resolv_conf=resolv_conf) for _ in range(pids)] + [
+                self.bed.containerd(resolv_conf=resolv_conf) for _ in range(containers)]
             self.before = {t.container_id: self.look(t) for t in self.targets}
             self.daemon = Daemon(self.workdir)
         except BaseException:
