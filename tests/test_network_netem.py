@@ -58,7 +58,8 @@ def test_each_sections_correlation_is_netems_and_the_queue_refuses_it_naming_it(
     session = emulating
     target, peer = network_bed.process(), network_bed.process()
     before = snapshot(target)
-    params = dict(target=peers(peer), delay={"latency": "50ms", "correlation": "25"},
+    # netem correlates a delay's jitter (with none, a correlation changes nothing, and tc shows none).
+    params = dict(target=peers(peer), delay={"latency": "50ms", "jitter": "10ms", "correlation": "25"},
                   duplicate={"duplicate": "10", "correlation": "50"})
     if emulation == "queue":
         with pytest.raises(Exception, match=r"delay.correlation 25 .* and duplicate.correlation 50 .*needs netem"):
@@ -67,7 +68,7 @@ def test_each_sections_correlation_is_netems_and_the_queue_refuses_it_naming_it(
         return
     experiment = apply(session, "network-netem", target, **params)
     qdisc = target.run("tc", "qdisc", "show", "dev", "eth0", check=True).stdout
-    assert re.search(r"netem .*delay 50ms +25%.* duplicate 10% 50%", qdisc), qdisc
+    assert re.search(r"netem .*delay 50ms +10ms +25%.* duplicate 10% 50%", qdisc), qdisc
     session.recover(experiment)
     assert snapshot(target) == before
 
