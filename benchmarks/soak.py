@@ -500,8 +500,11 @@ def main() -> int:
     print(table(report(soak, time.monotonic() - begun)))
     for line in soak.left + [f"recovery failed: {f}" for f in soak.failures()] + soak.lost:
         print(f"  {line}")
-    shutil.rmtree(soak.workdir, ignore_errors=True)
-    return 0 if clean else 1
+    if clean:
+        shutil.rmtree(soak.workdir, ignore_errors=True)
+        return 0
+    print(f"  the daemon's log and journal are kept for a look: {soak.workdir}")
+    return 1
 
 
 @contextlib.contextmanager
