@@ -486,7 +486,7 @@ def main() -> int:
         return runner_main()
     if os.geteuid() != 0:
         parser.error("run as root: the daemon enters namespaces, the bed makes them")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM too cleans up (the bed, the daemon)
+    signal.signal(signal.SIGTERM, _terminated)  # SIGTERM too cleans up (the bed, the daemon)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     experiments = args.experiments or (SHORT if args.short else FULL)
     print(f"soak: {experiments} experiments, seed {seed} (again: --seed {seed})", file=sys.stderr, flush=True)
@@ -505,6 +505,13 @@ def main() -> int:
         return 0
     print(f"  the daemon's log and journal are kept for a look: {soak.workdir}")
     return 1
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """End as an ordinary run ends, cleaning up; a second SIGTERM (a wrapper passing its own on) must not cut
+    that cleanup short, so it is ignored from here on."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
 
 
 @contextlib.contextmanager
