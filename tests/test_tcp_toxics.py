@@ -32,7 +32,7 @@ from pytest_chaos.errors import ChaosError, ChaosSpecError
 from pytest_chaos.kinds import KINDS
 from pytest_chaos.session import ChaosSession
 from tests.support.binomial import binomial_interval
-from tests.support.network_bed import NetTarget, NetworkBed, measured, snapshot
+from tests.support.network_bed import NetTarget, NetworkBed, ScriptServer, measured, snapshot
 from tests.support.targets import running, wait_for
 
 PORT = 7300
@@ -242,19 +242,10 @@ class Server(Endpoint):
 
     def __init__(self, target: NetTarget, port: int = PORT) -> None:
         super().__init__(target, port)
-        self.process = subprocess.Popen(["nsenter", f"--net={target.netns_path}", sys.executable, "-I", "-c", SERVER,
-                                         target.ip, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+        self.script = ScriptServer(target, SERVER, target.ip, str(port))
 
     def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.script.stop()
 
 
 def client(source: NetTarget, tool: str, server: Endpoint, timeout: float = 120, **args) -> dict:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
-from tests.support.network_bed import NetTarget
+from tests.support.network_bed import NetTarget, ScriptServer
 
 PORT = 7400
 PROGRAM = "pytest_chaos_daemon.programs.http_proxy"
@@ -72,22 +71,11 @@ print(json.dumps(results))
 '''
 
 
-class Server:
-    def __init__(self, target: NetTarget) -> None:
-        self.target = target
-        self.process = subprocess.Popen(["nsenter", f"--net={target.netns_path}", sys.executable, "-I", "-c", SERVER,
-                                         target.ip, str(PORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+class Server(ScriptServer):
+    """``SERVER`` serving HTTP on ``target``'s ``PORT`` until ``stop``."""
 
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def __init__(self, target: NetTarget) -> None:
+        super().__init__(target, SERVER, target.ip, str(PORT))
 
 
 def requests(client: NetTarget, server: NetTarget, *requests: tuple, **options: object) -> list[dict]:

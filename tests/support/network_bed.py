@@ -460,6 +460,26 @@ def forward_may_drop(forward_rules: Sequence[str]) -> bool:
 # -- traffic tools ------------------------------------------------------------------
 
 
+class ScriptServer:
+    """A Python ``script`` a test brings (``python -I -c``), serving in ``target``'s network namespace until
+    ``stop`` closes its stdin; it prints ``ready`` once it listens."""
+
+    def __init__(self, target: NetTarget, script: str, *args: str) -> None:
+        self.target = target
+        self.process = subprocess.Popen(["nsenter", f"--net={target.netns_path}", sys.executable, "-I", "-c", script,
+                                         *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def udp_echo_server(target: NetTarget, port: int) -> Background:
     """Echo every UDP datagram to ``target.ip:port`` back to its sender, until the bed closes."""
     return _bed(target)._start(Background, target, "echo", ip=target.ip, port=port)
