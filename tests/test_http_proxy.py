@@ -34,6 +34,9 @@ from pytest_chaos_daemon.programs import transparent_proxy as tp
 from pytest_chaos.api.http_rule import RuleError, check_rule, glob_matches, merge_patch
 from tests.support.targets import require
 
+# The proxy runs as the daemon runs it: its upstream socket is marked (SO_MARK needs CAP_NET_ADMIN).
+pytestmark = pytest.mark.needs_root
+
 FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

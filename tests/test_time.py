@@ -28,7 +28,8 @@ from pytest_chaos_daemon.faults import vdso
 
 from tests.support.targets import CONTAINERD_NAMESPACE, container_init_pid, make_busybox_rootfs, require, run
 
-pytestmark = pytest.mark.usefixtures("_root_only")
+# The helper is built, and the processes it patches are ptraced, as root.
+pytestmark = pytest.mark.needs_root
 PYTHON = "/usr/bin/python3"  # the node's Python: a container gets it by a read-only bind of /usr
 PERIOD_S = 0.2
 SEEN_WITHIN_S = 2.0  # the bound from apply (or recovery) to the program's clock reading shifted (or not)
