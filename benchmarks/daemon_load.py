@@ -53,10 +53,10 @@ def faults(target_id: str, index: int) -> list[tuple[str, pb.ApplyRequest]]:
         return injection_id, message
 
     chosen = [request("delay", network_delay=pb.NetworkDelay(latency={"nanos": 20_000_000})),
-              request("dns", dns=pb.Dns(action=pb.Dns.ACTION_ERROR, patterns=["example.*"])),
-              request("pause", container_pause=pb.ContainerPause())]
-    if index < STRESSED:
+              request("dns", dns=pb.Dns(action=pb.Dns.ACTION_ERROR, patterns=["example.*"]))]
+    if index < STRESSED:  # before the pause: stress on a paused target is refused (docs/lifecycle.md)
         chosen.append(request("stress", stress=pb.Stress(memory=pb.Stress.Memory(workers=1, size="16MB"))))
+    chosen.append(request("pause", container_pause=pb.ContainerPause()))
     return chosen
 
 
