@@ -554,8 +554,11 @@ def test_a_fault_whose_program_is_frozen_with_its_paused_target_still_recovers(s
 
 
 def programs_of(target) -> list[int]:
-    """The processes in the target's cgroup (v1: its freezer cgroup), the target's own included."""
+    """The processes in the target's cgroup and below (v1: its freezer cgroup; v2: the daemon's programs run in a
+    child of it), the target's own included."""
     membership = next(m for m in procfs.read_cgroups(target.pid) if "freezer" in m.controllers or m.v2)
-    directory = procfs.cgroup_dir(membership, procfs.cgroup_mounts())
-    with open(os.path.join(directory, "cgroup.procs")) as f:
-        return [int(line) for line in f if line.strip()]
+    found = []
+    for directory, _, _ in os.walk(procfs.cgroup_dir(membership, procfs.cgroup_mounts())):
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            found += [int(line) for line in f if line.strip()]
+    return found
