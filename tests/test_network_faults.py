@@ -56,6 +56,14 @@ def session(daemon):
     yield from session_of(daemon)
 
 
+@pytest.fixture
+def queue_session(start_daemon):
+    """A session whose daemon makes the netem kinds with the packet queue, which runs a program, even where the
+    kernel has netem (which runs none)."""
+    yield from session_of(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
+                                       "--network-emulation", "queue"))
+
+
 def session_of(daemon):
     backend = LocalBackend(lambda: daemon.address)
     chaos = ChaosSession(backend, seed=1)
@@ -535,10 +543,12 @@ def test_the_run_seed_repeats_each_packets_fate(start_daemon, network_bed):
 
 @pytest.mark.parametrize("kind, params", [("network-delay", {"latency": "20ms"}), ("dns", {"action": "error"})],
                          ids=["queue", "responder"])
-def test_a_fault_whose_program_is_frozen_with_its_paused_target_still_recovers(session, network_bed, kind, params):
+def test_a_fault_whose_program_is_frozen_with_its_paused_target_still_recovers(queue_session, network_bed, kind,
+                                                                               params):
     """The daemon's programs run in the target's cgroups, so pausing the target freezes them too; under a v1
     freezer a SIGKILL then waits for the thaw. Recovering the fault meanwhile must still end its program
     (found by the soak: a network-corrupt whose lease ran out on a paused target failed its recovery)."""
+    session = queue_session
     target, peer = network_bed.containerd(resolv_conf=f"nameserver {network_bed.gateway}\n"), network_bed.process()
     before = snapshot(target)
     extra = {"target": peers(peer)} if kind != "dns" else {}
