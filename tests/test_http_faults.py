@@ -21,11 +21,11 @@ import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
-from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.kinds import KINDS
 from pytest_chaos.session import ChaosSession
 from tests.support.http_traffic import CLIENT, PORT, Server, echoed, proxies_in, requests
 from tests.support.network_bed import NetTarget, measured, snapshot
+from tests.support.sessions import local_session
 from tests.support.targets import wait_for
 
 
@@ -36,11 +36,7 @@ def daemon(start_daemon):
 
 @pytest.fixture
 def session(daemon):
-    chaos = ChaosSession(LocalBackend(lambda: daemon.address), seed=1)
-    yield chaos
-    for _, experiment in chaos.experiments:
-        chaos.recover(experiment)
-    chaos.close()
+    yield from local_session(daemon, seed=1)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from tests.support.network_bed import (
     udp_receiver,
     udp_send,
 )
+from tests.support.sessions import local_session
 from tests.support.targets import running, wait_for
 
 PORT = 7100
@@ -53,24 +54,17 @@ def daemon(start_daemon):
 
 @pytest.fixture
 def session(daemon):
-    yield from session_of(daemon)
+    yield from local_session(daemon)
 
 
 @pytest.fixture
 def queue_session(start_daemon):
     """A session whose daemon makes the netem kinds with the packet queue, which runs a program, even where the
     kernel has netem (which runs none)."""
-    yield from session_of(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
+    yield from local_session(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
                                        "--network-emulation", "queue"))
 
 
-def session_of(daemon):
-    backend = LocalBackend(lambda: daemon.address)
-    chaos = ChaosSession(backend, seed=1)
-    yield chaos
-    for _, experiment in chaos.experiments:  # what a failed test left: now, not at its lease's end
-        chaos.recover(experiment)
-    chaos.close()
 
 
 def pytest_generate_tests(metafunc):
@@ -83,7 +77,7 @@ def pytest_generate_tests(metafunc):
 def emulating(start_daemon, emulation):
     """A session whose daemon makes the netem kinds with ``emulation``: netem, or the packet queue."""
     # "netem" runs the daemon's default, auto: netem where the device's qdisc is free, the queue where not.
-    yield from session_of(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
+    yield from local_session(start_daemon("--allow-pid-targets", "--containerd-namespace", "*",
                                        "--network-emulation", "auto" if emulation == "netem" else emulation))
 
 

@@ -27,12 +27,12 @@ from pytest_chaos_daemon.confinement import procfs
 from pytest_chaos_daemon.programs.tcp_proxy import Toxic, build_parser, toxic_argv
 from pytest_chaos_daemon.programs.transparent_proxy import MAX_CONNECTIONS, proxy_argv
 
-from pytest_chaos.backends.local import LocalBackend
 from pytest_chaos.errors import ChaosError, ChaosSpecError
 from pytest_chaos.kinds import KINDS
 from pytest_chaos.session import ChaosSession
 from tests.support.binomial import binomial_interval
 from tests.support.network_bed import NetTarget, NetworkBed, ScriptServer, measured, snapshot
+from tests.support.sessions import local_session
 from tests.support.targets import running, wait_for
 
 PORT = 7300
@@ -279,11 +279,7 @@ def daemon(start_daemon):
 
 @pytest.fixture
 def session(daemon):
-    chaos = ChaosSession(LocalBackend(lambda: daemon.address), seed=7)
-    yield chaos
-    for _, experiment in chaos.experiments:
-        chaos.recover(experiment)
-    chaos.close()
+    yield from local_session(daemon, seed=7)
 
 
 @pytest.fixture
