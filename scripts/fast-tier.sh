@@ -22,8 +22,11 @@ if [[ $(id -u) != 0 ]]; then
 fi
 
 venv=${FAST_TIER_VENV:-/var/cache/pytest-chaos/fast-tier-venv}
-stamp=$(cat pyproject.toml daemon/pyproject.toml "$0" | sha256sum)  # what the venv was made from
-if [[ ! -x $venv/bin/python ]] || [[ $(cat "$venv/stamp" 2>/dev/null) != "$stamp" ]]; then
+# What the venv was made from: the editable installs point into this checkout, so its path is part of it
+# (a venv made from another checkout imports that one, or nothing).
+stamp=$( (pwd; cat pyproject.toml daemon/pyproject.toml "$0") | sha256sum)
+if [[ ! -x $venv/bin/python ]] || [[ $(cat "$venv/stamp" 2>/dev/null) != "$stamp" ]] \
+    || ! (cd / && "$venv/bin/python" -c 'import pytest_chaos, pytest_chaos_daemon, pytest_chaos_cluster') 2>/dev/null; then
     echo "==> the fast tier's venv: $venv (Debian's python3, readable by any user)"
     rm -rf "$venv"
     /usr/bin/python3 -m venv "$venv"
