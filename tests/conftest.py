@@ -94,6 +94,15 @@ def daemon(start_daemon: Callable[..., RunningDaemon]) -> RunningDaemon:
     return start_daemon("--containerd-namespace", "*", "--allow-pid-targets")
 
 
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, whose runs leave Hypothesis's plugin out: it imports all of Hypothesis at each session's end
+    (0.8 s a run; in this process again each time, as pytester drops the modules a run imported), and no user
+    suite run here uses it."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+    return pytester
+
+
 # What only root can give: a daemon (it enters namespaces), containers, network namespaces and bridges.
 ROOT_FIXTURES = frozenset({"daemon", "start_daemon", "targets", "module_targets", "network_bed",
                            "module_network_bed", "busybox_rootfs", "wheels"})

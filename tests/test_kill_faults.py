@@ -13,7 +13,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.confinement import procfs
 
-from tests.support.suites import run_suite
+from tests.support.suites import collect_suite, run_suite
 from tests.support.targets import CONTAINERD_NAMESPACE, run, running, wait_for
 from tests.test_cri import cri, cri_container, cri_daemon  # noqa: F401, F811 (fixtures: a CRI endpoint of the test's own)
 
@@ -278,7 +278,7 @@ def test_process_kill_with_no_match_errors_the_test_naming_the_target(pytester, 
     ('process="sleep", pattern="x"', "pattern", "takes parameters: process, signal"),
 ])
 def test_bad_process_kill_parameters_are_a_usage_error_naming_the_field(pytester, params, field, accepted):
-    result = run_suite(pytester, f"""
+    result = collect_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("process-kill", selector={{"pids": [1]}}, {params})
@@ -291,7 +291,7 @@ def test_bad_process_kill_parameters_are_a_usage_error_naming_the_field(pytester
 
 
 def test_container_kill_takes_no_parameters(pytester):
-    result = run_suite(pytester, """
+    result = collect_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("container-kill", selector={"pids": [1]}, signal="TERM")

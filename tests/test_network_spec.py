@@ -6,7 +6,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 
 from pytest_chaos.kinds import KINDS
-from tests.support.suites import run_suite
+from tests.support.suites import collect_suite
 
 
 @pytest.mark.parametrize("kind, params, field, accepted", [
@@ -43,7 +43,7 @@ from tests.support.suites import run_suite
 ])
 def test_bad_network_parameters_are_a_usage_error_at_collection(pytester, kind, params, field, accepted):
     extra = f", {params}" if params else ""
-    result = run_suite(pytester, f"""
+    result = collect_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("{kind}", selector={{"pids": [1]}}{extra})

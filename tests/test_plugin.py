@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pytest_chaos.api.version import VERSION
-from tests.support.suites import run_suite
+from tests.support.suites import collect_suite, run_suite
 from tests.support.targets import wait_for
 
 pytestmark = pytest.mark.usefixtures("_root_only")
@@ -226,7 +226,7 @@ def test_modes_pick_reproducibly_with_a_seed(pytester, targets):
     ],
 )
 def test_bad_marker_is_a_usage_error_at_collection(pytester, marker, field, accepted):
-    result = run_suite(pytester, f"""
+    result = collect_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos({marker})

@@ -25,7 +25,7 @@ from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
 from tests.support.cgroups import cgroup_dir, cpu_seconds, memory_bytes, tracking_modes, within
 from tests.support.pausing import freezer_state
-from tests.support.suites import run_suite
+from tests.support.suites import collect_suite, run_suite
 from tests.support.targets import wait_for
 
 ACTIVE, RECOVERED = pb.InjectionStatus.ACTIVE, pb.InjectionStatus.RECOVERED
@@ -302,7 +302,7 @@ def test_app(chaos):
 ])
 def test_bad_stressors_are_a_usage_error_at_collection(pytester, stressors, field, accepted):
     extra = "" if stressors == "None" else f", stressors={stressors}"
-    result = run_suite(pytester, f"""
+    result = collect_suite(pytester, f"""
         import pytest
 
         @pytest.mark.chaos("stress", selector={{"pids": [1]}}{extra})
@@ -315,7 +315,7 @@ def test_bad_stressors_are_a_usage_error_at_collection(pytester, stressors, fiel
 
 
 def test_the_local_backend_refuses_pod_kill_at_collection(pytester):
-    result = run_suite(pytester, """
+    result = collect_suite(pytester, """
         import pytest
 
         @pytest.mark.chaos("pod-kill", selector={"pids": [1]})
