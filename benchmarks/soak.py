@@ -11,7 +11,12 @@ recovers it, as a test's teardown does. Several runners run at once, so faults o
 (pause plus stress included). Meanwhile, at seeded random moments, the soak
 
 * SIGKILLs a runner (its faults must be recovered when their lease runs out),
-* SIGKILLs the daemon and starts it again on the same journal (the successor adopts what was in force).
+* SIGKILLs the daemon and starts it again on the same journal (the successor adopts what was in force),
+* restarts a container target as a kubelet restarts a crashed container: its task SIGKILLed, a new one
+  started in the same container and network namespace (faults in force on it must still be recovered,
+  and never into the new process: a paused one dies only when its pause is recovered),
+* stalls containerd (SIGSTOP, then SIGCONT from a watchdog process even if the soak dies) for a few seconds,
+  while the daemon looks containers up and recovers faults.
 
 At checkpoints, and at the end, it waits until nothing is in force and compares every target with what was
 seen before the first fault: its network namespace (rules, qdiscs, links, bound queues, resolver files:
@@ -22,8 +27,7 @@ daemon's ListInjections. It prints one table; it exits 1 if anything was left be
 Its containers live in the tests' containerd namespace, which a run of the project's tests sweeps at its end:
 run those meanwhile with PYTEST_CHAOS_LEFTOVER_SWEEP=0, or the soak reports its containers dead.
 
-Not exercised here (say so rather than pretend): deleting a daemon pod on the kind bed, restarting targets, a
-stalled container runtime.
+Not exercised here (say so rather than pretend): deleting a daemon pod on the kind bed.
 
 Run as root:
     python3 benchmarks/soak.py --short        # about 3 minutes (.ci/run)
@@ -47,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -68,6 +73,9 @@ HOLD_S = (1.0, 6.0)  # how long a runner holds its fault before its teardown rec
 DURATION_SHARE = 0.25  # experiments whose fault also has a duration, ending mid-hold
 KILL_RUNNER_EVERY = 6  # one runner SIGKILLed per this many experiments started, on average
 KILL_DAEMON_EVERY = 25
+RESTART_TARGET_EVERY = 20  # a container target restarted per this many experiments started, on average
+STALL_RUNTIME_EVERY = 50
+STALL_S = (2.0, 8.0)
 CHECKPOINT_EVERY, SHORT_CHECKPOINT_EVERY = 100, 100
 QUIET_TIMEOUT_S = 60.0
 LIVE = ("active", "applying")
@@ -259,6 +267,10 @@ class Soak:
         self.runners: dict[str, Runner] = {}
         self.done: list[tuple[Runner, list[dict[str, Any]]]] = []
         self.kills: collections.Counter[str] = collections.Counter()
+        self.restarting: dict[str, threading.Thread] = {}  # container id -> the thread restarting it
+        self.restart_errors: list[str] = []
+        self.stall: subprocess.Popen[bytes] | None = None  # the watchdog that continues a stalled containerd
+        self.stall_pid = 0
         self.left: list[str] = []
         self.lost: list[str] = []  # targets that died: none of the soak's kinds kills one
         self.checkpoints = 0
@@ -292,16 +304,23 @@ class Soak:
                         self.kill_runner()
                     if self.rng.random() < 1 / KILL_DAEMON_EVERY:
                         self.kill_daemon()
+                    if self.rng.random() < 1 / RESTART_TARGET_EVERY:
+                        self.restart_target()
+                    if self.rng.random() < 1 / STALL_RUNTIME_EVERY:
+                        self.stall_runtime()
                     if started % self.checkpoint_every == 0 and started < self.experiments:
                         self.drain()
                         self.check()
                 time.sleep(0.05)
             self.check()
         finally:
+            self.end_stall()
+            for thread in self.restarting.values():
+                thread.join()
             self.resources_end = self.daemon.resources() if self.daemon.process.poll() is None else {}
             self.daemon.stop()
             self.bed.close()
-        return not self.left and not self.failures() and not self.lost
+        return not self.left and not self.failures() and not self.lost and not self.restart_errors
 
     def launch(self, injection_id: str) -> None:
         target = self.rng.choice(self.targets)
@@ -340,11 +359,57 @@ class Soak:
         time.sleep(self.rng.uniform(0, 1.5))  # down a moment: runners' calls wait, leases run on
         self.daemon.start()
 
+    def restart_target(self) -> None:
+        """Restart a container target in the background: a paused one dies only once its pause is recovered,
+        and runners go on meanwhile (their faults on it are refused, or recovered, as the daemon finds it)."""
+        containers = [t for t in self.targets if t.container_id.startswith("containerd://")
+                      and t.container_id not in self.restarting]
+        if not containers:
+            return
+        target = self.rng.choice(containers)
+
+        def restart() -> None:
+            try:
+                self.bed.restart(target)
+            except Exception as err:  # noqa: BLE001 - reported in the table: a target the soak could not restart
+                self.restart_errors.append(f"{target.container_id}: restart failed: {err}")
+
+        thread = threading.Thread(target=restart, name=f"restart {target.container_id}")
+        self.restarting[target.container_id] = thread
+        thread.start()
+        self.kills["target restart (container task SIGKILLed, started again)"] += 1
+
+    def stall_runtime(self) -> None:
+        """Stop containerd for a few seconds. A watchdog process, started first and in a session of its own,
+        continues it even if the soak is killed meanwhile."""
+        if self.stall is not None and self.stall.poll() is None:
+            return
+        pid = containerd_pid()
+        if pid is None:
+            return
+        seconds = self.rng.uniform(*STALL_S)
+        self.stall = subprocess.Popen(["sh", "-c", f"sleep {seconds:.1f}; kill -CONT {pid}"], start_new_session=True)
+        os.kill(pid, signal.SIGSTOP)
+        self.stall_pid = pid
+        self.kills["containerd stalled (SIGSTOP for 2-8 s)"] += 1
+
+    def end_stall(self) -> None:
+        if self.stall is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.stall_pid, signal.SIGCONT)
+            self.stall.kill()
+            self.stall.wait()
+            self.stall = None
+
     def drain(self) -> None:
-        """Wait for every runner to end and the daemon to hold nothing in force."""
+        """Wait for every runner to end, every restart to be done and the daemon to hold nothing in force."""
         while self.runners:
             self.reap()
             time.sleep(0.1)
+        self.end_stall()
+        for thread in self.restarting.values():
+            thread.join()
+        self.restarting.clear()
         deadline = time.monotonic() + QUIET_TIMEOUT_S
         while self.live() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -410,6 +475,18 @@ class Soak:
                 if record["state"] == "failed" and "recovery failed" in record["detail"]]
 
 
+def containerd_pid() -> int | None:
+    """The machine's own containerd (not one in a kind node, whose pids this host sees too): the one in our
+    mount namespace."""
+    mine = os.readlink("/proc/self/ns/mnt")
+    listed = subprocess.run(["pgrep", "-x", "containerd"], capture_output=True, text=True).stdout.split()
+    for pid in listed:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/mnt") == mine:
+                return int(pid)
+    return None
+
+
 def recovery_path(record: dict[str, Any] | None, runner: Runner, events: list[dict[str, Any]]) -> str:
     refused = [e for e in events if e.get("event") == "refused"]
     if refused:
@@ -418,6 +495,10 @@ def recovery_path(record: dict[str, Any] | None, runner: Runner, events: list[di
             return "refused at apply: its target is paused (composition rule)"
         if "already" in detail:
             return "refused at apply: another fault holds the same port or clock"
+        if "has no running task" in detail or "not running" in detail:
+            return "refused at apply: its container was restarting (no running task)"
+        if refused[0].get("code") in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return f"refused at apply: {refused[0].get('code')} (containerd stalled?)"
         return f"refused at apply: {refused[0].get('code')} {detail[:60]}"
     if record is None:
         return "never applied (runner killed first)"
@@ -454,6 +535,7 @@ def report(soak: Soak, seconds: float) -> list[Row]:
                 met=not soak.left),
             Row("recoveries that failed", str(len(failures)), goal="0", met=not failures),
             Row("targets that died", str(len(soak.lost)), goal="0", met=not soak.lost),
+            Row("target restarts that failed", str(len(soak.restart_errors)), goal="0", met=not soak.restart_errors),
             *(Row(f"ended by: {path}", str(count)) for path, count in sorted(paths.items()))]
     if death_to_recovery:
         ordered = sorted(death_to_recovery)
@@ -498,7 +580,7 @@ def main() -> int:
     print(f"pytest-chaos soak{' (--short)' if args.short else ''}")
     print(machine())
     print(table(report(soak, time.monotonic() - begun)))
-    for line in soak.left + [f"recovery failed: {f}" for f in soak.failures()] + soak.lost:
+    for line in soak.left + [f"recovery failed: {f}" for f in soak.failures()] + soak.lost + soak.restart_errors:
         print(f"  {line}")
     if clean:
         shutil.rmtree(soak.workdir, ignore_errors=True)

@@ -11,20 +11,16 @@ the host's network changes; every namespace, rule and process goes in teardown.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-import os
 import random
 import selectors
-import shutil
 import signal
 import struct
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,7 +45,6 @@ from pytest_chaos_daemon.programs.dns_responder import (
 from tests.support import programs
 from tests.support.network_bed import NetTarget, NetworkBed
 from tests.support.programs import memory_kb, start_program, stop_program
-from tests.support.targets import require
 
 A, AAAA, TXT = 1, 28, 16
 SERVER_A = "10.9.9.9"
@@ -469,35 +464,6 @@ print(json.dumps(results))
 '''
 
 
-def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=30)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(argv)} failed: {result.stderr.strip()}")
-    return result
-
-
-def _host_networks() -> list[ipaddress.IPv4Network]:
-    """Every IPv4 prefix the host routes or holds an address in (the default route aside)."""
-    networks = []
-    for route in json.loads(_ip("-j", "-4", "route", "show", "table", "all").stdout or "[]"):
-        with contextlib.suppress(ValueError, KeyError):
-            if route["dst"] != "default":
-                networks.append(ipaddress.ip_network(route["dst"], strict=False))
-    for link in json.loads(_ip("-j", "-4", "addr", "show").stdout or "[]"):
-        for address in link.get("addr_info", []):
-            networks.append(ipaddress.ip_network(f"{address['local']}/{address['prefixlen']}", strict=False))
-    return networks
-
-
-def _unrouted_subnet() -> ipaddress.IPv4Network:
-    used = _host_networks()
-    for third in random.sample(range(256), 256):
-        subnet = ipaddress.ip_network(f"10.251.{third}.0/30")
-        if not any(subnet.overlaps(network) for network in used):
-            return subnet
-    raise RuntimeError("every 10.251.N.0/30 is routed on this host")
-
-
 def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
     """One line of the process's stdout, or "" when it ends or stays silent."""
     assert process.stdout is not None
@@ -515,52 +481,41 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 class DnsNetwork:
-    """The two namespaces, the test's DNS server and a client in the target namespace."""
+    """Two targets of a network bed (tests/support/network_bed.py): the test's DNS server in one, the
+    responder and a client in the other (the target)."""
 
     def __init__(self, directory: Path) -> None:
-        token = uuid.uuid4().hex[:8]
-        self.target = f"pcd-{token}-t"
-        self.server_ns = f"pcd-{token}-s"
-        subnet = _unrouted_subnet()
-        self.server_ip = str(subnet.network_address + 1)
-        self.target_ip = str(subnet.network_address + 2)
         self.directory = directory
         self.log_path = directory / "server.log"
         self.client_path = directory / "client.py"
         self.processes: list[subprocess.Popen[str]] = []
-        self.namespaces: list[str] = []
+        self.bed = NetworkBed()
+        try:
+            self.target = self.bed.process(name="dns-target")
+            self.server = self.bed.process(name="dns-server")
+        except BaseException:
+            self.bed.close()
+            raise
+        self.server_ip = self.server.ip
 
     def build(self) -> None:
-        for namespace in (self.target, self.server_ns):
-            _ip("netns", "add", namespace)
-            self.namespaces.append(namespace)
-        # The pair is made inside the target namespace, its peer moved straight into the server's:
-        # no interface ever appears on the host.
-        _ip("-n", self.target, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-            self.server_ns)
-        _ip("-n", self.target, "addr", "add", f"{self.target_ip}/30", "dev", "veth0")
-        _ip("-n", self.server_ns, "addr", "add", f"{self.server_ip}/30", "dev", "veth1")
-        for namespace, device in ((self.target, "veth0"), (self.server_ns, "veth1")):
-            _ip("-n", namespace, "link", "set", "lo", "up")
-            _ip("-n", namespace, "link", "set", device, "up")
         server_path = self.directory / "server.py"
         server_path.write_text(SERVER_SCRIPT)
         self.client_path.write_text(CLIENT_SCRIPT)
         self.log_path.touch()
-        server = self.start(self.server_ns, sys.executable, str(server_path), self.server_ip, str(self.log_path))
+        server = self.start(self.server, sys.executable, str(server_path), self.server_ip, str(self.log_path))
         if _read_line(server, 10) != "ready":
             raise RuntimeError(f"the test DNS server did not start: {server.stderr.read() if server.poll() else ''}")
 
-    def start(self, namespace: str, *argv: str) -> subprocess.Popen[str]:
-        # "ip netns exec" execs argv: the Popen's pid is the program's own.
-        process = subprocess.Popen(["ip", "netns", "exec", namespace, *argv], stdout=subprocess.PIPE,
+    def start(self, target: NetTarget, *argv: str) -> subprocess.Popen[str]:
+        """``argv`` in ``target``'s network namespace (nsenter execs it: the Popen's pid is the program's own)."""
+        process = subprocess.Popen(["nsenter", f"--net={target.netns_path}", *argv], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         self.processes.append(process)
         return process
 
     def iptables(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["ip", "netns", "exec", self.target, "iptables", "-w", *argv],
-                                capture_output=True, text=True, timeout=30)
+        result = self.target.run("iptables", "-w", *argv, timeout=30)
         if check and result.returncode != 0:
             raise RuntimeError(f"iptables {' '.join(argv)} failed: {result.stderr.strip()}")
         return result
@@ -571,8 +526,7 @@ class DnsNetwork:
     def ask(self, *specs: dict, parallel: bool = False) -> list[dict]:
         """Run the specs from the target namespace, to the server's address."""
         request = json.dumps({"server": self.server_ip, "specs": list(specs), "parallel": parallel})
-        result = subprocess.run(["ip", "netns", "exec", self.target, sys.executable, str(self.client_path), request],
-                                capture_output=True, text=True, timeout=30)
+        result = self.target.run(sys.executable, str(self.client_path), request, timeout=30)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -587,17 +541,11 @@ class DnsNetwork:
     def close(self) -> None:
         for process in self.processes:
             _stop(process)
-        for namespace in self.namespaces:  # its veth, rules and sockets go with it
-            _ip("netns", "del", namespace, check=False)
-        listed = _ip("netns", "list").stdout
-        assert not any(namespace in listed for namespace in self.namespaces), listed
+        self.bed.close()  # its namespaces, with their rules and sockets; it checks nothing is left
 
 
 @pytest.fixture(scope="module")
 def dns_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsNetwork]:
-    require(os.geteuid() == 0, "root (network namespaces and iptables need it)")
-    require(shutil.which("ip") is not None, "iproute2 (ip)")
-    require(shutil.which("iptables") is not None, "iptables")
     network = DnsNetwork(tmp_path_factory.mktemp("dns"))
     try:
         network.build()

@@ -183,9 +183,10 @@ def test_a_test_whose_fault_stopped_early_sees_it_failed_and_errors_in_teardown(
         import os, signal, time
         import pytest
 
-        def stressors():
+        def stressors():  # the background load of scripts/loaded-runs.sh aside
             return [int(p) for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{{p}}/comm")
-                    and open(f"/proc/{{p}}/comm").read().startswith("stress-ng")]
+                    and open(f"/proc/{{p}}/comm").read().startswith("stress-ng")
+                    and b"PYTEST_CHAOS_BACKGROUND_LOAD=1" not in open(f"/proc/{{p}}/environ", "rb").read().split(b"\\0")]
 
         @pytest.mark.chaos("stress", selector={{"pids": [{pid}]}}, mode="all",
                            stressors={{"cpu": {{"workers": 1, "load": 10}}}})

@@ -1,7 +1,7 @@
 """The nfnetlink_queue program (pytest_chaos_daemon.programs.packet_queue) on real traffic.
 
-Each test builds two network namespaces of its own joined by a veth pair: ``a``
-(the sender, 10.250.X.1) and ``b`` (a UDP echo server, 10.250.X.2). The test
+Each test takes two targets of a network bed of its own (tests/support/network_bed.py,
+IPv4 and IPv6): ``a`` (the sender) and ``b`` (a UDP echo server). The test
 adds the NFQUEUE rule itself, starts the program in the namespace of the rule
 and measures from outside it: replies counted by sequence number, round trips,
 the receiver's /proc/net/snmp. Namespaces, rules and processes go in teardown.
@@ -33,7 +33,7 @@ from pytest_chaos_daemon.programs.packet_queue import MAX_HELD_BYTES, MAX_HELD_P
 
 from tests.support import programs
 from tests.support.binomial import binomial_interval
-from tests.support.network_bed import NetTarget, NetworkBed, udp_echo_server, udp_probe, udp_send
+from tests.support.network_bed import NetTarget, NetworkBed, netns_path, udp_echo_server, udp_probe, udp_send
 from tests.support.programs import memory_kb, start_program, stop_program
 from tests.support.targets import require
 
@@ -95,7 +95,7 @@ def in_netns(name: str) -> Iterator[None]:
     """This thread in namespace ``name`` for the block; sockets made there stay there."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        target = os.open(netns_path(name), os.O_RDONLY)
         try:
             _setns(target)
             try:
@@ -143,56 +143,36 @@ class Probe:
 
 
 class Pair:
-    """Two namespaces joined by a veth pair, a UDP echo server in ``b``; all removed by ``close``."""
+    """Two targets of an IPv6-enabled network bed (tests/support/network_bed.py), named by their namespaces:
+    ``a`` sends, ``b`` runs a UDP echo server; all removed by ``close``."""
 
     def __init__(self) -> None:
-        tag = secrets.token_hex(3)
-        self.a, self.b = f"pcq-{tag}-a", f"pcq-{tag}-b"
-        self.dev_a, self.dev_b = f"pcq{tag}a", f"pcq{tag}b"
-        self.subnet = self._free_subnet()
-        self.addr_a, self.addr_b = f"10.250.{self.subnet}.1", f"10.250.{self.subnet}.2"
-        # Unique local addresses (fd00::/8), which nothing routes beyond a site.
-        self.addr6_a, self.addr6_b = f"fd50:c0fe:{self.subnet:x}::1", f"fd50:c0fe:{self.subnet:x}::2"
+        self.bed = NetworkBed(ipv6=True)
+        try:
+            sender, receiver = self.bed.process(name="queue-a"), self.bed.process(name="queue-b")
+        except BaseException:
+            self.bed.close()
+            raise
+        self.a, self.b = sender.netns, receiver.netns
+        self.dev_a = self.dev_b = "eth0"
+        self.addr_a, self.addr_b = sender.ip, receiver.ip
+        self.addr6_a, self.addr6_b = sender.ip6, receiver.ip6
         self.processes: list[subprocess.Popen[str]] = []
-        self.namespaces: list[str] = []
-
-    @staticmethod
-    def _free_subnet() -> int:
-        for _ in range(50):
-            subnet = secrets.randbelow(256)
-            # Only the default route may cover it on the host: no interface or route of its own.
-            routes = run("ip", "-4", "route", "show", "table", "all", "match", f"10.250.{subnet}.0/30").stdout
-            specific = [line for line in routes.splitlines() if line.split()[:1] not in (["default"], [])]
-            via = run("ip", "-4", "route", "get", f"10.250.{subnet}.1", check=False).stdout
-            if not specific and " dev lo " not in via:
-                return subnet
-        raise RuntimeError("no free 10.250.X.0/30 subnet")
 
     def open(self) -> None:
-        for name in (self.a, self.b):
-            run("ip", "netns", "add", name)
-            self.namespaces.append(name)
-            run("ip", "-n", name, "link", "set", "lo", "up")
-        run("ip", "-n", self.a, "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b,
-            "netns", self.b)
-        for name, dev, addr in ((self.a, self.dev_a, self.addr_a), (self.b, self.dev_b, self.addr_b)):
-            run("ip", "-n", name, "addr", "add", f"{addr}/30", "dev", dev)
-            run("ip", "-n", name, "link", "set", dev, "up")
-        for name, dev, addr in ((self.a, self.dev_a, self.addr6_a), (self.b, self.dev_b, self.addr6_b)):
-            run("ip", "-n", name, "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
         echo = self.spawn(self.b, sys.executable, "-c", ECHO, str(PORT))
         assert wait_line(echo) == "ready"
         self.echo = echo
 
     def spawn(self, namespace: str, *argv: str) -> subprocess.Popen[str]:
-        # `ip netns exec` execs argv: the pid is the program's own.
-        process = subprocess.Popen(["ip", "netns", "exec", namespace, *argv], stdout=subprocess.PIPE,
+        # nsenter execs argv: the pid is the program's own.
+        process = subprocess.Popen(["nsenter", f"--net={netns_path(namespace)}", *argv], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         self.processes.append(process)
         return process
 
     def iptables(self, namespace: str, *rule: str, v6: bool = False) -> None:
-        run("ip", "netns", "exec", namespace, "ip6tables" if v6 else "iptables", "-w", "-t", "mangle", *rule)
+        run("nsenter", f"--net={netns_path(namespace)}", "ip6tables" if v6 else "iptables", "-w", "-t", "mangle", *rule)
 
     def egress_rule(self, queue: int, bit: int, *match: str, v6: bool = False) -> None:
         self.iptables(self.a, "-A", "POSTROUTING", "-o", self.dev_a, *match, "-m", "mark", "!", "--mark",
@@ -304,11 +284,7 @@ class Pair:
             if process.poll() is None:
                 process.kill()
             process.communicate(timeout=10)
-        for name in self.namespaces:
-            # Rules live in the namespace; flushing first leaves nothing behind should the delete fail.
-            for tool in ("iptables", "ip6tables"):
-                run("ip", "netns", "exec", name, tool, "-w", "-t", "mangle", "-F", check=False)
-            run("ip", "netns", "del", name, check=False)
+        self.bed.close()  # the namespaces, with their rules; it checks from outside that nothing is left
 
 
 @pytest.fixture
@@ -324,7 +300,6 @@ def pair() -> Iterator[Pair]:
         yield network
     finally:
         network.close()
-    assert network.a not in run("ip", "netns", "list").stdout
 
 
 def baseline_median(pair: Pair) -> float:
@@ -575,7 +550,7 @@ def test_tcp_throughput_and_gso(pair: Pair, copy: str) -> None:
     big = ("-m", "length", "--length", "1501:65535")
 
     def big_packets() -> int:
-        out = run("ip", "netns", "exec", pair.a, "iptables", "-w", "-t", "mangle", "-L", "POSTROUTING", "-n", "-v",
+        out = run("nsenter", f"--net={netns_path(pair.a)}", "iptables", "-w", "-t", "mangle", "-L", "POSTROUTING", "-n", "-v",
                   "-x").stdout
         return sum(int(line.split()[0]) for line in out.splitlines() if "length 1501:65535" in line)
 

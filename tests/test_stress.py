@@ -36,8 +36,21 @@ BUSY_S = 0.1  # CPU seconds per second one worker at full load adds, at least, e
 # (an idle target adds none: the bound fails only when no stressor runs)
 
 
+# scripts/loaded-runs.sh runs the tests beside a `stress-ng --cpu 2` of its own, with this in its environment.
+BACKGROUND_LOAD = b"PYTEST_CHAOS_BACKGROUND_LOAD=1"
+
+
+def background_load(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return BACKGROUND_LOAD in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def stress_ng_processes(zombies: bool = True) -> list[int]:
-    """Every stress-ng process on this machine (stress-ng names its workers stress-ng-cpu, stress-ng-vm, ...)."""
+    """Every stress-ng process on this machine (stress-ng names its workers stress-ng-cpu, stress-ng-vm, ...),
+    the background load of a loaded run aside."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -49,7 +62,7 @@ def stress_ng_processes(zombies: bool = True) -> list[int]:
                 zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if comm.startswith("stress-ng") and (zombies or not zombie):
+        if comm.startswith("stress-ng") and (zombies or not zombie) and not background_load(entry):
             found.append(int(entry))
     return found
 
@@ -238,9 +251,10 @@ def cpu_seconds(pid, interval=1.0):
     return cpu_used(pid) - before
 
 
-def stress_ng_running():
+def stress_ng_running():  # the background load of scripts/loaded-runs.sh aside
     return [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/comm")
-            and open(f"/proc/{p}/comm").read().startswith("stress-ng")]
+            and open(f"/proc/{p}/comm").read().startswith("stress-ng")
+            and b"PYTEST_CHAOS_BACKGROUND_LOAD=1" not in open(f"/proc/{p}/environ", "rb").read().split(b"\\0")]
 """
 
 

@@ -75,6 +75,7 @@ class NetTarget:
     selector: dict[str, Any] | None  # for @pytest.mark.chaos(selector=...); None for the host
     name: str = ""
     netns: str = ""  # the bed's name for the namespace, a file under NETNS_DIR
+    ip6: str = ""  # on a bed made with ipv6=True: a unique local address, reachable from the bed's targets only
     bed: NetworkBed | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def run(self, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -199,11 +200,14 @@ class UdpReceiver(Background):
 class NetworkBed:
     """One bridge, the namespaces wired to it, and everything started in them; all removed on ``close``."""
 
-    def __init__(self, rootfs: str | None = None) -> None:
+    def __init__(self, rootfs: str | None = None, ipv6: bool = False) -> None:
+        """``ipv6``: each target also gets an address of a random unique local /64 (fd00::/8, routed nowhere
+        beyond the bed: no route leaves it); without it, IPv6 is off in the targets."""
         require(os.geteuid() == 0, "root (namespaces, links and the bridge need it)")
         for tool in ("ip", "nsenter", "unshare", "sysctl", "tc", "iptables"):
             require(shutil.which(tool) is not None, tool)
         self._rootfs = rootfs
+        self.prefix6 = f"fd5c:{secrets.token_hex(2)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::" if ipv6 else ""
         self._workdir = tempfile.mkdtemp(prefix="pytest-chaos-bed-")
         self._targets: list[NetTarget] = []
         self._outer: list[subprocess.Popen[bytes]] = []
@@ -273,7 +277,8 @@ class NetworkBed:
         pid = int(wait_for(inner_pid, f"{argv} to start in {netns}"))
         self._inner.append(pid)
         return self._add(NetTarget(f"pid://{pid}", pid, ip, f"/proc/{pid}/ns/net", {"pids": [pid]},
-                                   name=name or netns, netns=netns, bed=self))
+                                   name=name or netns, netns=netns, bed=self,
+                                   ip6=self.ip6_of(netns) if self.prefix6 else ""))
 
     def containerd(self, *argv: str, labels: dict[str, str] | None = None, rootfs: str | None = None,
                    resolv_conf: str | None = None, name: str | None = None) -> NetTarget:
@@ -298,6 +303,27 @@ class NetworkBed:
         pid = int(next(line.split()[1] for line in tasks[1:] if line.split()[0] == container_id))
         return self._add(NetTarget(f"containerd://{container_id}", pid, ip, f"/proc/{pid}/ns/net",
                                    {"containers": [container_id]}, name=name or netns, netns=netns, bed=self))
+
+    def restart(self, target: NetTarget, timeout: float = 120.0) -> None:
+        """Restart a containerd target as a pod's kubelet restarts a container: SIGKILL its task, start a new
+        one in the same container (same id, same network namespace, a new pid). ``target`` is updated in place.
+        A frozen task dies only once thawed: this waits up to ``timeout`` for that."""
+        if not target.container_id.startswith("containerd://"):
+            raise ValueError(f"only a containerd target restarts (its id stays); not {target.container_id}")
+        container_id = target.container_id.removeprefix("containerd://")
+        ctr = ("ctr", "-n", CONTAINERD_NAMESPACE)
+        run(*ctr, "tasks", "kill", "-s", "SIGKILL", container_id, check=False)
+
+        def task_deleted() -> bool:
+            result = run(*ctr, "tasks", "delete", container_id, check=False)
+            return result.returncode == 0 or "not found" in result.stderr
+
+        wait_for(task_deleted, f"task {container_id} to stop", timeout=timeout, interval=0.2)
+        run(*ctr, "tasks", "start", "-d", container_id)
+        tasks = run(*ctr, "tasks", "ls").stdout.splitlines()
+        target.pid = int(next(line.split()[1] for line in tasks[1:] if line.split()[0] == container_id))
+        # The namespace is the bed's, not the task's: it outlives the old pid, as a pod's sandbox does.
+        target.netns_path = netns_path(target.netns)
 
     def rootfs(self) -> str:
         """The busybox rootfs containers run on: the one given, or one made for this bed."""
@@ -395,8 +421,8 @@ class NetworkBed:
                 run(iptables, "-w", "-I", rule[0], "1", *rule[1:])
 
     def _new_namespace(self) -> tuple[str, str]:
-        """A named network namespace wired to the bridge: ``eth0`` with the next address, ``lo`` up,
-        default route via the host's address. Returns its name and address."""
+        """A named network namespace wired to the bridge: ``eth0`` with the next address (and IPv6 one on an
+        ipv6 bed), ``lo`` up, default route via the host's address. Returns its name and address."""
         if self._closed:
             raise RuntimeError(f"network bed {self.bridge} is closed")
         index = self._next_index
@@ -407,8 +433,9 @@ class NetworkBed:
         ip = str(self.subnet.network_address + index + 1)
         self._netns.append(netns)
         path = new_namespace(netns)
-        run("nsenter", f"--net={path}", "sysctl", "-q", "-w",
-            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        if not self.prefix6:
+            run("nsenter", f"--net={path}", "sysctl", "-q", "-w",
+                "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
         self._links.append(netns)  # the host end of the veth has the namespace's name
         # Made inside, its other end moved out: the host may have an eth0 of its own.
         run("nsenter", f"--net={path}", "ip", "link", "add", "eth0", "type", "veth", "peer", "name", netns,
@@ -418,12 +445,18 @@ class NetworkBed:
         batch = (f"addr add {ip}/{self.subnet.prefixlen} dev eth0\n"
                  "link set lo up\nlink set eth0 up\n"
                  f"route add default via {self.gateway}\n")
+        if self.prefix6:  # nodad: usable at once; on-link only, no default route
+            batch += f"addr add {self.ip6_of(netns)}/64 dev eth0 nodad\n"
         result = subprocess.run(["nsenter", f"--net={path}", "ip", "-batch", "-"], input=batch, capture_output=True,
                                 text=True)
         if result.returncode != 0:
             raise RuntimeError(f"configuring {netns} failed: {result.stderr.strip()}")
         self._know_each_other(path, ip)
         return netns, ip
+
+    def ip6_of(self, netns: str) -> str:
+        """The IPv6 address of the bed's namespace ``netns`` (an ipv6 bed's)."""
+        return f"{self.prefix6}{int(netns.rsplit('-', 1)[1]) + 1:x}"
 
     def _know_each_other(self, path: str, ip: str) -> None:
         """Permanent neighbor entries between the new member and every other one. A fault that drops or
