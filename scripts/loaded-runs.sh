@@ -27,6 +27,10 @@ for run in $(seq 1 "$runs"); do
     summary+=("run $run: exit $status, $(( $(date +%s) - begun )) s: ${line:-no summary line}")
     echo "${summary[-1]}"
     ((status == 0)) || failed=1
+    if ! kill -0 "$load" 2>/dev/null; then  # a run that killed the load was not a loaded run: say so, stop
+        echo "the load (stress-ng, pid $load) died during run $run: something in the tests killed it"
+        exit 1
+    fi
 done
 echo "==> under stress-ng --cpu 2:"
 printf '  %s\n' "${summary[@]}"

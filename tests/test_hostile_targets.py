@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import statistics
+import textwrap
 import time
 
 import grpc
@@ -22,6 +23,7 @@ import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
 from pytest_chaos_daemon.confinement import procfs
 
+from tests.support.load import STRESS_NG_PIDS_SOURCE
 from tests.support.network_bed import snapshot, udp_echo_server, udp_probe
 from tests.support.targets import running, wait_for
 
@@ -179,27 +181,22 @@ def test_a_test_whose_fault_stopped_early_sees_it_failed_and_errors_in_teardown(
     """stress-ng killed from outside while the test runs: the experiment turns failed (the test can see it),
     and teardown says the fault stopped early; nothing says "recovered"."""
     pid = targets.process("sleep", "3600")
-    pytester.makepyfile(test_user=f"""
+    pytester.makepyfile(test_user=STRESS_NG_PIDS_SOURCE + textwrap.dedent(f"""
         import os, signal, time
         import pytest
-
-        def stressors():  # the background load of scripts/loaded-runs.sh aside
-            return [int(p) for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{{p}}/comm")
-                    and open(f"/proc/{{p}}/comm").read().startswith("stress-ng")
-                    and b"PYTEST_CHAOS_BACKGROUND_LOAD=1" not in open(f"/proc/{{p}}/environ", "rb").read().split(b"\\0")]
 
         @pytest.mark.chaos("stress", selector={{"pids": [{pid}]}}, mode="all",
                            stressors={{"cpu": {{"workers": 1, "load": 10}}}})
         def test_app(chaos):
             [experiment] = chaos.experiments
-            for stressor in stressors():
+            for stressor in stress_ng_pids(zombies=False):
                 os.kill(stressor, signal.SIGKILL)
             deadline = time.monotonic() + 20
             while experiment.outcome == "applied" and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert experiment.outcome == "failed", experiment.summary()
             assert "stopped early" in experiment.detail
-    """)
+    """))
     result = pytester.runpytest_subprocess("-p", "chaos", "--chaos-lease=2", "-rA")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*ChaosError: the fault stopped early, while the test ran*ended by itself*"])

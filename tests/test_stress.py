@@ -24,6 +24,7 @@ from pytest_chaos_daemon.faults.stress import STRESSOR_ID
 from pytest_chaos.errors import ChaosSpecError
 from pytest_chaos.kinds.pod_kill import PodKill
 from tests.support.cgroups import cgroup_dir, cpu_seconds, memory_bytes, tracking_modes, within
+from tests.support.load import STRESS_NG_PIDS_SOURCE, stress_ng_pids
 from tests.support.pausing import freezer_state
 from tests.support.suites import collect_suite, run_suite
 from tests.support.targets import wait_for
@@ -36,42 +37,11 @@ BUSY_S = 0.1  # CPU seconds per second one worker at full load adds, at least, e
 # (an idle target adds none: the bound fails only when no stressor runs)
 
 
-# scripts/loaded-runs.sh runs the tests beside a `stress-ng --cpu 2` of its own, with this in its environment.
-BACKGROUND_LOAD = b"PYTEST_CHAOS_BACKGROUND_LOAD=1"
-
-
-def background_load(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return BACKGROUND_LOAD in f.read().split(b"\0")
-    except OSError:
-        return False
-
-
-def stress_ng_processes(zombies: bool = True) -> list[int]:
-    """Every stress-ng process on this machine (stress-ng names its workers stress-ng-cpu, stress-ng-vm, ...),
-    the background load of a loaded run aside."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                comm = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            continue
-        if comm.startswith("stress-ng") and (zombies or not zombie) and not background_load(entry):
-            found.append(int(entry))
-    return found
-
-
 def stress_ng_in(pid: int) -> list[int]:
     """The live stress-ng processes in the pid namespace of ``pid`` (a target's)."""
     namespace = procfs.namespace_id(f"/proc/{pid}/ns/pid")
     found = []
-    for stressor in stress_ng_processes(zombies=False):
+    for stressor in stress_ng_pids(zombies=False):
         try:
             if procfs.namespace_id(f"/proc/{stressor}/ns/pid") == namespace:
                 found.append(stressor)
@@ -146,7 +116,7 @@ def test_stress_loads_the_containers_own_cgroups_until_it_is_recovered(start_dae
 
     assert status.state == RECOVERED, status.detail
     assert status.detail.startswith("stopped stress-ng"), status.detail
-    assert stress_ng_processes() == []  # zombies included: stress-ng reaped its workers, the daemon stress-ng
+    assert stress_ng_pids() == []  # zombies included: stress-ng reaped its workers, the daemon stress-ng
     assert cpu_seconds(pid, 0.5) < BUSY_S / 2
 
 
@@ -160,7 +130,7 @@ def test_stress_runs_the_daemons_stress_ng_in_a_container_that_has_none(daemon, 
     assert reply.status.state == ACTIVE
     assert stress_ng_in(reply.status.pid)
     assert recover(daemon.stub, "stress-distroless").state == RECOVERED
-    assert stress_ng_processes() == []
+    assert stress_ng_pids() == []
 
 
 def test_without_stress_ng_the_daemon_says_to_install_it(start_daemon, targets):
@@ -223,7 +193,7 @@ def test_stressors_die_with_the_daemon_and_a_restarted_daemon_starts_them_again(
     status = recover(second.stub, "stress-restart")
 
     assert status.state == RECOVERED, status.detail
-    assert stress_ng_processes(zombies=False) == []
+    assert stress_ng_pids(zombies=False) == []
 
 
 
@@ -251,11 +221,9 @@ def cpu_seconds(pid, interval=1.0):
     return cpu_used(pid) - before
 
 
-def stress_ng_running():  # the background load of scripts/loaded-runs.sh aside
-    return [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/comm")
-            and open(f"/proc/{p}/comm").read().startswith("stress-ng")
-            and b"PYTEST_CHAOS_BACKGROUND_LOAD=1" not in open(f"/proc/{p}/environ", "rb").read().split(b"\\0")]
-"""
+def stress_ng_running():
+    return stress_ng_pids(zombies=False)
+""" + STRESS_NG_PIDS_SOURCE
 
 
 def test_the_marker_stresses_the_container_during_the_test_and_recovers_it_after(pytester, targets):
@@ -277,7 +245,7 @@ def test_app(chaos):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*Captured chaos teardown*",
                                  f"chaos stress mode=all: 1 target [[]containerd://{container}[]] recovered*"])
-    assert stress_ng_processes() == []
+    assert stress_ng_pids() == []
 
 
 def test_a_duration_shorter_than_the_test_ends_the_stress_mid_test(pytester, targets):
@@ -296,7 +264,7 @@ def test_app(chaos):
         assert cpu_seconds(experiment.targets[0].pid, 0.5) < {BUSY_S / 2}
 """)
     result.assert_outcomes(passed=1)
-    assert stress_ng_processes() == []
+    assert stress_ng_pids() == []
 
 
 @pytest.mark.parametrize("stressors, field, accepted", [
@@ -380,7 +348,7 @@ def test_stress_on_a_paused_target_is_refused_at_once_and_leaves_nothing(daemon,
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "is paused (frozen by the cgroup v" in refused.value.details()
     assert "apply stress before pausing it" in refused.value.details()
-    assert stress_ng_processes() == []
+    assert stress_ng_pids() == []
     assert freezer_state(pid) == "FROZEN"  # the pause is untouched
     assert recover(daemon.stub, "paused-first").state == RECOVERED
 
@@ -395,7 +363,7 @@ def test_stress_recovered_while_its_target_is_paused_leaves_no_stressor_and_the_
 
     # Frozen stressors die only when thawed: recovery takes them out of the freezer first.
     assert status.state == RECOVERED, status.detail
-    assert stress_ng_processes(zombies=False) == []
+    assert stress_ng_pids(zombies=False) == []
     assert freezer_state(pid) == "FROZEN"
     assert recover(daemon.stub, "pause-over-stress").state == RECOVERED
     assert freezer_state(pid) == "THAWED"
@@ -423,6 +391,6 @@ def test_a_restarted_daemon_claims_before_serving_and_ends_a_stress_it_cannot_re
     stress = listed["stress-paused-at-restart"]
     assert stress.state == pb.InjectionStatus.FAILED
     assert "could not be resumed at restart" in stress.detail and "is paused" in stress.detail
-    assert stress_ng_processes(zombies=False) == []
+    assert stress_ng_pids(zombies=False) == []
     assert listed["pause-at-restart"].state == ACTIVE and freezer_state(pid) == "FROZEN"
     assert recover(second.stub, "pause-at-restart").state == RECOVERED

@@ -16,6 +16,7 @@ import pytest
 from pytest_chaos_daemon.confinement import procfs
 
 from pytest_chaos.errors import ChaosError
+from tests.support.load import stress_ng_pids
 from tests.support.targets import container_init_pid, pid_on_node, wait_for
 
 NAMESPACE = "chaos-e2e-stress"
@@ -73,18 +74,6 @@ def pods(kube, tmp_path_factory):
     kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
 
 
-def stress_ng_processes() -> list[int]:
-    """Every stress-ng process on this host, the node (stress-ng names its workers stress-ng-cpu, ...)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and open(f"/proc/{entry}/comm").read().startswith("stress-ng"):
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def cpu_seconds(pid: int, interval: float) -> float:
     """CPU time the container of host PID ``pid`` used over ``interval``, from its cgroup on this host."""
     membership = next(m for m in procfs.read_cgroups(pid) if "cpuacct" in m.controllers)
@@ -135,7 +124,7 @@ def test_stress_raises_the_pods_container_cpu_usage_until_recovered(pytester, ku
     """, "-rA", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*chaos stress mode=all: 1 target * recovered*"])
-    assert stress_ng_processes() == []
+    assert stress_ng_pids() == []
     assert cpu_seconds(host_pid, 0.5) < 0.15
 
 
