@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 
@@ -50,6 +51,17 @@ def test_kill_all_ends_running_commands(tmp_path):
     asyncio.run(scenario())
     pid = int(pidfile.read_text())
     assert not alive(pid)
+
+
+def test_a_command_spawned_while_kill_all_runs_is_killed_too():
+    # Spawning yields to the loop before the command is known to ChildProcesses: a kill_all (the daemon stopping)
+    # in that moment must still end it, not leave it to its timeout.
+    async def scenario() -> int:
+        children = ChildProcesses()
+        children.kill_all()
+        return (await children.run(["sleep", "300"], 30)).returncode
+
+    assert asyncio.run(scenario()) == -signal.SIGKILL
 
 
 def test_commands_get_a_clean_environment():

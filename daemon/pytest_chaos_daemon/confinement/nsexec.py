@@ -101,6 +101,8 @@ class ChildProcesses:
             pass_fds=tuple(pass_fds),
         )
         self._running[process] = probe
+        if self._closing:  # kill_all ran while this one was being spawned, before it was known
+            self._kill(process, probe)
         try:
             if stdin is not None:
                 assert process.stdin is not None
@@ -145,6 +147,10 @@ class ChildProcesses:
         # Kept referenced: an asyncio subprocess transport that is collected kills its process.
         started = self._started[cgroup] = Started(process, output)
         started.watch = asyncio.ensure_future(self._supervise(cgroup, started))
+        if self._closing:  # kill_all ran while this one was being spawned, before it was known
+            kill_cgroup(self.tracker.real(cgroup))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         return started
 
     async def _supervise(self, cgroup: str, started: Started) -> None:
