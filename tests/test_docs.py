@@ -120,30 +120,44 @@ def chromium(*args: str, budget_ms: int = 3000) -> subprocess.CompletedProcess[s
     binary = shutil.which("chromium")
     require(binary is not None, "chromium (Debian's package, for the docs' browser check)")
     assert binary is not None
+    # No name resolves: the pages must work offline, and the theme's file:// search shim (a script from unpkg.com)
+    # then fails at once instead of waiting on a DNS lookup this machine cannot make (about a second a page).
     return subprocess.run([binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-                           "--v=0", f"--virtual-time-budget={budget_ms}", *args], capture_output=True, text=True,
-                           timeout=300)
+                           "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND", f"--virtual-time-budget={budget_ms}",
+                           *args], capture_output=True, text=True, timeout=300)
 
 
-# Loads each page in an iframe, four at a time, lets its scripts run for a second, and writes every page's DOM,
-# as JSON, into its own: one browser for the whole site instead of one per page (a few seconds, not minutes).
+# Loads each page in an iframe, eight at a time, waits until the theme's script has run on it (its code blocks got
+# their copy buttons; a page without code blocks, a moment after load) or two seconds passed, and writes every
+# page's DOM, as JSON, into its own: one browser for the whole site instead of one per page.
 RENDER_ALL = """<!doctype html><html><head><title>render</title></head><body><script>
 const pages = %s;
 const doms = {};
+function themed(doc) {
+  return doc.querySelector("pre") === null || doc.querySelector(".md-code__button") !== null;
+}
 function render(page) {
   return new Promise(done => {
     const frame = document.createElement("iframe");
-    frame.onload = () => setTimeout(() => {
-      try { doms[page] = frame.contentDocument.documentElement.outerHTML; } catch (err) { doms[page] = "" + err; }
-      frame.remove();
-      done();
-    }, 1000);
+    frame.onload = () => {
+      const loaded = Date.now();
+      const poll = () => {
+        let doc = null;
+        try { doc = frame.contentDocument; } catch (err) { doms[page] = "" + err; }
+        const waited = Date.now() - loaded;
+        if (doc !== null && !(themed(doc) && waited >= 100) && waited < 2000) { setTimeout(poll, 25); return; }
+        if (doc !== null) doms[page] = doc.documentElement.outerHTML;
+        frame.remove();
+        done();
+      };
+      poll();
+    };
     frame.src = page;
     document.body.appendChild(frame);
   });
 }
 (async () => {
-  for (let i = 0; i < pages.length; i += 4) await Promise.all(pages.slice(i, i + 4).map(render));
+  for (let i = 0; i < pages.length; i += 8) await Promise.all(pages.slice(i, i + 8).map(render));
   const out = document.createElement("pre");
   out.id = "doms";
   out.textContent = JSON.stringify(doms);
