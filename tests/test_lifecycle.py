@@ -22,13 +22,16 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2 as pb
+from pytest_chaos_daemon.api.v1 import chaos_daemon_pb2_grpc as pb_grpc
 from pytest_chaos_daemon.lifecycle import journal as journal_states
 from pytest_chaos_daemon.lifecycle.injections import ADOPT_EVERY_S
 from pytest_chaos_daemon.lifecycle.journal import Journal
 
 from tests.conftest import RunningDaemon
+from tests.support.journals import orphaned_pauses
 from tests.support.pausing import (
     Counting,
     apply_pause,
@@ -333,6 +336,43 @@ def test_daemons_started_together_on_one_journal_both_serve_and_one_takes_over_t
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+ORPHANS = 1000  # live records a restarted daemon finds: with a runner's leases run out at once, or many runners'
+
+
+@pytest.mark.needs_root  # the daemon it starts
+def test_a_restarted_daemon_answers_calls_while_it_takes_over_a_thousand_faults(tmp_path):
+    """Found by benchmarks/restart_to_serving.py: recovering a journal's expired faults one after another never
+    let a call in (a target that is gone: no recovery ever waits), so the daemon answered nothing, its first
+    connection included, for ten seconds, until the last of 1000 was ended."""
+    state = tmp_path / "state"
+    orphans = orphaned_pauses(str(state), ORPHANS)
+    address, log_path = f"unix://{tmp_path}/daemon.sock", tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pytest_chaos_daemon", "--listen", address,
+                                    "--allow-pid-targets", "--state-dir", str(state)], stdout=log, stderr=log)
+    daemon = RunningDaemon(address, str(log_path), process)
+    try:
+        first = None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while first is None:  # a channel per attempt: one that failed to connect would wait out its backoff
+            assert process.poll() is None and time.monotonic() < deadline, f"the daemon did not serve:\n{daemon.log()}"
+            with contextlib.suppress(grpc.RpcError), grpc.insecure_channel(address) as channel:
+                first = pb_grpc.ChaosDaemonStub(channel).ListInjections(
+                    pb.ListInjectionsRequest(include_ended=True), timeout=30).injections
+            time.sleep(0.02)
+
+        states = collections.Counter(status.state for status in first)
+        assert sum(states.values()) == ORPHANS, "every record was claimed before the daemon served"
+        assert states[ACTIVE] > 0, f"the first call was answered only once the take-over had ended: {states}"
+        until(lambda: all(s.state == EXPIRED for s in listing(daemon.stub, include_ended=True).values()),
+              "every orphan to be recovered", 120, every=0.5)
+        ended = listing(daemon.stub, include_ended=True)
+        assert sorted(ended) == sorted(orphans)
+        assert {s.detail.split(":")[0] for s in ended.values()} == {"its time ran out while no daemon watched it"}
+    finally:
+        daemon.stop()
 
 
 # pytest-xdist: several workers, one external daemon.
