@@ -51,6 +51,7 @@ BENCHMARKS = (
     "program_memory",
     "daemon_load",
     "lifecycle_latency",
+    "restart_to_serving",
     "netem_throughput",
     "tcp_proxy_throughput",
 )
