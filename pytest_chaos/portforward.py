@@ -75,8 +75,8 @@ def _pump(a: socket.socket, b: Any, closed: threading.Event) -> None:
                 source = a if key.fd == a.fileno() else b
                 try:
                     data = source.recv(CHUNK)
-                except OSError:
+                    if not data:
+                        return
+                    peers[key.fd].sendall(data)
+                except OSError:  # either side gone (a daemon pod deleted, a client that hung up): this one ends
                     return
-                if not data:
-                    return
-                peers[key.fd].sendall(data)

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
 CLIENT_TLS_SECRET = "chaos-daemon-client-tls"
 DAEMON_PORT = 31767
 PROBE_TIMEOUT_S = 1.0
+STARTING_S = 3.0  # how long a routed pod IP that refuses connections is given to start listening
 PAGE_SIZE = 500  # pods per list request
 
 # A pod as the API's JSON (camelCase keys, absent fields left out).
@@ -385,9 +387,18 @@ def _collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+def _reachable(host: str, port: int, starting_s: float = STARTING_S) -> bool:
+    """Whether ``host:port`` takes a TCP connection from here. Refused means the address is routed and nothing
+    listens yet (a daemon pod just started, as when one was replaced): asked again for up to ``starting_s``
+    before the port-forward is chosen for the pod's lifetime."""
+    deadline = time.monotonic() + starting_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+                return True
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        except OSError:
+            return False
