@@ -730,8 +730,12 @@ def progress(soak: Soak) -> Iterator[None]:
 
     def tell() -> None:
         while not stop.wait(15):
-            print(f"soak: {len(soak.done)}/{soak.experiments} experiments done, {len(soak.runners)} running, "
-                  f"kills {dict(soak.kills)}", file=sys.stderr, flush=True)
+            if len(soak.done) < soak.experiments:
+                print(f"soak: {len(soak.done)}/{soak.experiments} experiments done, {len(soak.runners)} running, "
+                      f"kills {dict(soak.kills)}", file=sys.stderr, flush=True)
+            else:
+                print("soak: every experiment done; waiting for the daemons to serve and hold nothing, then "
+                      "checking every target", file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=tell, daemon=True)
     thread.start()

@@ -36,6 +36,9 @@ DAEMON_NAMESPACE = "chaos-testing"
 DAEMON_LABELS = "app.kubernetes.io/name=chaos-daemon"
 JOURNAL = "var/lib/pytest-chaos/daemon/injections"  # the DaemonSet's --state-dir, a hostPath on each node
 SERVING_TIMEOUT_S = 180.0
+# A daemon container restarted this often is replaced (its pod deleted) instead of killed again: the kubelet
+# waits 10 s, 20 s, 40 s... (up to 5 min) before restarting a container that keeps dying.
+MAX_CONTAINER_RESTARTS = 2
 
 
 class Kubectl:
@@ -111,26 +114,25 @@ class KindWorld:
         self.kube.kubectl("-n", DAEMON_NAMESPACE, "delete", "pod", pod["metadata"]["name"], "--wait=false",
                           *(["--grace-period=0", "--force"] if forced else []))
         what = f"daemon pod deleted ({'forced' if forced else 'graceful'})"
-        self.await_serving(what, node, begun, not_uid=pod["metadata"]["uid"])
+        self.await_serving(what, node, begun, pod)
         return what
 
     def kill_daemon_container(self, rng: random.Random) -> str | None:
-        from tests.support.targets import container_init_pid
-
         node = rng.choice(self.target_nodes())
         pod = self.daemon_pod(node)
         statuses = pod["status"].get("containerStatuses") or []
         if not statuses or not statuses[0].get("containerID"):
             return None
-        try:
-            pid = container_init_pid(statuses[0]["containerID"])
-        except LookupError:
+        if restarts(pod) >= MAX_CONTAINER_RESTARTS:  # the kubelet's back-off would soon keep it down for minutes
+            return self.delete_daemon_pod(rng)
+        pid = container_main_pid(statuses[0]["containerID"])
+        if pid is None:
             return None
         begun = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         what = "daemon container SIGKILLed (the kubelet restarts it)"
-        self.await_serving(what, node, begun, restarted_from=statuses[0].get("restartCount", 0))
+        self.await_serving(what, node, begun, pod)
         return what
 
     def stall_node_runtime(self, rng: random.Random) -> str | None:
@@ -140,15 +142,15 @@ class KindWorld:
             return None
         return "a node's containerd stalled (SIGSTOP for 2-8 s)"
 
-    def await_serving(self, what: str, node: str, begun: float, not_uid: str = "", restarted_from: int = -1) -> None:
-        """In the background: time until the node's daemon serves again (a new pod, or the same pod restarted)."""
+    def await_serving(self, what: str, node: str, begun: float, old: dict[str, Any]) -> None:
+        """In the background: time until the node's daemon serves again, after ``old`` (its pod as it was) was
+        deleted or its container killed: a new pod, or the same pod's container restarted."""
         def wait() -> None:
             deadline = begun + SERVING_TIMEOUT_S
             while time.monotonic() < deadline:
                 with contextlib.suppress(Exception):
                     pod = self.daemon_pod(node)
-                    restarts = (pod["status"].get("containerStatuses") or [{}])[0].get("restartCount", 0)
-                    new = pod["metadata"]["uid"] != not_uid if not_uid else restarts > restarted_from
+                    new = pod["metadata"]["uid"] != old["metadata"]["uid"] or restarts(pod) > restarts(old)
                     if new and self.serves(node):
                         self.back_to_serving.setdefault(what, []).append(time.monotonic() - begun)
                         return
@@ -241,6 +243,27 @@ class KindWorld:
 
     def keep(self) -> str:
         return "the daemons' logs: kubectl -n chaos-testing logs -l app.kubernetes.io/name=chaos-daemon"
+
+
+def restarts(pod: dict[str, Any]) -> int:
+    """How often the kubelet restarted the pod's (first) container."""
+    return int((pod["status"].get("containerStatuses") or [{}])[0].get("restartCount", 0))
+
+
+def container_main_pid(container_id: str) -> int | None:
+    """This host's pid of a container's first process: of the processes in its cgroup, the one whose parent is
+    not. (The daemon's pod shares its node's pid namespace, hostPID: its process is not pid 1 of its own.)"""
+    bare = container_id.split("://", 1)[-1]
+    members: dict[int, int] = {}  # pid -> parent
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry}/cgroup") as f:
+                if bare not in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                members[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    first = [pid for pid, parent in members.items() if parent not in members]
+    return first[0] if len(first) == 1 else None
 
 
 def node_pid(node: str) -> int:
