@@ -630,6 +630,8 @@ def recovery_path(record: dict[str, Any] | None, runner: Runner, events: list[di
         return "lease (runner gone)" if runner.killed_at else "lease"
     if "applying failed" in detail and "undone" in detail:
         return "undone: its Apply was cut off (runner killed mid-Apply)"
+    if "stopped early" in detail:
+        return "failed, as it should: its program ended with its target's task (a restart)"
     return f"other: {record['state']} {detail[:60]}"
 
 
