@@ -592,14 +592,14 @@ class Soak:
                 if record["state"] == "failed" and "recovery failed" in record["detail"]]
 
 
-def containerd_pid() -> int | None:
-    """The machine's own containerd (not one in a kind node, whose pids this host sees too): the one in our
-    mount namespace."""
-    mine = os.readlink("/proc/self/ns/mnt")
+def containerd_pid(beside: int | str = "self") -> int | None:
+    """The containerd in the mount namespace of process ``beside``: by default this one's, the machine's own
+    (this host sees a kind node's containerd too); a kind node's init pid names that node's."""
+    wanted = os.readlink(f"/proc/{beside}/ns/mnt")
     listed = subprocess.run(["pgrep", "-x", "containerd"], capture_output=True, text=True).stdout.split()
     for pid in listed:
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/ns/mnt") == mine:
+            if os.readlink(f"/proc/{pid}/ns/mnt") == wanted:
                 return int(pid)
     return None
 

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from benchmarks.report import Row
-from benchmarks.soak import KILL_DAEMON_EVERY, STALL_RUNTIME_EVERY, STALL_S, Event, Reach, Stall, read_records
+from benchmarks.soak import KILL_DAEMON_EVERY, STALL_RUNTIME_EVERY, STALL_S, Event, Reach, Stall, containerd_pid, read_records
 
 NAMESPACE = "pytest-chaos-soak"
 DAEMON_NAMESPACE = "chaos-testing"
@@ -137,7 +137,7 @@ class KindWorld:
 
     def stall_node_runtime(self, rng: random.Random) -> str | None:
         node = rng.choice(self.target_nodes())
-        pid = node_containerd_pid(node)
+        pid = containerd_pid(node_pid(node))
         if pid is None or not self.stall.start(pid, rng.uniform(*STALL_S)):
             return None
         return "a node's containerd stalled (SIGSTOP for 2-8 s)"
@@ -271,14 +271,3 @@ def node_pid(node: str) -> int:
     out = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", node], capture_output=True, text=True,
                          check=True).stdout
     return int(out.strip())
-
-
-def node_containerd_pid(node: str) -> int | None:
-    """This host's pid of the containerd running in ``node`` (in the node's mount namespace)."""
-    mount_namespace = os.readlink(f"/proc/{node_pid(node)}/ns/mnt")
-    listed = subprocess.run(["pgrep", "-x", "containerd"], capture_output=True, text=True).stdout.split()
-    for pid in listed:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/ns/mnt") == mount_namespace:
-                return int(pid)
-    return None
