@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -106,20 +107,26 @@ class KindWorld:
     def target_nodes(self) -> list[str]:
         return sorted(set(self.node_of.values()))
 
-    def delete_daemon_pod(self, rng: random.Random) -> str:
+    def delete_daemon_pod(self, rng: random.Random) -> str | None:
         node = rng.choice(self.target_nodes())
-        pod = self.daemon_pod(node)
         forced = rng.random() < 0.5
-        begun = time.monotonic()
-        self.kube.kubectl("-n", DAEMON_NAMESPACE, "delete", "pod", pod["metadata"]["name"], "--wait=false",
-                          *(["--grace-period=0", "--force"] if forced else []))
+        try:
+            pod = self.daemon_pod(node)
+            begun = time.monotonic()
+            self.kube.kubectl("-n", DAEMON_NAMESPACE, "delete", "pod", pod["metadata"]["name"], "--wait=false",
+                              *(["--grace-period=0", "--force"] if forced else []))
+        except (LookupError, RuntimeError):  # its pod is being replaced just now: another time
+            return None
         what = f"daemon pod deleted ({'forced' if forced else 'graceful'})"
         self.await_serving(what, node, begun, pod)
         return what
 
     def kill_daemon_container(self, rng: random.Random) -> str | None:
         node = rng.choice(self.target_nodes())
-        pod = self.daemon_pod(node)
+        try:
+            pod = self.daemon_pod(node)
+        except LookupError:  # its pod is being replaced just now: another time
+            return None
         statuses = pod["status"].get("containerStatuses") or []
         if not statuses or not statuses[0].get("containerID"):
             return None
@@ -195,7 +202,12 @@ class KindWorld:
 
         found = []
         for node in self.nodes:
-            reply = self.reach_node(node).call(lambda stub: stub.ListInjections(pb.ListInjectionsRequest(), timeout=30))
+            try:
+                reply = self.reach_node(node).call(
+                    lambda stub: stub.ListInjections(pb.ListInjectionsRequest(), timeout=30))
+            except Exception as err:  # noqa: BLE001 - a daemon that does not answer cannot say it holds nothing
+                found.append(f"node {node}: its daemon did not answer ({err})"[:300])
+                continue
             found += [f"{s.injection_id} ({s.kind} on {s.container_id}, node {node})" for s in reply.injections]
         return found
 
@@ -239,6 +251,7 @@ class KindWorld:
     def close(self) -> None:
         self.settle()
         self.stack.close()  # the pods' namespace goes
+        shutil.rmtree(self.directory, ignore_errors=True)
         self.backend.close()
 
     def keep(self) -> str:
