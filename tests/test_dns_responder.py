@@ -430,9 +430,13 @@ def run(spec):
             queries = [encode_query(q["name"], q["qtype"], random.randrange(65536)) for q in spec["queries"]]
             replies = tcp_exchange([m for m, _ in queries], port)
             by_id = {struct.unpack_from("!H", r)[0]: r for r in replies}
+            ids = [struct.unpack_from("!H", m)[0] for m, _ in queries]
             result = {"results": [decode_reply(by_id[struct.unpack_from("!H", m)[0]], struct.unpack_from("!H", m)[0], q)
                                   if struct.unpack_from("!H", m)[0] in by_id else {"error": "no reply"}
-                                  for m, q in queries]}
+                                  for m, q in queries],
+                      # Which query each reply answered, in the order the replies came.
+                      "arrival": [ids.index(struct.unpack_from("!H", r)[0]) for r in replies
+                                  if struct.unpack_from("!H", r)[0] in ids]}
         else:
             query_id = random.randrange(65536)
             message, question = encode_query(spec["name"], spec["qtype"], query_id)
@@ -710,21 +714,23 @@ def test_malformed_queries_never_crash_it(dns_network: DnsNetwork,
 @pytest.mark.needs_root
 def test_a_slow_upstream_answer_blocks_no_other_query(dns_network: DnsNetwork,
                                                       start_responder: Callable[..., RunningResponder]) -> None:
-    responder = start_responder("error", ["fault.example.com"])
-    # The server takes 1.5 s for names starting with "slow"; the rest must not wait for it.
+    # Patient with its upstream (the default 2 s is close to the slow answer's 1.5 s on a busy machine): the
+    # test is about order, not time.
+    responder = start_responder("error", ["fault.example.com"], timeout=30)
+    # The server takes 1.5 s for names starting with "slow"; the rest must not wait for it: each is answered
+    # before either slow one.
     results = dns_network.ask(_q("slow.example.net", A, "udp"), _q("slow.example.net", A, "tcp"),
                               _q("fast.example.net", A, "udp"), _q("fast.example.net", AAAA, "tcp"),
                               _q("fault.example.com", A, "udp"), parallel=True)
     assert _server_answer(results[0], A) and _server_answer(results[1], A)
     assert results[0]["elapsed"] >= 1.4 and results[1]["elapsed"] >= 1.4
     assert _server_answer(results[2], A) and _server_answer(results[3], AAAA) and _servfail(results[4])
-    assert max(r["elapsed"] for r in results[2:]) < 1.0, results
-    # Over one TCP connection too: the fast answer does not wait behind the slow one.
-    started = time.monotonic()
+    assert max(r["elapsed"] for r in results[2:]) < min(r["elapsed"] for r in results[:2]), results
+    # Over one TCP connection too: the answer the responder makes itself does not wait behind the slow one.
     pair = dns_network.ask({"kind": "pair", "queries": [{"name": "slow.example.net", "qtype": A},
                                                         {"name": "fault.example.com", "qtype": A}]})[0]
     assert _server_answer(pair["results"][0], A) and _servfail(pair["results"][1])
-    assert time.monotonic() - started < 5
+    assert pair["arrival"] == [1, 0], pair
     assert responder.stop()["forwarded"] == 5
 
 
