@@ -224,7 +224,7 @@ def test_a_response_abort_reaches_the_server_and_drops_its_answer(proxy, server)
 
 
 @pytest.mark.parametrize("target", ["Request", "Response"])
-def test_delay_holds_matching_exchanges_within_twenty_percent(proxy, target):
+def test_delay_holds_matching_exchanges_for_the_delay_and_others_not_at_all(proxy, target):
     running = proxy(target=target, path="/slow", delay_s=0.5)
     client = running.client()
     exchange(client, "GET", "/fast")  # connected, warm
@@ -233,8 +233,10 @@ def test_delay_holds_matching_exchanges_within_twenty_percent(proxy, target):
         start = time.monotonic()
         assert exchange(client, "GET", path)[0] == 200
         took[path] = time.monotonic() - start
-    assert 0.4 <= took["/slow"] <= 0.6 + took["/fast"], took
-    assert took["/fast"] < 0.25, took
+    # Bounds that fail only when the rule is broken, however busy the machine: never less than asked, not held
+    # twice; an unmatched exchange is not held (it would take the whole delay). Precision: benchmarks.
+    assert 0.49 <= took["/slow"] < 1.0 + took["/fast"], took
+    assert took["/fast"] < 0.5, took
 
 
 def test_pipelined_requests_are_answered_in_order_each_by_the_rule(proxy):
